@@ -1,0 +1,92 @@
+"""sidechat: build the app from configuration, or serve it with `python app.py`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from chat.api import Services, routes
+from chat.config import ConfigError, Settings
+from chat.errors import ApiError, render_api_error, render_http_exception
+from chat.generations import Generations
+from chat.providers import build_providers
+from chat.store import Store
+
+STATIC = Path(__file__).resolve().parent / "static"
+log = logging.getLogger("sidechat")
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = await Store.open(settings.db)
+        interrupted = await store.interrupt_streaming()
+        if interrupted:
+            log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            timeout=httpx.Timeout(settings.idle_timeout, connect=settings.connect_timeout),
+        )
+        generations = Generations(store, replay_seconds=settings.replay_seconds)
+        app.state.services = Services(settings, store, generations, build_providers(settings, client))
+        try:
+            yield
+        finally:
+            await generations.shutdown(settings.shutdown_grace_seconds)
+            await client.aclose()
+            await store.close()
+
+    return Starlette(
+        routes=[*routes, Mount("/", StaticFiles(directory=STATIC, html=True), name="static")],
+        exception_handlers={ApiError: render_api_error, HTTPException: render_http_exception},
+        lifespan=lifespan,
+    )
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python app.py", description="Serve sidechat.")
+    parser.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    parser.add_argument("--db", help="SQLite database path (default $SIDECHAT_DB or ./sidechat.db)")
+    return parser.parse_args(argv)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"sidechat: bad configuration: {exc}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import uvicorn
+
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = load_settings().override(host=args.host, port=args.port, db=args.db)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.info("provider %s; database %s", settings.provider, settings.db)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+def __getattr__(name: str) -> Starlette:
+    # `uvicorn app:app` asks for `app`: build it then, from the environment, so that
+    # importing this module (as the tests do) has no side effects.
+    if name != "app":
+        raise AttributeError(name)
+    global app
+    app = create_app(load_settings())
+    return app
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,473 @@
+"""The HTTP API: thin endpoints over the store and the running generations."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .config import Settings
+from .errors import BadRequest, Conflict, InvalidFields, NotFound, PayloadTooLarge, UnsupportedMediaType
+from .generations import CANCELLED, Generation, Generations
+from .history import build_turns
+from .providers import ProviderInfo
+from .providers.base import ChatRequest
+from .replay import stored_events
+from .responses import EventStreamResponse
+from .store import Conversation, Message, Store
+
+MAX_PAGE = 100
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    generations: Generations
+    providers: dict[str, ProviderInfo]
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+def current_user(request: Request) -> str:
+    return "local"
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType("send the body as JSON with content-type: application/json")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidFields({"body": "must be a JSON object"})
+    return data
+
+
+class Fields:
+    """Collects every problem with a body's fields, so one 422 names them all."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.problems: dict[str, str] = {}
+
+    def text(self, name: str, *, required: bool = False, max_chars: int = 10_000, blank: bool = False) -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.problems[name] = "required"
+            return None
+        if not isinstance(value, str):
+            self.problems[name] = "must be a string"
+        elif not blank and not value.strip():
+            self.problems[name] = "must not be empty"
+        elif len(value) > max_chars:
+            self.problems[name] = f"must be at most {max_chars} characters"
+        else:
+            return value
+        return None
+
+    def integer(self, name: str, *, low: int = 1, high: int = 2**62) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problems[name] = "must be an integer"
+        elif not low <= value <= high:
+            self.problems[name] = f"must be between {low} and {high}"
+        else:
+            return value
+        return None
+
+    def number(self, name: str, *, low: float, high: float) -> float | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.problems[name] = "must be a number"
+        elif not low <= value <= high:
+            self.problems[name] = f"must be between {low} and {high}"
+        else:
+            return float(value)
+        return None
+
+    def boolean(self, name: str) -> bool:
+        value = self.data.get(name, False)
+        if not isinstance(value, bool):
+            self.problems[name] = "must be true or false"
+            return False
+        return value
+
+    def check(self) -> None:
+        if self.problems:
+            raise InvalidFields(self.problems)
+
+
+@dataclass(slots=True)
+class ChatBody:
+    message: str
+    conversation_id: int | None
+    provider: str | None
+    model: str | None
+    temperature: float | None
+    max_tokens: int | None
+    system: str | None
+    wait: bool
+
+
+def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
+    fields = Fields(data)
+    body = ChatBody(
+        message=fields.text("message", required=True, max_chars=settings.max_message_chars) or "",
+        conversation_id=fields.integer("conversation_id"),
+        provider=fields.text("provider", max_chars=40),
+        model=fields.text("model", max_chars=200),
+        temperature=fields.number("temperature", low=0, high=2),
+        max_tokens=fields.integer("max_tokens", high=1_000_000),
+        system=fields.text("system", max_chars=settings.max_message_chars, blank=True),
+        wait=fields.boolean("wait"),
+    )
+    fields.check()
+    return body
+
+
+def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderInfo:
+    info = providers.get(name)
+    if info is None:
+        known = ", ".join(providers)
+        raise InvalidFields({"provider": f"unknown provider {name!r}; known: {known}"})
+    if not info.available:
+        raise InvalidFields(
+            {"provider": f"provider {name!r} is not configured: set {info.key_variable}"},
+        )
+    return info
+
+
+# -- chat --------------------------------------------------------------------------------
+
+
+async def start_chat(request: Request) -> tuple[Generation, ChatBody]:
+    """Validate, store the turn and start its generation (or find the one a retry asks for)."""
+    app = services(request)
+    user = current_user(request)
+    body = parse_chat_body(await read_json(request, app.settings.max_body_bytes), app.settings)
+
+    conversation: Conversation | None = None
+    if body.conversation_id is not None:
+        conversation = await app.store.get_conversation(user, body.conversation_id)
+        if conversation is None:
+            raise NotFound(f"conversation {body.conversation_id} not found")
+
+    info = choose_provider(
+        app.providers, body.provider or (conversation and conversation.provider) or app.settings.provider
+    )
+    model = body.model or (conversation.model if conversation and conversation.provider == info.name else None)
+    model = model or info.default_model
+
+    key = request.headers.get("idempotency-key")
+    scoped_key = f"{user}:{key}" if key else None
+    if scoped_key:
+        generation = await _attach_to_retry(app, user, scoped_key)
+        if generation is not None:
+            return generation, body
+
+    if conversation is None:
+        conversation = await app.store.create_conversation(
+            user, system=body.system, provider=info.name, model=body.model
+        )
+    earlier = await app.store.recent_messages(
+        conversation.id, before_id=2**62, limit=app.settings.history_messages
+    )
+    try:
+        user_message, reply = await app.store.start_turn(
+            conversation.id,
+            body.message,
+            metadata={"provider": info.name, "model": model},
+            idempotency_key=scoped_key,
+        )
+    except sqlite3.IntegrityError:
+        # The conversation was deleted meanwhile, or a twin request with this key won the race.
+        generation = await _attach_to_retry(app, user, scoped_key) if scoped_key else None
+        if generation is None:
+            raise NotFound(f"conversation {conversation.id} not found") from None
+        return generation, body
+
+    assert info.provider is not None
+    chat = ChatRequest(
+        model=model,
+        turns=build_turns(earlier, body.message, limit=app.settings.history_messages),
+        system=body.system if body.system is not None else conversation.system,
+        temperature=body.temperature,
+        max_tokens=body.max_tokens,
+    )
+    generation = Generation(
+        info.provider,
+        chat,
+        conversation_id=conversation.id,
+        user_message_id=user_message.id,
+        message_id=reply.id,
+        stop_when_abandoned=app.settings.on_disconnect == "cancel",
+    )
+    return app.generations.start(generation), body
+
+
+async def _attach_to_retry(app: Services, user: str, scoped_key: str) -> Generation | None:
+    turn = await app.store.find_turn(user, scoped_key)
+    if turn is None:
+        return None
+    generation = app.generations.get(turn[1].id)
+    if generation is None:
+        raise Conflict(
+            "a request with this Idempotency-Key already finished",
+            message_id=turn[1].id,
+            stream_url=f"/api/messages/{turn[1].id}/stream",
+        )
+    return generation
+
+
+def stream_headers(generation: Generation | Message) -> dict[str, str]:
+    conversation_id = generation.conversation_id
+    message_id = generation.message_id if isinstance(generation, Generation) else generation.id
+    return {"x-conversation-id": str(conversation_id), "x-message-id": str(message_id)}
+
+
+async def chat_stream(request: Request) -> EventStreamResponse:
+    generation, _ = await start_chat(request)
+    heartbeat = services(request).settings.heartbeat_seconds
+    return EventStreamResponse(generation.follow(0, heartbeat), stream_headers(generation))
+
+
+async def chat(request: Request) -> Response:
+    app = services(request)
+    generation, body = await start_chat(request)
+    if body.wait:
+        await generation.finished.wait()
+        message = await app.store.get_message(current_user(request), generation.message_id)
+        if message is None:
+            raise NotFound(f"message {generation.message_id} not found")
+        return JSONResponse({"message": message.as_json()})
+    return JSONResponse(
+        {
+            "conversation_id": generation.conversation_id,
+            "user_message_id": generation.user_message_id,
+            "message_id": generation.message_id,
+            "stream_url": f"/api/messages/{generation.message_id}/stream",
+        },
+        status_code=202,
+    )
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def path_id(request: Request, name: str) -> int:
+    value: int = request.path_params[name]
+    if value > 2**63 - 1:  # past SQLite's integers: cannot exist
+        raise NotFound(f"{name.split('_')[0]} {value} not found")
+    return value
+
+
+def last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
+    if not raw.strip().isdigit():
+        raise InvalidFields({"last_event_id": "must be a non-negative integer"})
+    return int(raw)
+
+
+async def attach(request: Request) -> Response:
+    app = services(request)
+    message_id = path_id(request, "message_id")
+    after = last_event_id(request)
+    message = await app.store.get_message(current_user(request), message_id)
+    if message is None or message.role != "assistant":
+        raise NotFound(f"message {message_id} not found")
+    generation = app.generations.get(message_id)
+    if generation is not None:
+        if generation.finished.is_set() and after >= generation.last_event_id:
+            return Response(status_code=204)
+        heartbeat = app.settings.heartbeat_seconds
+        return EventStreamResponse(generation.follow(after, heartbeat), stream_headers(generation))
+    events = stored_events(message, after)
+    if not events:
+        return Response(status_code=204)
+    return EventStreamResponse(_iterate(events), stream_headers(message))
+
+
+async def _iterate(events: list[bytes]):  # type: ignore[no-untyped-def]
+    yield b"".join(events)
+
+
+async def cancel(request: Request) -> Response:
+    app = services(request)
+    message_id = path_id(request, "message_id")
+    message = await app.store.get_message(current_user(request), message_id)
+    if message is None or message.role != "assistant":
+        raise NotFound(f"message {message_id} not found")
+    generation = app.generations.get(message_id)
+    if generation is None or not await app.generations.stop(generation, CANCELLED):
+        raise Conflict(f"message {message_id} has already finished", status=message.status)
+    stopped = await app.store.get_message(current_user(request), message_id)
+    assert stopped is not None
+    return JSONResponse({"message": stopped.as_json()})
+
+
+# -- conversations -----------------------------------------------------------------------
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    raw = f"{conversation.updated_at}|{conversation.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        updated_at, _, last_id = raw.rpartition("|")
+        return updated_at, int(last_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidFields({"cursor": "is not a cursor this server gave out"}) from None
+
+
+def query_int(request: Request, name: str, default: int, *, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise InvalidFields({name: f"must be an integer between {low} and {high}"})
+    return int(raw)
+
+
+async def list_conversations(request: Request) -> Response:
+    app = services(request)
+    limit = query_int(request, "limit", 20, low=1, high=MAX_PAGE)
+    cursor = request.query_params.get("cursor")
+    before = decode_cursor(cursor) if cursor else None
+    page = await app.store.list_conversations(current_user(request), limit=limit + 1, before=before)
+    more = len(page) > limit
+    page = page[:limit]
+    return JSONResponse(
+        {
+            "conversations": [c.as_json() for c in page],
+            "next_cursor": encode_cursor(page[-1]) if more else None,
+        }
+    )
+
+
+def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, str | None]:
+    fields = Fields(data)
+    changes: dict[str, str | None] = {}
+    for name, max_chars in (("title", 200), ("system", app.settings.max_message_chars), ("model", 200)):
+        if name in data:
+            changes[name] = fields.text(name, max_chars=max_chars, blank=name == "system")
+    if "provider" in data:
+        changes["provider"] = fields.text("provider", max_chars=40)
+    fields.check()
+    if changes.get("provider"):
+        choose_provider(app.providers, changes["provider"] or "")
+    return changes
+
+
+async def create_conversation(request: Request) -> Response:
+    app = services(request)
+    changes = parse_conversation_fields(await read_json(request, app.settings.max_body_bytes), app)
+    conversation = await app.store.create_conversation(current_user(request), **changes)
+    return JSONResponse({"conversation": conversation.as_json()}, status_code=201)
+
+
+async def owned_conversation(request: Request) -> Conversation:
+    conversation_id = path_id(request, "conversation_id")
+    conversation = await services(request).store.get_conversation(current_user(request), conversation_id)
+    if conversation is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return conversation
+
+
+async def get_conversation(request: Request) -> Response:
+    conversation = await owned_conversation(request)
+    messages = await services(request).store.list_messages(conversation.id)
+    return JSONResponse(
+        {"conversation": conversation.as_json(), "messages": [m.as_json() for m in messages]}
+    )
+
+
+async def list_messages(request: Request) -> Response:
+    conversation = await owned_conversation(request)
+    after_id = query_int(request, "after_id", 0, low=0, high=2**62)
+    messages = await services(request).store.list_messages(conversation.id, after_id=after_id)
+    return JSONResponse({"messages": [m.as_json() for m in messages]})
+
+
+async def update_conversation(request: Request) -> Response:
+    app = services(request)
+    conversation = await owned_conversation(request)
+    changes = parse_conversation_fields(await read_json(request, app.settings.max_body_bytes), app)
+    updated = await app.store.update_conversation(current_user(request), conversation.id, changes)
+    if updated is None:
+        raise NotFound(f"conversation {conversation.id} not found")
+    return JSONResponse({"conversation": updated.as_json()})
+
+
+async def delete_conversation(request: Request) -> Response:
+    app = services(request)
+    conversation = await owned_conversation(request)
+    await app.generations.stop_conversation(conversation.id)
+    await app.store.delete_conversation(current_user(request), conversation.id)
+    return Response(status_code=204)
+
+
+# -- the rest ----------------------------------------------------------------------------
+
+
+async def list_providers(request: Request) -> Response:
+    app = services(request)
+    return JSONResponse(
+        {
+            "default": app.settings.provider,
+            "providers": [info.as_json(app.settings.provider) for info in app.providers.values()],
+        }
+    )
+
+
+async def healthz(request: Request) -> Response:
+    if await services(request).store.ping():
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "unavailable"}, status_code=503)
+
+
+routes = [
+    Route("/api/chat/stream", chat_stream, methods=["POST"]),
+    Route("/api/chat", chat, methods=["POST"]),
+    Route("/api/messages/{message_id:int}/stream", attach, methods=["GET"]),
+    Route("/api/messages/{message_id:int}/cancel", cancel, methods=["POST"]),
+    Route("/api/conversations", list_conversations, methods=["GET"]),
+    Route("/api/conversations", create_conversation, methods=["POST"]),
+    Route("/api/conversations/{conversation_id:int}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id:int}", update_conversation, methods=["PATCH"]),
+    Route("/api/conversations/{conversation_id:int}", delete_conversation, methods=["DELETE"]),
+    Route("/api/conversations/{conversation_id:int}/messages", list_messages, methods=["GET"]),
+    Route("/api/providers", list_providers, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+]

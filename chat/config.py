@@ -1,0 +1,153 @@
+"""Settings, read once from an environment mapping.
+
+This is the only module that looks at `os.environ` (and only in `from_env`'s
+default argument), so tests build `Settings` from plain dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+PROVIDER_NAMES = ("openai", "anthropic", "gemini", "ollama", "demo")
+ON_DISCONNECT = ("continue", "cancel")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names the variable."""
+
+
+def _secret() -> Any:
+    return field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str = "./sidechat.db"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    provider: str = "demo"
+    model: str | None = None
+    openai_api_key: str | None = _secret()
+    openai_base_url: str = "https://api.openai.com/v1"
+    anthropic_api_key: str | None = _secret()
+    anthropic_base_url: str = "https://api.anthropic.com"
+    gemini_api_key: str | None = _secret()
+    gemini_base_url: str = "https://generativelanguage.googleapis.com"
+    ollama_base_url: str = "http://127.0.0.1:11434"
+    demo_delay: float = 0.03
+
+    heartbeat_seconds: float = 15.0
+    connect_timeout: float = 10.0
+    first_token_timeout: float = 120.0
+    idle_timeout: float = 60.0
+    shutdown_grace_seconds: float = 10.0
+    on_disconnect: str = "continue"
+    history_messages: int = 40
+    max_body_bytes: int = 256 * 1024
+    max_message_chars: int = 100_000
+    replay_seconds: float = 30.0
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not f.repr:
+                value = "***" if value else None
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, (var, parse) in _VARIABLES.items():
+            raw = env.get(var, "").strip()
+            if raw:
+                try:
+                    values[name] = parse(raw)
+                except ValueError as exc:
+                    raise ConfigError(f"{var}={raw!r}: {exc}") from None
+        if "provider" not in values:
+            values["provider"] = next(
+                (p for p in ("openai", "anthropic", "gemini") if values.get(f"{p}_api_key")),
+                "demo",
+            )
+        return cls(**values)
+
+    def override(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _seconds(raw: str, *, zero_ok: bool = False) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("expected a number of seconds") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not zero_ok):
+        raise ValueError("expected a positive number of seconds" + (" or 0" if zero_ok else ""))
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    return _seconds(raw)
+
+
+def _non_negative_float(raw: str) -> float:
+    return _seconds(raw, zero_ok=True)
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if value <= 0:
+        raise ValueError("expected a positive whole number")
+    return value
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return raw
+
+    return parse
+
+
+def _url(raw: str) -> str:
+    if not raw.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "db": ("SIDECHAT_DB", _text),
+    "provider": ("SIDECHAT_PROVIDER", _choice(*PROVIDER_NAMES)),
+    "model": ("SIDECHAT_MODEL", _text),
+    "openai_api_key": ("OPENAI_API_KEY", _text),
+    "openai_base_url": ("OPENAI_BASE_URL", _url),
+    "anthropic_api_key": ("ANTHROPIC_API_KEY", _text),
+    "anthropic_base_url": ("ANTHROPIC_BASE_URL", _url),
+    "gemini_api_key": ("GEMINI_API_KEY", _text),
+    "gemini_base_url": ("GEMINI_BASE_URL", _url),
+    "ollama_base_url": ("OLLAMA_BASE_URL", _url),
+    "demo_delay": ("SIDECHAT_DEMO_DELAY", _non_negative_float),
+    "heartbeat_seconds": ("SIDECHAT_HEARTBEAT_SECONDS", _positive_float),
+    "connect_timeout": ("SIDECHAT_UPSTREAM_CONNECT_TIMEOUT", _positive_float),
+    "first_token_timeout": ("SIDECHAT_UPSTREAM_FIRST_TOKEN_TIMEOUT", _positive_float),
+    "idle_timeout": ("SIDECHAT_UPSTREAM_IDLE_TIMEOUT", _positive_float),
+    "shutdown_grace_seconds": ("SIDECHAT_SHUTDOWN_GRACE_SECONDS", _non_negative_float),
+    "on_disconnect": ("SIDECHAT_ON_DISCONNECT", _choice(*ON_DISCONNECT)),
+    "history_messages": ("SIDECHAT_HISTORY_MESSAGES", _positive_int),
+    "max_body_bytes": ("SIDECHAT_MAX_BODY_BYTES", _positive_int),
+    "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
+}

@@ -1,0 +1,98 @@
+"""Errors the API answers with, rendered as `{"error": {"type", "message", ...}}`.
+
+    ApiError                    status, type, message, extra fields
+    ├── BadRequest              400 invalid_json
+    ├── Unauthorized            401 unauthorized
+    ├── NotFound                404 not_found
+    ├── Conflict                409 conflict
+    ├── PayloadTooLarge         413 payload_too_large
+    ├── UnsupportedMediaType    415 unsupported_media_type
+    ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
+    └── RateLimited             429 rate_limited (`retry_after`, and a Retry-After header)
+
+Upstream trouble is not an ApiError: once a stream has started it is reported as
+an `error` event (see `chat.providers.base.ProviderError`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+
+class ApiError(Exception):
+    status = 500
+    type = "internal"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"error": {"type": self.type, "message": self.message, **self.extra}}
+
+
+class BadRequest(ApiError):
+    status, type = 400, "invalid_json"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "unauthorized"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found"
+
+
+class Conflict(ApiError):
+    status, type = 409, "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, type = 415, "unsupported_media_type"
+
+
+class InvalidFields(ApiError):
+    status, type = 422, "invalid_request"
+
+    def __init__(self, fields: dict[str, str], message: str | None = None) -> None:
+        super().__init__(message or "; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
+
+
+class RateLimited(ApiError):
+    status, type = 429, "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(math.ceil(self.retry_after))}
+
+
+async def render_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.as_dict(), status_code=exc.status, headers=exc.headers())
+
+
+async def render_http_exception(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 in our JSON shape."""
+    assert isinstance(exc, HTTPException)
+    kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        {"error": {"type": kind, "message": exc.detail}},
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )

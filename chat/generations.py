@@ -1,0 +1,270 @@
+"""Generations: one assistant reply being produced, independent of any connection.
+
+A `Generation` runs as its own task. It numbers its events from 1, keeps them
+encoded in a replay log, and wakes whoever follows it. Followers read the log by
+position, so any number of them get every event exactly once and in order, a
+slow one never holds up the generation or the others, and resuming after
+`Last-Event-ID` is just starting at that position.
+
+Deliberate choices:
+- The replay log lives in memory and only while it is useful: it is dropped
+  `replay_seconds` after the generation ends. Later attaches are served from the
+  database (see `chat.replay`).
+- The database row is written once when the generation ends, *before* the
+  terminal event is published, so a client that sees `done` and then reads the
+  conversation finds the finished row.
+- Stopping is task cancellation: it reaches the provider adapter wherever it is
+  waiting, and the adapter's `async with client.stream(...)` closes the upstream
+  response at once instead of returning it to the pool half-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage
+from .sse import PING, encode_event
+from .store import Store
+
+log = logging.getLogger("sidechat.generations")
+
+# Why a generation was stopped early, and how it ends.
+CANCELLED = "cancelled"  # a user asked, the conversation was deleted, or every client left
+SHUTDOWN = "shutdown"  # the server is stopping
+
+
+class Generation:
+    def __init__(
+        self,
+        provider: Provider,
+        request: ChatRequest,
+        *,
+        conversation_id: int,
+        user_message_id: int,
+        message_id: int,
+        stop_when_abandoned: bool = False,
+    ) -> None:
+        self.stop_when_abandoned = stop_when_abandoned
+        self.provider = provider
+        self.request = request
+        self.conversation_id = conversation_id
+        self.user_message_id = user_message_id
+        self.message_id = message_id
+        self.events: list[bytes] = []
+        self.followers = 0
+        self.finished = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._stop_reason: str | None = None
+        self._parts: list[str] = []
+        self._started = False
+        self._ending = False  # past the provider: being stored, or stored
+
+    @property
+    def text(self) -> str:
+        return "".join(self._parts)
+
+    @property
+    def last_event_id(self) -> int:
+        return len(self.events)
+
+    def publish(self, event: str, data: dict[str, Any]) -> None:
+        self.events.append(encode_event(event, data, len(self.events) + 1))
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def stop(self, reason: str) -> bool:
+        """Ask the generation to end early; False when it already has."""
+        if self.task is None or self._ending:
+            return False
+        self._stop_reason = self._stop_reason or reason
+        if self._started:  # a task cancelled before its first step would never run `run`
+            self.task.cancel()
+        return True
+
+    async def follow(self, after: int, heartbeat: float) -> AsyncIterator[bytes]:
+        """Encoded events after id `after`, pings while quiet, until the terminal event."""
+        loop = asyncio.get_running_loop()
+        position = after
+        self.followers += 1
+        try:
+            while True:
+                if position < len(self.events):
+                    # Events that queued up while this follower was busy go out in one write.
+                    end = len(self.events)
+                    yield self.events[position] if end == position + 1 else b"".join(self.events[position:end])
+                    position = end
+                    continue
+                if self.finished.is_set():
+                    return
+                waiter = loop.create_future()
+                self._waiters.append(waiter)
+                timer = loop.call_later(heartbeat, _resolve, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                if position == len(self.events) and not self.finished.is_set():
+                    yield PING
+        finally:
+            self.followers -= 1
+            if self.followers == 0 and self.stop_when_abandoned:
+                self.stop(CANCELLED)
+
+    async def run(self, store: Store) -> None:
+        started = time.monotonic()
+        ttft_ms: int | None = None
+        finish: Finish | None = None
+        error: ProviderError | None = None
+        self.publish(
+            "start",
+            {
+                "conversation_id": self.conversation_id,
+                "message_id": self.message_id,
+                "user_message_id": self.user_message_id,
+                "provider": self.provider.name,
+                "model": self.request.model,
+            },
+        )
+        self._started = True
+        try:
+            if self._stop_reason is not None:
+                raise asyncio.CancelledError  # stopped before it began: the provider is never called
+            async for item in self.provider.stream(self.request):
+                if isinstance(item, str):
+                    if not item:
+                        continue
+                    if ttft_ms is None:
+                        ttft_ms = round((time.monotonic() - started) * 1000)
+                    self._parts.append(item)
+                    self.publish("token", {"text": item})
+                else:
+                    finish = item
+        except ProviderError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            if self._stop_reason is None:
+                raise  # not ours to swallow
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+        except Exception:
+            log.exception("generation %s failed", self.message_id)
+            error = ProviderError("upstream_error", "internal error while streaming the reply")
+        self._ending = True
+        if error is None and finish is None and self._stop_reason is None:
+            error = ProviderError("truncated", "the provider's stream ended without a finish record")
+
+        metadata: dict[str, Any] = {
+            "user_message_id": self.user_message_id,
+            "provider": self.provider.name,
+            "model": self.request.model,
+            "usage": (finish.usage if finish else Usage()).as_dict(),
+            "finish_reason": None,
+            "duration_ms": round((time.monotonic() - started) * 1000),
+            "ttft_ms": ttft_ms,
+            "error": None,
+        }
+        if self._stop_reason == SHUTDOWN:
+            status, terminal = "interrupted", "error"
+            metadata["error"] = {"type": "shutdown", "message": "the server is shutting down"}
+            payload = self._error_payload(metadata["error"])
+        elif self._stop_reason == CANCELLED:
+            status, terminal = "cancelled", "done"
+            metadata["finish_reason"] = "cancelled"
+            payload = self._done_payload(metadata)
+        elif error is not None:
+            status, terminal = "failed", "error"
+            payload = self._error_payload(error.as_dict())
+            metadata["error"] = payload["error"]
+        else:
+            assert finish is not None
+            status, terminal = "completed", "done"
+            metadata["finish_reason"] = finish.reason
+            payload = self._done_payload(metadata)
+
+        try:
+            await asyncio.shield(
+                store.finish_message(
+                    self.message_id,
+                    status=status,
+                    content=self.text,
+                    metadata=metadata,
+                    last_event_id=self.last_event_id + 1,
+                )
+            )
+        except Exception:
+            log.exception("could not store the end of message %s", self.message_id)
+        finally:
+            self.publish(terminal, payload)
+            self.finished.set()
+
+    def _done_payload(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "message_id": self.message_id,
+            "finish_reason": metadata["finish_reason"],
+            "usage": metadata["usage"],
+            "duration_ms": metadata["duration_ms"],
+            "ttft_ms": metadata["ttft_ms"],
+        }
+
+    def _error_payload(self, error: dict[str, Any]) -> dict[str, Any]:
+        return {"message_id": self.message_id, "error": error, "partial": bool(self._parts)}
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class Generations:
+    """The running generations of this process, by assistant message id."""
+
+    def __init__(self, store: Store, *, replay_seconds: float) -> None:
+        self.store = store
+        self.replay_seconds = replay_seconds
+        self._live: dict[int, Generation] = {}
+
+    def get(self, message_id: int) -> Generation | None:
+        return self._live.get(message_id)
+
+    def start(self, generation: Generation) -> Generation:
+        self._live[generation.message_id] = generation
+        generation.task = asyncio.create_task(self._run(generation))
+        return generation
+
+    async def _run(self, generation: Generation) -> None:
+        try:
+            await generation.run(self.store)
+        finally:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.replay_seconds, self._forget, generation)
+
+    def _forget(self, generation: Generation) -> None:
+        if self._live.get(generation.message_id) is generation:
+            del self._live[generation.message_id]
+
+    async def stop(self, generation: Generation, reason: str) -> bool:
+        stopped = generation.stop(reason)
+        await generation.finished.wait()
+        return stopped
+
+    async def stop_conversation(self, conversation_id: int) -> None:
+        running = [g for g in self._live.values() if g.conversation_id == conversation_id]
+        await asyncio.gather(*(self.stop(g, CANCELLED) for g in running))
+
+    async def shutdown(self, grace: float) -> None:
+        """Let running generations finish for `grace` seconds, then end the rest."""
+        running = [g for g in self._live.values() if not g.finished.is_set()]
+        if running and grace > 0:
+            waits = [asyncio.ensure_future(g.finished.wait()) for g in running]
+            await asyncio.wait(waits, timeout=grace)
+            for wait in waits:
+                wait.cancel()
+        await asyncio.gather(*(self.stop(g, SHUTDOWN) for g in running))

@@ -1,0 +1,37 @@
+"""What a provider is sent: the earlier completed turns and the new message.
+
+Only completed, non-empty assistant replies go back (providers reject empty
+turns, and a failed or interrupted fragment is not something the model said).
+Dropping those leaves user messages with no answer; of consecutive user messages
+only the last is kept, because it is usually the same question asked again,
+and every provider accepts strict user/assistant alternation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .providers.base import Turn
+from .store import Message
+
+
+def build_turns(earlier: Iterable[Message], text: str, *, limit: int) -> list[Turn]:
+    turns: list[Turn] = []
+    for message in earlier:
+        if message.role == "user":
+            turn = Turn("user", message.content)
+        elif message.role == "assistant" and message.status == "completed" and message.content.strip():
+            turn = Turn("assistant", message.content)
+        else:
+            continue
+        if turns and turns[-1].role == turn.role:
+            turns[-1] = turn
+        elif turns or turn.role == "user":
+            turns.append(turn)
+    if turns and turns[-1].role == "user":
+        turns.pop()
+    turns.append(Turn("user", text))
+    turns = turns[-limit:]
+    if turns[0].role == "assistant":
+        turns = turns[1:]
+    return turns

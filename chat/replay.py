@@ -1,0 +1,61 @@
+"""A finished message, told again as an event stream from its stored row.
+
+Once a generation's in-memory log is gone, only its final text is left, so a
+resume from the middle cannot send just the missing tokens. It sends `reset`
+(no id: it must not move the client's Last-Event-ID) and then the whole text as
+one `token`, so the client replaces what it had. The stored `last_event_id`
+keeps the ids of the terminal event, and the token just before it, the same as
+the live stream had them, so a client that already saw them is answered 204.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .sse import encode_event
+from .store import Message
+
+INTERRUPTED = {"type": "shutdown", "message": "the server stopped before this reply was finished"}
+
+
+def stored_events(message: Message, after: int) -> list[bytes]:
+    """Events after id `after` of a finished message: empty when the client has them all."""
+    last = max(message.last_event_id, 3 if message.content else 2)
+    if after >= last:
+        return []
+    events = []
+    if after == 0:
+        meta = message.metadata
+        events.append(
+            encode_event(
+                "start",
+                {
+                    "conversation_id": message.conversation_id,
+                    "message_id": message.id,
+                    "user_message_id": meta.get("user_message_id"),
+                    "provider": meta.get("provider"),
+                    "model": meta.get("model"),
+                },
+                1,
+            )
+        )
+    elif after < last - 1:
+        events.append(encode_event("reset", {"message_id": message.id}))
+    if message.content and after < last - 1:
+        events.append(encode_event("token", {"text": message.content}, last - 1))
+    events.append(encode_event(*terminal_event(message), last))
+    return events
+
+
+def terminal_event(message: Message) -> tuple[str, dict[str, Any]]:
+    meta = message.metadata
+    if message.status in ("completed", "cancelled"):
+        return "done", {
+            "message_id": message.id,
+            "finish_reason": meta.get("finish_reason") or message.status.replace("completed", "stop"),
+            "usage": meta.get("usage"),
+            "duration_ms": meta.get("duration_ms"),
+            "ttft_ms": meta.get("ttft_ms"),
+        }
+    error = meta.get("error") or INTERRUPTED
+    return "error", {"message_id": message.id, "error": error, "partial": bool(message.content)}

@@ -1,0 +1,360 @@
+"""Every SQL statement sidechat runs, over one aiosqlite connection.
+
+Deliberate choices:
+- One connection is the one writer. SQLite allows a single writer anyway; keeping
+  it in one place means no "database is locked" between our own writers, and an
+  asyncio lock keeps each multi-statement transaction whole even though many
+  coroutines share the connection.
+- WAL mode, so readers (other tools, backups) never block the writer, and
+  `synchronous=NORMAL`, which in WAL mode is still safe against corruption.
+- Nothing is written per token: a generation costs one transaction when it is
+  accepted and one when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
+TITLE_CHARS = 50
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def title_from(text: str) -> str:
+    title = " ".join(text.split())
+    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+@dataclass(slots=True)
+class Conversation:
+    id: int
+    user_id: str
+    title: str | None
+    system: str | None
+    provider: str | None
+    model: str | None
+    created_at: str
+    updated_at: str
+    message_count: int = 0
+    last_message_at: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "system": self.system,
+            "provider": self.provider,
+            "model": self.model,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "message_count": self.message_count,
+            "last_message_at": self.last_message_at,
+        }
+
+
+@dataclass(slots=True)
+class Message:
+    id: int
+    conversation_id: int
+    role: str
+    content: str
+    status: str
+    metadata: dict[str, Any]
+    last_event_id: int
+    created_at: str
+    completed_at: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "conversation_id": self.conversation_id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "created_at": self.created_at,
+            "completed_at": self.completed_at,
+            "metadata": self.metadata,
+        }
+
+
+_MESSAGE_COLUMNS = (
+    "id, conversation_id, role, content, status, metadata, last_event_id, created_at, completed_at"
+)
+_CONVERSATION_COLUMNS = """
+    c.id, c.user_id, c.title, c.system, c.provider, c.model, c.created_at, c.updated_at,
+    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count,
+    (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id) AS last_message_at
+"""
+
+
+def _message(row: sqlite3.Row) -> Message:
+    values = dict(row)
+    values["metadata"] = json.loads(values["metadata"])
+    return Message(**values)
+
+
+def _conversation(row: sqlite3.Row) -> Conversation:
+    return Conversation(**dict(row))
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+        self._write = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: str) -> Store:
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA busy_timeout = 5000")
+        await db.executescript(SCHEMA.read_text())
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def ping(self) -> bool:
+        rows = await self._db.execute_fetchall("SELECT 1")
+        return list(rows) == [(1,)]
+
+    async def _transaction(self, *statements: tuple[str, dict[str, Any]]) -> list[int]:
+        """Run statements atomically; answers each statement's lastrowid."""
+        async with self._write:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = []
+                for sql, params in statements:
+                    cursor = await self._db.execute(sql, params)
+                    ids.append(cursor.lastrowid)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            return ids
+
+    # -- recovery ---------------------------------------------------------------------
+
+    async def interrupt_streaming(self) -> int:
+        """Rows a previous process left mid-generation become `interrupted`."""
+        async with self._write:
+            cursor = await self._db.execute(
+                "UPDATE messages SET status = 'interrupted', completed_at = :now"
+                " WHERE status = 'streaming'",
+                {"now": now()},
+            )
+            return cursor.rowcount
+
+    # -- conversations ----------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        user_id: str,
+        *,
+        title: str | None = None,
+        system: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+    ) -> Conversation:
+        stamp = now()
+        async with self._write:
+            cursor = await self._db.execute(
+                "INSERT INTO conversations"
+                " (user_id, title, system, provider, model, created_at, updated_at)"
+                " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)",
+                {
+                    "user_id": user_id,
+                    "title": title,
+                    "system": system,
+                    "provider": provider,
+                    "model": model,
+                    "now": stamp,
+                },
+            )
+        conversation = await self.get_conversation(user_id, cursor.lastrowid or 0)
+        assert conversation is not None
+        return conversation
+
+    async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
+            " WHERE c.id = :id AND c.user_id = :user_id",
+            {"id": conversation_id, "user_id": user_id},
+        )
+        return _conversation(rows[0]) if rows else None
+
+    async def list_conversations(
+        self, user_id: str, *, limit: int, before: tuple[str, int] | None = None
+    ) -> list[Conversation]:
+        """Newest activity first; `before` is the (updated_at, id) of the last row seen."""
+        updated_at, last_id = before or ("\uffff", 0)
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
+            " WHERE c.user_id = :user_id"
+            " AND (c.updated_at < :updated_at OR (c.updated_at = :updated_at AND c.id < :id))"
+            " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit",
+            {
+                "user_id": user_id,
+                "updated_at": updated_at,
+                "id": last_id if before else 2**62,
+                "limit": limit,
+            },
+        )
+        return [_conversation(row) for row in rows]
+
+    async def update_conversation(
+        self, user_id: str, conversation_id: int, changes: dict[str, str | None]
+    ) -> Conversation | None:
+        allowed = {"title", "system", "provider", "model"}
+        assert changes.keys() <= allowed, changes
+        if changes:
+            sets = ", ".join(f"{column} = :{column}" for column in changes)
+            async with self._write:
+                await self._db.execute(
+                    f"UPDATE conversations SET {sets}, updated_at = :now"
+                    " WHERE id = :id AND user_id = :user_id",
+                    {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
+                )
+        return await self.get_conversation(user_id, conversation_id)
+
+    async def delete_conversation(self, user_id: str, conversation_id: int) -> bool:
+        async with self._write:
+            cursor = await self._db.execute(
+                "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
+                {"id": conversation_id, "user_id": user_id},
+            )
+            return cursor.rowcount > 0
+
+    # -- messages ---------------------------------------------------------------------
+
+    async def start_turn(
+        self,
+        conversation_id: int,
+        text: str,
+        *,
+        metadata: dict[str, Any],
+        idempotency_key: str | None = None,
+    ) -> tuple[Message, Message]:
+        """Store a user message and its assistant reply-to-be (status `streaming`)."""
+        stamp = now()
+        params = {
+            "conversation_id": conversation_id,
+            "text": text,
+            "title": title_from(text),
+            "metadata": json.dumps(metadata),
+            "key": idempotency_key,
+            "now": stamp,
+        }
+        user_id, assistant_id, _ = await self._transaction(
+            (
+                "INSERT INTO messages"
+                " (conversation_id, role, content, status, idempotency_key, created_at, completed_at)"
+                " VALUES (:conversation_id, 'user', :text, 'completed', :key, :now, :now)",
+                params,
+            ),
+            (
+                "INSERT INTO messages (conversation_id, role, status, metadata, created_at)"
+                " VALUES (:conversation_id, 'assistant', 'streaming', :metadata, :now)",
+                params,
+            ),
+            (
+                "UPDATE conversations SET updated_at = :now, title = coalesce(title, :title)"
+                " WHERE id = :conversation_id",
+                params,
+            ),
+        )
+        return (
+            Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp),
+            Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),
+        )
+
+    async def finish_message(
+        self,
+        message_id: int,
+        *,
+        status: str,
+        content: str,
+        metadata: dict[str, Any],
+        last_event_id: int,
+    ) -> None:
+        """The generation's one write at its end; only a row still `streaming` changes."""
+        stamp = now()
+        params = {
+            "id": message_id,
+            "status": status,
+            "content": content,
+            "metadata": json.dumps(metadata),
+            "last_event_id": last_event_id,
+            "now": stamp,
+        }
+        await self._transaction(
+            (
+                "UPDATE messages SET status = :status, content = :content, metadata = :metadata,"
+                " last_event_id = :last_event_id, completed_at = :now"
+                " WHERE id = :id AND status = 'streaming'",
+                params,
+            ),
+            (
+                "UPDATE conversations SET updated_at = :now"
+                " WHERE id = (SELECT conversation_id FROM messages WHERE id = :id)",
+                params,
+            ),
+        )
+
+    async def get_message(self, user_id: str, message_id: int) -> Message | None:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE m.id = :id AND c.user_id = :user_id",
+            {"id": message_id, "user_id": user_id},
+        )
+        return _message(rows[0]) if rows else None
+
+    async def list_messages(self, conversation_id: int, *, after_id: int = 0) -> list[Message]:
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE conversation_id = :conversation_id AND id > :after_id ORDER BY id",
+            {"conversation_id": conversation_id, "after_id": after_id},
+        )
+        return [_message(row) for row in rows]
+
+    async def recent_messages(self, conversation_id: int, *, before_id: int, limit: int) -> list[Message]:
+        """The last `limit` messages before `before_id`, oldest first: history for a new turn."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"
+            " WHERE conversation_id = :conversation_id AND id < :before_id"
+            " ORDER BY id DESC LIMIT :limit",
+            {"conversation_id": conversation_id, "before_id": before_id, "limit": limit},
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    async def find_turn(self, user_id: str, idempotency_key: str) -> tuple[Message, Message] | None:
+        """The user message stored under this key and the assistant message that answers it.
+
+        Keys are stored as given: callers scope them by user."""
+        rows = await self._db.execute_fetchall(
+            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+            " WHERE c.user_id = :user_id AND m.id >= ("
+            "   SELECT id FROM messages WHERE idempotency_key = :key)"
+            " AND m.conversation_id = ("
+            "   SELECT conversation_id FROM messages WHERE idempotency_key = :key)"
+            " ORDER BY m.id LIMIT 2",
+            {"user_id": user_id, "key": idempotency_key},
+        )
+        if len(rows) < 2:
+            return None
+        return _message(rows[0]), _message(rows[1])

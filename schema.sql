@@ -1,0 +1,41 @@
+-- sidechat's whole schema. Applied at every start-up, so every statement is idempotent.
+
+CREATE TABLE IF NOT EXISTS conversations (
+    id          INTEGER PRIMARY KEY,
+    user_id     TEXT    NOT NULL DEFAULT 'local',
+    title       TEXT,
+    system      TEXT,
+    provider    TEXT,
+    model       TEXT,
+    created_at  TEXT    NOT NULL,
+    updated_at  TEXT    NOT NULL  -- last activity: drives the list order
+);
+
+-- The conversation list: one user's conversations, newest activity first, keyset-paginated.
+CREATE INDEX IF NOT EXISTS conversations_by_activity
+    ON conversations (user_id, updated_at DESC, id DESC);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id               INTEGER PRIMARY KEY,
+    conversation_id  INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    role             TEXT    NOT NULL CHECK (role IN ('user', 'assistant', 'system')),
+    content          TEXT    NOT NULL DEFAULT '',
+    status           TEXT    NOT NULL CHECK (
+                         status IN ('streaming', 'completed', 'failed', 'cancelled', 'interrupted')
+                     ),
+    metadata         TEXT    NOT NULL DEFAULT '{}' CHECK (json_valid(metadata)),
+    last_event_id    INTEGER NOT NULL DEFAULT 0,  -- id of the stream's terminal event, for resume
+    idempotency_key  TEXT,                        -- '<user>:<Idempotency-Key>' on a generation's user message
+    created_at       TEXT    NOT NULL,
+    completed_at     TEXT
+);
+
+-- A conversation's messages in order (also serves the foreign key's cascade and after_id).
+CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id, id);
+
+-- Start-up recovery finds rows a crash left mid-generation without a full scan.
+CREATE INDEX IF NOT EXISTS messages_streaming ON messages (status) WHERE status = 'streaming';
+
+-- A retried POST with the same Idempotency-Key finds the first attempt's messages.
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key
+    ON messages (idempotency_key) WHERE idempotency_key IS NOT NULL;

@@ -1,0 +1,105 @@
+"""sidechat on a real uvicorn server on a loopback port, and a streaming reader for it.
+
+httpx's ASGITransport and Starlette's TestClient buffer whole bodies, so anything
+about timing, heartbeats, incremental delivery or disconnects is tested here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import uvicorn
+
+from app import create_app
+from chat.config import Settings
+from chat.sse import SSEDecoder
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[str]:
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()  # start-up failed: raise its error
+        await asyncio.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@dataclass
+class Event:
+    event: str
+    data: dict[str, Any]
+    id: str | None
+    at: float  # time.monotonic() when the bytes holding it arrived
+
+
+@dataclass
+class Transcript:
+    status: int
+    headers: httpx.Headers
+    raw: bytes = b""
+    events: list[Event] = field(default_factory=list)
+    pings: list[float] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    @property
+    def text(self) -> str:
+        return "".join(e.data["text"] for e in self.events if e.event == "token")
+
+    @property
+    def terminal(self) -> Event:
+        return self.events[-1]
+
+
+class EventReader:
+    """Reads an event stream in steps, timing each event and ping as it arrives."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.transcript = Transcript(response.status_code, response.headers)
+        self._chunks = response.aiter_raw()
+        self._decoder = SSEDecoder()
+
+    async def read(self, until: int | None = None) -> Transcript:
+        """Read to the end of the stream, or until `until` more events arrived; answers those."""
+        transcript = self.transcript
+        first = len(transcript.events)
+        async for chunk in self._chunks:
+            now = time.monotonic()
+            transcript.raw += chunk
+            transcript.pings += [now] * chunk.count(b": ping\n\n")
+            for event in self._decoder.feed(chunk):
+                transcript.events.append(Event(event.event, json.loads(event.data), event.id, now))
+            if until is not None and len(transcript.events) - first >= until:
+                break
+        return Transcript(
+            transcript.status, transcript.headers, transcript.raw, transcript.events[first:], transcript.pings
+        )
+
+
+async def read_stream(response: httpx.Response) -> Transcript:
+    return await EventReader(response).read()
+
+
+async def chat_stream(
+    client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Transcript:
+    async with client.stream("POST", "/api/chat/stream", json=body, headers=headers) as response:
+        return await read_stream(response)

@@ -1,0 +1,252 @@
+"""The whole path, over real sockets: client -> uvicorn -> sidechat -> fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chat.config import Settings
+from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
+from tests.live import EventReader, chat_stream, read_stream, serve
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    async with FakeUpstream() as fake:
+        yield fake
+
+
+def settings_for(upstream: FakeUpstream, tmp_path: Path, **changes: object) -> Settings:
+    values: dict[str, object] = {
+        "db": str(tmp_path / "chat.db"),
+        "provider": "openai",
+        "openai_api_key": "sk-test",
+        "openai_base_url": upstream.url,
+        "heartbeat_seconds": 5.0,
+        "replay_seconds": 30.0,
+    }
+    values.update(changes)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(upstream: FakeUpstream, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
+    changes = getattr(request, "param", {})
+    async with serve(settings_for(upstream, tmp_path, **changes)) as url:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            yield http
+
+
+async def test_stream_answers_with_spec_headers_and_event_order(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply(openai_reply("Hel", "lo")))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.status == 200
+    assert transcript.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert transcript.headers["cache-control"] == "no-cache, no-transform"
+    assert transcript.headers["x-accel-buffering"] == "no"
+    assert transcript.raw.startswith(b"retry: 3000\n\n")
+    assert transcript.names == ["start", "token", "token", "done"]
+    assert [e.id for e in transcript.events] == ["1", "2", "3", "4"]
+    start, done = transcript.events[0].data, transcript.terminal.data
+    assert transcript.headers["x-conversation-id"] == str(start["conversation_id"])
+    assert transcript.headers["x-message-id"] == str(start["message_id"])
+    assert start["user_message_id"] < start["message_id"]
+    assert (start["provider"], start["model"]) == ("openai", "gpt-4o-mini")
+    assert transcript.text == "Hello"
+    assert done["finish_reason"] == "stop"
+    assert done["usage"] == {"input_tokens": 12, "output_tokens": 2}
+    assert done["message_id"] == start["message_id"]
+
+
+async def test_first_token_is_relayed_before_upstream_sends_the_last(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.add(Reply([openai_chunk("first"), gate, *openai_reply(" second")]))
+
+    async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
+        reader = EventReader(response)
+        head = await reader.read(until=2)
+        assert head.names == ["start", "token"]
+        assert head.text == "first"
+        assert not gate.is_set()  # the upstream is still holding the rest
+        gate.set()
+        rest = await reader.read()
+
+    assert rest.names == ["token", "done"]
+    assert rest.text == " second"
+
+
+@pytest.mark.parametrize("client", [{"heartbeat_seconds": 0.1}], indirect=True)
+async def test_heartbeats_while_upstream_is_slow_to_start(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply([0.6, *openai_reply("late")]))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    first_token = next(e for e in transcript.events if e.event == "token")
+    pings_before = [t for t in transcript.pings if t < first_token.at]
+    assert len(pings_before) >= 3
+    assert transcript.names == ["start", "token", "done"]
+
+
+async def test_rows_after_done(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply(openai_reply("Hello", " there")))
+
+    transcript = await chat_stream(client, {"message": "Say hello"})
+    start = transcript.events[0].data
+
+    answer = await client.get(f"/api/conversations/{start['conversation_id']}")
+    assert answer.status_code == 200
+    conversation, messages = answer.json()["conversation"], answer.json()["messages"]
+    assert conversation["title"] == "Say hello"
+    assert [(m["id"], m["role"], m["content"], m["status"]) for m in messages] == [
+        (start["user_message_id"], "user", "Say hello", "completed"),
+        (start["message_id"], "assistant", "Hello there", "completed"),
+    ]
+    meta = messages[1]["metadata"]
+    assert meta["finish_reason"] == "stop"
+    assert meta["usage"] == {"input_tokens": 12, "output_tokens": 2}
+    assert meta["provider"] == "openai" and meta["model"] == "gpt-4o-mini"
+    assert meta["error"] is None
+    assert messages[1]["completed_at"] is not None
+
+
+async def test_upstream_500_ends_with_error_and_a_failed_row(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    body = b'{"error": {"message": "The server had an error", "type": "server_error"}}'
+    upstream.add(*[Reply([body], status=500, headers={"content-type": "application/json"})] * 10)
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.names == ["start", "error"]
+    error = transcript.terminal.data
+    assert error["error"]["status"] == 500
+    assert error["error"]["type"] == "upstream_error"
+    assert "server had an error" in error["error"]["message"]
+    assert error["partial"] is False
+    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
+    assert [(m["role"], m["status"], m["content"]) for m in messages] == [
+        ("user", "completed", "hi"),
+        ("assistant", "failed", ""),
+    ]
+    assert messages[1]["metadata"]["error"]["status"] == 500
+
+
+async def test_error_mid_stream_keeps_the_partial_text(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(
+        Reply(
+            [
+                openai_chunk("Half a"),
+                openai_chunk(" thought"),
+                sse({"error": {"message": "model overloaded", "type": "server_error", "code": "overloaded"}}),
+            ]
+        )
+    )
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.names == ["start", "token", "token", "error"]
+    assert transcript.terminal.data["partial"] is True
+    assert "model overloaded" in transcript.terminal.data["error"]["message"]
+    message_id = transcript.events[0].data["message_id"]
+    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
+    assert [(m["id"], m["status"], m["content"]) for m in messages[1:]] == [(message_id, "failed", "Half a thought")]
+
+
+async def test_stream_that_ends_without_its_end_marker_is_truncated(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply([openai_chunk("cut"), openai_chunk(" off")]))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.names == ["start", "token", "token", "error"]
+    assert transcript.terminal.data["error"]["type"] == "truncated"
+    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
+    assert (messages[1]["status"], messages[1]["content"]) == ("failed", "cut off")
+
+
+async def test_second_turn_sends_the_first_as_history(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply(openai_reply("Paris.")), Reply(openai_reply("About 2 million.")))
+
+    first = await chat_stream(client, {"message": "Capital of France?", "system": "Be brief."})
+    conversation_id = first.events[0].data["conversation_id"]
+    second = await chat_stream(client, {"message": "Population?", "conversation_id": conversation_id})
+
+    assert second.events[0].data["conversation_id"] == conversation_id
+    assert upstream.requests[1].json()["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "Population?"},
+    ]
+
+
+async def test_failed_turn_is_not_sent_back_as_history(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply([openai_chunk("partial")]), Reply(openai_reply("ok")))
+
+    first = await chat_stream(client, {"message": "one"})
+    conversation_id = first.events[0].data["conversation_id"]
+    await chat_stream(client, {"message": "two", "conversation_id": conversation_id})
+
+    assert upstream.requests[1].json()["messages"] == [{"role": "user", "content": "two"}]
+
+
+async def test_resume_after_last_event_id_replays_only_missing_events(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply(openai_reply("a", "b", "c")))
+    full = await chat_stream(client, {"message": "hi"})
+    message_id = full.events[0].data["message_id"]
+    assert full.names == ["start", "token", "token", "token", "done"]
+
+    for seen in range(len(full.events)):
+        async with client.stream(
+            "GET", f"/api/messages/{message_id}/stream", headers={"last-event-id": str(seen)}
+        ) as response:
+            resumed = await read_stream(response)
+        assert [(e.id, e.event, e.data) for e in resumed.events] == [
+            (e.id, e.event, e.data) for e in full.events[seen:]
+        ]
+
+    finished = await client.get(f"/api/messages/{message_id}/stream?last_event_id={len(full.events)}")
+    assert finished.status_code == 204
+
+
+@pytest.mark.parametrize("client", [{"replay_seconds": 0.0}], indirect=True)
+async def test_resume_from_the_database_resets_then_sends_the_whole_text(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply(openai_reply("a", "b", "c")))
+    full = await chat_stream(client, {"message": "hi"})
+    message_id = full.events[0].data["message_id"]
+    await asyncio.sleep(0.05)  # the replay log is dropped
+
+    async with client.stream("GET", f"/api/messages/{message_id}/stream", headers={"last-event-id": "2"}) as response:
+        resumed = await read_stream(response)
+    async with client.stream("GET", f"/api/messages/{message_id}/stream") as response:
+        replayed = await read_stream(response)
+
+    assert resumed.names == ["reset", "token", "done"]
+    assert resumed.text == "abc"
+    assert resumed.terminal.id == full.terminal.id
+    assert replayed.names == ["start", "token", "done"]
+    assert replayed.text == "abc"
+    assert replayed.terminal.data["finish_reason"] == "stop"
+    gone = await client.get(f"/api/messages/{message_id}/stream", headers={"last-event-id": full.terminal.id or ""})
+    assert gone.status_code == 204
+
+
+async def test_token_holding_event_framing_cannot_forge_an_event(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    sneaky = "ok\n\nevent: done\ndata: {}\n\n"
+    upstream.add(Reply(openai_reply(sneaky)))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.names == ["start", "token", "done"]
+    assert transcript.text == sneaky
