@@ -128,8 +128,11 @@ class Store:
         await self._db.close()
 
     async def ping(self) -> bool:
-        rows = await self._db.execute_fetchall("SELECT 1")
-        return list(rows) == [(1,)]
+        try:
+            rows = list(await self._db.execute_fetchall("SELECT 1"))
+        except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
+            return False
+        return len(rows) == 1 and rows[0][0] == 1
 
     async def _transaction(self, *statements: tuple[str, dict[str, Any]]) -> list[int]:
         """Run statements atomically; answers each statement's lastrowid."""

@@ -242,7 +242,7 @@ async def open_stream(
                 raise ProviderError(
                     "protocol",
                     f"{provider} answered with an HTML page instead of a stream "
-                    f"(a captive portal or proxy?): {excerpt(raw)}",
+                    f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
                     status=status,
                 )
             if media_type == "application/json" and not json_ok:
@@ -289,8 +289,8 @@ def _loads_or_none(raw: bytes) -> Any:
 # --- translating errors ----------------------------------------------------
 
 _SECRET = re.compile(
-    r"(?P<key>\b(?:sk-[\w\-*.]{6,}|AIza[\w\-]{20,}))"
-    r"|(?P<bearer>\b(?i:bearer)\s+)[^\s\"',;]+"
+    r"(?P<key>\b(?:sk-[\w\-*]{6,}|AIza[\w\-]{20,}))"
+    r"|(?P<bearer>\b(?i:bearer)\s+)[\w\-.~+/]{8,}=*"
     r"|(?P<param>[?&](?i:key|api_key|apikey|api-key|access_token|token)=)[^&\s\"'#]+"
 )
 
@@ -308,10 +308,11 @@ _TAG = re.compile(r"<[^>]*>")
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
 
 
-def excerpt(raw: bytes | str, limit: int = 200) -> str:
-    """A short, single-line, redacted quote of something that arrived."""
+def excerpt(raw: bytes | str, limit: int = 200, *, page: bool = False) -> str:
+    """A short, single-line, redacted quote of something that arrived; of an
+    HTML `page`, its title or its text."""
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    if "<" in text and ">" in text and re.search(r"<(?:!doctype|html|head|body)\b", text, re.I):
+    if page and re.search(r"<(?:!doctype|html|head|body)\b", text, re.I):
         title = _TITLE.search(text)
         text = title.group(1) if title else _TAG.sub(" ", text)
     text = " ".join(text.split())
@@ -472,7 +473,7 @@ def error_from_response(
     if fields.message:
         message = _message(provider, fields, "")
     elif body.strip():
-        message = f"{provider} answered HTTP {status}: {excerpt(body)}"
+        message = f"{provider} answered HTTP {status}: {excerpt(body, page=True)}"
     else:
         message = f"{provider} answered HTTP {status}"
     retry_after = parse_retry_after(headers)

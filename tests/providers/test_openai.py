@@ -1,0 +1,483 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from chat.providers.base import Finish, ProviderError, Timeouts, Turn, Usage
+from chat.providers.openai import OpenAIProvider, build_body, parse_event
+
+from .conftest import Framing
+from .fakes import FakeBody, chat_request, collect, event_stream
+
+pytestmark = pytest.mark.anyio
+
+URL = "https://api.openai.com/v1/chat/completions"
+USAGE = {
+    "prompt_tokens": 12,
+    "completion_tokens": 3,
+    "total_tokens": 15,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+}
+
+
+def chunk(
+    delta: dict[str, Any] | None = None,
+    finish: str | None = None,
+    *,
+    usage: dict[str, Any] | None = None,
+    choices: bool = True,
+) -> bytes:
+    """One `data:` line as api.openai.com sends it."""
+    payload: dict[str, Any] = {
+        "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT",
+        "object": "chat.completion.chunk",
+        "created": 1741570283,
+        "model": "gpt-4o-mini-2024-07-18",
+        "service_tier": "default",
+        "system_fingerprint": "fp_06737a9306",
+        "choices": [
+            {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
+        ]
+        if choices
+        else [],
+        "usage": usage,
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+def content(text: str) -> bytes:
+    return chunk({"content": text})
+
+
+FIRST = chunk({"role": "assistant", "content": "", "refusal": None})
+DONE = b"data: [DONE]\n\n"
+HELLO = FIRST + content("Hel") + content("lo") + content(" there") + chunk(finish="stop")
+USAGE_CHUNK = chunk(choices=False, usage=USAGE)
+
+
+def provider(client: httpx.AsyncClient, **kwargs: Any) -> OpenAIProvider:
+    kwargs.setdefault("api_key", "sk-test-123456")
+    return OpenAIProvider(client, **kwargs)
+
+
+def serve(router: respx.MockRouter, body: FakeBody, url: str = URL, **kwargs: Any) -> respx.Route:
+    return router.post(url).mock(return_value=event_stream(body, **kwargs))
+
+
+async def test_streams_text_then_finish_with_usage_chunk(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    body = FakeBody(framing(HELLO + USAGE_CHUNK + DONE))
+    serve(router, body)
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert texts == ["Hel", "lo", " there"]
+    assert finish == Finish("stop", Usage(12, 3))
+    assert body.closed
+
+
+async def test_usage_in_last_content_chunk(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = FIRST + content("Hi") + chunk({"content": "!"}, "stop", usage=USAGE) + DONE
+    serve(router, FakeBody(framing(data)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert "".join(texts) == "Hi!"
+    assert finish == Finish("stop", Usage(12, 3))
+
+
+async def test_end_of_body_after_finish_reason_is_success(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(HELLO + USAGE_CHUNK)))  # no [DONE]
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert "".join(texts) == "Hello there"
+    assert finish == Finish("stop", Usage(12, 3))
+
+
+async def test_done_without_finish_reason_is_truncated(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(FIRST + content("Hel") + DONE)))
+    got: list[str] = []
+    with pytest.raises(ProviderError) as info:
+        async for item in provider(client).stream(chat_request()):
+            got.append(item)  # type: ignore[arg-type]
+    assert info.value.type == "truncated"
+    assert got == ["Hel"]
+
+
+async def test_body_ending_early_is_truncated(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = FIRST + content("Hel") + content("lo")[:20]  # cut inside an event
+    serve(router, FakeBody(framing(data)))
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    assert info.value.type == "truncated"
+
+
+async def test_refusal_delta_is_answer_text(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = (
+        FIRST
+        + chunk({"refusal": "I'm sorry, "})
+        + chunk({"refusal": "I can't help with that."})
+        + chunk(finish="stop")
+        + DONE
+    )
+    serve(router, FakeBody(framing(data)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert "".join(texts) == "I'm sorry, I can't help with that."
+    assert finish.reason == "stop"
+
+
+async def test_tool_call_deltas_are_not_text(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    call = {
+        "index": 0,
+        "id": "call_DdmO9pD3xa9XTPNJ32zg2hcA",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": ""},
+    }
+    data = (
+        chunk({"role": "assistant", "content": None, "tool_calls": [call], "refusal": None})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"location'}}]})
+        + chunk({"tool_calls": [{"index": 0, "function": {"arguments": '": "Paris"}'}}]})
+        + chunk(finish="tool_calls")
+        + USAGE_CHUNK
+        + DONE
+    )
+    serve(router, FakeBody(framing(data)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert texts == []
+    assert finish == Finish("tool_calls", Usage(12, 3))
+
+
+async def test_openrouter_comments_and_event_lines_are_tolerated(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = (
+        b": OPENROUTER PROCESSING\n\n"
+        + b": OPENROUTER PROCESSING\n\n"
+        + b"event: message\n"
+        + FIRST
+        + b"event: completion\n"
+        + content("Hi")
+        + b": keep-alive\n\n"
+        + chunk(finish="stop", usage=USAGE)
+        + DONE
+    )
+    serve(router, FakeBody(framing(data)), url="https://openrouter.ai/api/v1/chat/completions")
+    p = provider(client, base_url="https://openrouter.ai/api/v1/", name="openrouter")
+    texts, finish = await collect(p.stream(chat_request()))
+    assert texts == ["Hi"]
+    assert finish == Finish("stop", Usage(12, 3))
+
+
+async def test_error_object_mid_stream_raises(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    error = {
+        "id": "gen-1740000000-abc",
+        "object": "chat.completion.chunk",
+        "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+    }
+    data = FIRST + content("Hel") + b"data: " + json.dumps(error).encode() + b"\n\n" + DONE
+    serve(router, FakeBody(framing(data)))
+    got: list[object] = []
+    with pytest.raises(ProviderError) as info:
+        async for item in provider(client).stream(chat_request()):
+            got.append(item)
+    assert got == ["Hel"]
+    assert info.value.type == "upstream_error"
+    assert info.value.provider_code == "server_error"
+    assert "Provider disconnected" in info.value.message
+
+
+async def test_error_event_with_rate_limit_raises(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    error = {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}}
+    data = b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+    serve(router, FakeBody([data]))
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    assert (info.value.type, info.value.retryable) == ("rate_limited", True)
+
+
+async def test_invalid_json_is_a_protocol_error_quoting_it(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = FIRST + b'data: {"choices": [{"delta": {"content": "oops"\n\n' + DONE
+    serve(router, FakeBody(framing(data)))
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    assert info.value.type == "protocol"
+    assert '{"choices": [{"delta": {"content": "oops"' in info.value.message
+
+
+async def test_html_page_with_200_is_a_protocol_error(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    page = b"<!DOCTYPE html><html><head><title>Hotel WiFi Login</title></head><body>...</body></html>"
+    router.post(URL).mock(
+        return_value=httpx.Response(200, headers={"content-type": "text/html; charset=utf-8"}, content=page)
+    )
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    assert info.value.type == "protocol"
+    assert "Hotel WiFi Login" in info.value.message
+    assert "<html>" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "type", "retryable", "retry_after"),
+    [
+        (
+            401,
+            {},
+            {
+                "error": {
+                    "message": "Incorrect API key provided: sk-proj-abcdefghijklmnopqrstu. "
+                    "You can find your API key at https://platform.openai.com/account/api-keys.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            },
+            "auth",
+            False,
+            None,
+        ),
+        (
+            429,
+            {"retry-after": "20"},
+            {
+                "error": {
+                    "message": "Rate limit reached for gpt-4o-mini in organization org-x on "
+                    "requests per min (RPM): Limit 3, Used 3, Requested 1.",
+                    "type": "requests",
+                    "param": None,
+                    "code": "rate_limit_exceeded",
+                }
+            },
+            "rate_limited",
+            True,
+            20.0,
+        ),
+        (
+            429,
+            {},
+            {
+                "error": {
+                    "message": "You exceeded your current quota, please check your plan and billing details.",
+                    "type": "insufficient_quota",
+                    "param": None,
+                    "code": "insufficient_quota",
+                }
+            },
+            "rate_limited",
+            False,
+            None,
+        ),
+        (
+            500,
+            {},
+            {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}},
+            "upstream_error",
+            True,
+            None,
+        ),
+    ],
+)
+async def test_error_answers(
+    client: httpx.AsyncClient,
+    router: respx.MockRouter,
+    status: int,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    type: str,
+    retryable: bool,
+    retry_after: float | None,
+) -> None:
+    router.post(URL).mock(return_value=httpx.Response(status, headers=headers, json=body))
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    error = info.value
+    assert (error.type, error.status, error.retryable, error.retry_after) == (
+        type,
+        status,
+        retryable,
+        retry_after,
+    )
+    assert "abcdefghijklmnop" not in error.message
+
+
+async def test_connection_refused_is_retryable_upstream_error(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    router.post(URL).mock(side_effect=httpx.ConnectError("[Errno 111] Connection refused"))
+    with pytest.raises(ProviderError) as info:
+        await collect(provider(client).stream(chat_request()))
+    assert (info.value.type, info.value.retryable) == ("upstream_error", True)
+
+
+async def test_token_holding_an_sse_event_stays_text(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    sneaky = "done.\n\nevent: done\ndata: {}\n\n"
+    serve(router, FakeBody(framing(FIRST + content(sneaky) + chunk(finish="stop") + DONE)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert texts == [sneaky]
+    assert finish.reason == "stop"
+
+
+async def test_utf8_char_split_across_chunks(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    # ensure_ascii=False: the emoji travels as raw UTF-8 bytes, which the framing splits
+    payload = {"choices": [{"index": 0, "delta": {"content": "hi 👋🏽 żółw"}, "finish_reason": None}]}
+    line = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+    serve(router, FakeBody(framing(FIRST + line + chunk(finish="stop") + DONE)))
+    texts, _ = await collect(provider(client).stream(chat_request()))
+    assert texts == ["hi 👋🏽 żółw"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [("length", "length"), ("content_filter", "content_filter"), ("function_call", "tool_calls"), ("eos", "stop")],
+)
+async def test_finish_reasons_are_mapped(
+    client: httpx.AsyncClient, router: respx.MockRouter, raw: str, reason: str
+) -> None:
+    serve(router, FakeBody([FIRST + content("x") + chunk(finish=raw) + DONE]))
+    _, finish = await collect(provider(client).stream(chat_request()))
+    assert finish.reason == reason
+
+
+async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+    route = serve(router, FakeBody([HELLO + DONE]))
+    history = [Turn("user", "Hi"), Turn("assistant", "Hello!")]
+    request = chat_request("And now?", model="", system="Be brief.", temperature=0.2, max_tokens=50, history=history)
+    await collect(provider(client).stream(request))
+    sent = route.calls.last.request
+    assert sent.headers["authorization"] == "Bearer sk-test-123456"
+    assert sent.headers["accept"] == "text/event-stream"
+    assert json.loads(sent.content) == {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "And now?"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.2,
+        "max_tokens": 50,
+    }
+
+
+async def test_no_key_sends_no_authorization(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+    route = serve(router, FakeBody([HELLO + DONE]), url="http://127.0.0.1:8080/v1/chat/completions")
+    p = OpenAIProvider(client, api_key=None, base_url="http://127.0.0.1:8080/v1")
+    await collect(p.stream(chat_request()))
+    assert "authorization" not in route.calls.last.request.headers
+
+
+def test_build_body_leaves_out_unset_options() -> None:
+    body = build_body(chat_request("Hi", model="gpt-4.1"))
+    assert body == {
+        "model": "gpt-4.1",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+
+def test_parse_event_reads_text_finish_and_usage() -> None:
+    payload = json.loads(chunk({"content": "Hi"}, "length", usage=USAGE)[6:])
+    assert parse_event(payload) == ("Hi", "length", Usage(12, 3))
+    assert parse_event(json.loads(USAGE_CHUNK[6:])) == ("", None, Usage(12, 3))
+
+
+async def test_stops_at_done_without_waiting_for_the_body_to_close(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    body = FakeBody(framing(HELLO + USAGE_CHUNK + DONE), hang=True)
+    serve(router, body)
+    async with asyncio.timeout(2):
+        texts, finish = await collect(provider(client).stream(chat_request()))
+    assert "".join(texts) == "Hello there"
+    assert finish == Finish("stop", Usage(12, 3))
+    assert body.closed
+
+
+async def test_closing_the_stream_early_closes_the_response(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    body = FakeBody([FIRST, content("Hel"), content("lo")], hang=True)
+    serve(router, body)
+    stream = provider(client).stream(chat_request())
+    assert await anext(stream) == "Hel"
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert body.closed
+    assert body.sent == 2  # not drained
+
+
+async def test_cancelling_the_consumer_closes_the_response(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    body = FakeBody([FIRST, content("Hel")], hang=True)
+    serve(router, body)
+    got: list[object] = []
+
+    async def consume() -> None:
+        async for item in provider(client).stream(chat_request()):
+            got.append(item)
+
+    task = asyncio.create_task(consume())
+    while not got:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert body.closed
+
+
+@pytest.mark.parametrize("stall_before", [0, 2])
+async def test_stalled_stream_times_out(
+    client: httpx.AsyncClient, router: respx.MockRouter, stall_before: int
+) -> None:
+    body = FakeBody([FIRST, content("Hel"), content("lo"), DONE], stall_before=stall_before)
+    serve(router, body)
+    p = provider(client, timeouts=Timeouts(connect=1, first_token=0.05, idle=0.05))
+    async with asyncio.timeout(2):
+        with pytest.raises(ProviderError) as info:
+            await collect(p.stream(chat_request()))
+    assert info.value.type == "timeout"
+    assert body.closed
+
+
+async def test_headers_held_back_time_out_as_first_token(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    router.post(URL).mock(side_effect=slow)
+    p = provider(client, timeouts=Timeouts(connect=1, first_token=0.05, idle=5))
+    async with asyncio.timeout(2):
+        with pytest.raises(ProviderError) as info:
+            await collect(p.stream(chat_request()))
+    assert info.value.type == "timeout"

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from chat.config import ConfigError, Settings
+
+
+def test_defaults_with_an_empty_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.provider == "demo"
+    assert settings.db == "./sidechat.db"
+    assert (settings.heartbeat_seconds, settings.on_disconnect) == (15.0, "continue")
+    assert (settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout) == (10.0, 120.0, 60.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "provider"),
+    [
+        ({"OPENAI_API_KEY": "sk-a"}, "openai"),
+        ({"ANTHROPIC_API_KEY": "sk-ant-a"}, "anthropic"),
+        ({"GEMINI_API_KEY": "AIza", "ANTHROPIC_API_KEY": "sk-ant-a"}, "anthropic"),
+        ({"GEMINI_API_KEY": "AIza"}, "gemini"),
+        ({"OPENAI_API_KEY": "sk-a", "SIDECHAT_PROVIDER": "demo"}, "demo"),
+        ({"OPENAI_API_KEY": "  "}, "demo"),
+    ],
+)
+def test_default_provider_is_the_first_with_a_key(env: dict[str, str], provider: str) -> None:
+    assert Settings.from_env(env).provider == provider
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SIDECHAT_HEARTBEAT_SECONDS", "abc"),
+        ("SIDECHAT_HEARTBEAT_SECONDS", "0"),
+        ("SIDECHAT_HEARTBEAT_SECONDS", "-1"),
+        ("SIDECHAT_HEARTBEAT_SECONDS", "nan"),
+        ("SIDECHAT_UPSTREAM_IDLE_TIMEOUT", "inf"),
+        ("SIDECHAT_PROVIDER", "skynet"),
+        ("SIDECHAT_ON_DISCONNECT", "explode"),
+        ("OPENAI_BASE_URL", "api.openai.com"),
+        ("SIDECHAT_HISTORY_MESSAGES", "1.5"),
+        ("SIDECHAT_SHUTDOWN_GRACE_SECONDS", "-3"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            "SIDECHAT_HEARTBEAT_SECONDS": "2.5",
+            "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0",
+            "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1/",
+            "SIDECHAT_ON_DISCONNECT": "cancel",
+        }
+    )
+    assert settings.heartbeat_seconds == 2.5
+    assert settings.shutdown_grace_seconds == 0
+    assert settings.openai_base_url == "http://127.0.0.1:8080/v1"
+    assert settings.on_disconnect == "cancel"
+
+
+def test_repr_masks_keys() -> None:
+    settings = Settings.from_env({"OPENAI_API_KEY": "sk-very-secret", "ANTHROPIC_API_KEY": "sk-ant-secret"})
+    shown = repr(settings)
+    assert "secret" not in shown
+    assert "openai_api_key='***'" in shown and "gemini_api_key=None" in shown
+
+
+def test_cli_values_override_and_none_keeps() -> None:
+    settings = Settings.from_env({"SIDECHAT_DB": "/tmp/a.db"}).override(db=None, port=9000)
+    assert (settings.db, settings.port) == ("/tmp/a.db", 9000)

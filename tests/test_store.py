@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chat.store import Store, title_from
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    opened = await Store.open(str(tmp_path / "chat.db"))
+    yield opened
+    await opened.close()
+
+
+async def test_schema_applies_twice_and_sets_wal_and_foreign_keys(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    for _ in range(2):
+        store = await Store.open(path)
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"conversations", "messages"} <= tables
+
+
+async def test_turn_then_finish_writes_the_reply_once(store: Store) -> None:
+    conversation = await store.create_conversation("local")
+    user, reply = await store.start_turn(conversation.id, "hello", metadata={"provider": "demo", "model": "m"})
+    assert (user.status, reply.status, reply.content) == ("completed", "streaming", "")
+
+    await store.finish_message(reply.id, status="completed", content="hi!", metadata={"finish_reason": "stop"}, last_event_id=4)
+    await store.finish_message(reply.id, status="failed", content="late", metadata={}, last_event_id=9)
+
+    stored = await store.get_message("local", reply.id)
+    assert stored is not None
+    assert (stored.status, stored.content, stored.metadata, stored.last_event_id) == ("completed", "hi!", {"finish_reason": "stop"}, 4)
+    assert stored.completed_at is not None
+    assert (await store.get_conversation("local", conversation.id)).title == "hello"  # type: ignore[union-attr]
+
+
+async def test_rows_left_streaming_become_interrupted(tmp_path: Path) -> None:
+    path = str(tmp_path / "chat.db")
+    store = await Store.open(path)
+    conversation = await store.create_conversation("local")
+    _, reply = await store.start_turn(conversation.id, "hello", metadata={})
+    await store.close()
+
+    reopened = await Store.open(path)
+    assert await reopened.interrupt_streaming() == 1
+    stored = await reopened.get_message("local", reply.id)
+    assert stored is not None and stored.status == "interrupted"
+    assert await reopened.interrupt_streaming() == 0
+    await reopened.close()
+
+
+async def test_delete_cascades_to_messages(store: Store) -> None:
+    conversation = await store.create_conversation("local")
+    user, reply = await store.start_turn(conversation.id, "hello", metadata={})
+    assert await store.delete_conversation("local", conversation.id)
+    assert await store.get_message("local", user.id) is None
+    assert await store.list_messages(conversation.id) == []
+
+
+async def test_turn_in_a_missing_conversation_is_refused(store: Store) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.start_turn(12345, "hello", metadata={})
+    assert await store.list_messages(12345) == []
+
+
+async def test_another_users_rows_are_invisible(store: Store) -> None:
+    conversation = await store.create_conversation("alice")
+    _, reply = await store.start_turn(conversation.id, "hello", metadata={})
+    assert await store.get_conversation("bob", conversation.id) is None
+    assert await store.get_message("bob", reply.id) is None
+    assert not await store.delete_conversation("bob", conversation.id)
+    assert await store.list_conversations("bob", limit=10) == []
+
+
+async def test_idempotency_key_finds_the_first_turn(store: Store) -> None:
+    conversation = await store.create_conversation("local")
+    user, reply = await store.start_turn(conversation.id, "hello", metadata={}, idempotency_key="local:k1")
+    found = await store.find_turn("local", "local:k1")
+    assert found is not None and (found[0].id, found[1].id) == (user.id, reply.id)
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.start_turn(conversation.id, "hello", metadata={}, idempotency_key="local:k1")
+    assert len(await store.list_messages(conversation.id)) == 2
+    assert await store.find_turn("bob", "local:k1") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [("hi", "hi"), ("  many\n\nlines   here ", "many lines here"), ("x" * 60, "x" * 49 + "…")],
+)
+def test_title_from_first_message(text: str, title: str) -> None:
+    assert title_from(text) == title
