@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from types import FrameType
 
 import httpx
 from starlette.applications import Starlette
@@ -37,12 +41,17 @@ def create_app(settings: Settings) -> Starlette:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
             timeout=httpx.Timeout(settings.idle_timeout, connect=settings.connect_timeout),
         )
-        generations = Generations(store, replay_seconds=settings.replay_seconds)
+        generations = Generations(
+            store, replay_seconds=settings.replay_seconds, checkpoint_seconds=settings.checkpoint_seconds
+        )
         app.state.services = Services(settings, store, generations, build_providers(settings, client))
+        # The server waits for open streams to end before it shuts the app down, so
+        # running generations must hear of SIGTERM at once, not at lifespan shutdown.
+        on_stop_signal(lambda: generations.begin_shutdown(settings.shutdown_grace_seconds))
         try:
             yield
         finally:
-            await generations.shutdown(settings.shutdown_grace_seconds)
+            await generations.begin_shutdown(settings.shutdown_grace_seconds)
             await client.aclose()
             await store.close()
 
@@ -51,6 +60,22 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={ApiError: render_api_error, HTTPException: render_http_exception},
         lifespan=lifespan,
     )
+
+
+def on_stop_signal(callback: Callable[[], object]) -> None:
+    """Call `callback` on the loop when SIGTERM or SIGINT arrives, then the server's own handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signals only reach the main thread
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+
+        def handler(signum: int, frame: FrameType | None, previous: object = previous) -> None:
+            loop.call_soon_threadsafe(callback)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

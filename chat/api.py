@@ -7,6 +7,7 @@ import binascii
 import json
 import math
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .config import Settings
-from .errors import BadRequest, Conflict, InvalidFields, NotFound, PayloadTooLarge, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    Conflict,
+    InvalidFields,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
 from .generations import CANCELLED, Generation, Generations
 from .history import build_turns
 from .providers import ProviderInfo
@@ -169,10 +178,22 @@ def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderIn
 # -- chat --------------------------------------------------------------------------------
 
 
-async def start_chat(request: Request) -> tuple[Generation, ChatBody]:
+@dataclass(slots=True)
+class Accepted:
+    """A chat request's turn: new, or the first one a retry with the same Idempotency-Key made."""
+
+    conversation_id: int
+    user_message_id: int
+    message_id: int
+    body: ChatBody
+
+
+async def start_chat(request: Request) -> Accepted:
     """Validate, store the turn and start its generation (or find the one a retry asks for)."""
     app = services(request)
     user = current_user(request)
+    if app.generations.closing:
+        raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
     body = parse_chat_body(await read_json(request, app.settings.max_body_bytes), app.settings)
 
     conversation: Conversation | None = None
@@ -189,10 +210,8 @@ async def start_chat(request: Request) -> tuple[Generation, ChatBody]:
 
     key = request.headers.get("idempotency-key")
     scoped_key = f"{user}:{key}" if key else None
-    if scoped_key:
-        generation = await _attach_to_retry(app, user, scoped_key)
-        if generation is not None:
-            return generation, body
+    if scoped_key and (first := await app.store.find_turn(user, scoped_key)):
+        return Accepted(first[1].conversation_id, first[0].id, first[1].id, body)
 
     if conversation is None:
         conversation = await app.store.create_conversation(
@@ -210,10 +229,10 @@ async def start_chat(request: Request) -> tuple[Generation, ChatBody]:
         )
     except sqlite3.IntegrityError:
         # The conversation was deleted meanwhile, or a twin request with this key won the race.
-        generation = await _attach_to_retry(app, user, scoped_key) if scoped_key else None
-        if generation is None:
+        twin = await app.store.find_turn(user, scoped_key) if scoped_key else None
+        if twin is None:
             raise NotFound(f"conversation {conversation.id} not found") from None
-        return generation, body
+        return Accepted(twin[1].conversation_id, twin[0].id, twin[1].id, body)
 
     assert info.provider is not None
     chat = ChatRequest(
@@ -223,58 +242,63 @@ async def start_chat(request: Request) -> tuple[Generation, ChatBody]:
         temperature=body.temperature,
         max_tokens=body.max_tokens,
     )
-    generation = Generation(
-        info.provider,
-        chat,
-        conversation_id=conversation.id,
-        user_message_id=user_message.id,
-        message_id=reply.id,
-        stop_when_abandoned=app.settings.on_disconnect == "cancel",
-    )
-    return app.generations.start(generation), body
-
-
-async def _attach_to_retry(app: Services, user: str, scoped_key: str) -> Generation | None:
-    turn = await app.store.find_turn(user, scoped_key)
-    if turn is None:
-        return None
-    generation = app.generations.get(turn[1].id)
-    if generation is None:
-        raise Conflict(
-            "a request with this Idempotency-Key already finished",
-            message_id=turn[1].id,
-            stream_url=f"/api/messages/{turn[1].id}/stream",
+    app.generations.start(
+        Generation(
+            info.provider,
+            chat,
+            conversation_id=conversation.id,
+            user_message_id=user_message.id,
+            message_id=reply.id,
+            stop_when_abandoned=app.settings.on_disconnect == "cancel",
         )
-    return generation
+    )
+    return Accepted(conversation.id, user_message.id, reply.id, body)
 
 
-def stream_headers(generation: Generation | Message) -> dict[str, str]:
-    conversation_id = generation.conversation_id
-    message_id = generation.message_id if isinstance(generation, Generation) else generation.id
-    return {"x-conversation-id": str(conversation_id), "x-message-id": str(message_id)}
+async def stream_message(app: Services, message: Message, after: int) -> Response:
+    """The message's events after id `after`: live while its generation is known, else stored."""
+    headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
+    generation = app.generations.get(message.id)
+    if generation is not None:
+        if generation.finished.is_set() and after >= generation.last_event_id:
+            return Response(status_code=204)
+        return EventStreamResponse(generation.follow(after, app.settings.heartbeat_seconds), headers)
+    events = stored_events(message, after)
+    if not events:
+        return Response(status_code=204)
+    return EventStreamResponse(_once(b"".join(events)), headers)
 
 
-async def chat_stream(request: Request) -> EventStreamResponse:
-    generation, _ = await start_chat(request)
-    heartbeat = services(request).settings.heartbeat_seconds
-    return EventStreamResponse(generation.follow(0, heartbeat), stream_headers(generation))
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
+
+
+async def reply_of(request: Request, accepted: Accepted) -> Message:
+    message = await services(request).store.get_message(current_user(request), accepted.message_id)
+    if message is None:  # deleted in the meantime
+        raise NotFound(f"message {accepted.message_id} not found")
+    return message
+
+
+async def chat_stream(request: Request) -> Response:
+    accepted = await start_chat(request)
+    return await stream_message(services(request), await reply_of(request, accepted), 0)
 
 
 async def chat(request: Request) -> Response:
     app = services(request)
-    generation, body = await start_chat(request)
-    if body.wait:
-        await generation.finished.wait()
-        message = await app.store.get_message(current_user(request), generation.message_id)
-        if message is None:
-            raise NotFound(f"message {generation.message_id} not found")
-        return JSONResponse({"message": message.as_json()})
+    accepted = await start_chat(request)
+    if accepted.body.wait:
+        generation = app.generations.get(accepted.message_id)
+        if generation is not None:
+            await generation.finished.wait()
+        return JSONResponse({"message": (await reply_of(request, accepted)).as_json()})
     return JSONResponse(
         {
-            "conversation_id": generation.conversation_id,
-            "user_message_id": generation.user_message_id,
-            "message_id": generation.message_id,
-            "stream_url": f"/api/messages/{generation.message_id}/stream",
+            "conversation_id": accepted.conversation_id,
+            "user_message_id": accepted.user_message_id,
+            "message_id": accepted.message_id,
+            "stream_url": f"/api/messages/{accepted.message_id}/stream",
         },
         status_code=202,
     )
@@ -304,20 +328,7 @@ async def attach(request: Request) -> Response:
     message = await app.store.get_message(current_user(request), message_id)
     if message is None or message.role != "assistant":
         raise NotFound(f"message {message_id} not found")
-    generation = app.generations.get(message_id)
-    if generation is not None:
-        if generation.finished.is_set() and after >= generation.last_event_id:
-            return Response(status_code=204)
-        heartbeat = app.settings.heartbeat_seconds
-        return EventStreamResponse(generation.follow(after, heartbeat), stream_headers(generation))
-    events = stored_events(message, after)
-    if not events:
-        return Response(status_code=204)
-    return EventStreamResponse(_iterate(events), stream_headers(message))
-
-
-async def _iterate(events: list[bytes]):  # type: ignore[no-untyped-def]
-    yield b"".join(events)
+    return await stream_message(app, message, after)
 
 
 async def cancel(request: Request) -> Response:

@@ -50,6 +50,7 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     max_message_chars: int = 100_000
     replay_seconds: float = 30.0
+    checkpoint_seconds: float = 0.0  # 0: off
 
     def __repr__(self) -> str:
         shown = []
@@ -150,4 +151,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "history_messages": ("SIDECHAT_HISTORY_MESSAGES", _positive_int),
     "max_body_bytes": ("SIDECHAT_MAX_BODY_BYTES", _positive_int),
     "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
+    "checkpoint_seconds": ("SIDECHAT_CHECKPOINT_SECONDS", _non_negative_float),
 }

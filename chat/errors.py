@@ -8,7 +8,8 @@
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
-    └── RateLimited             429 rate_limited (`retry_after`, and a Retry-After header)
+    ├── RateLimited             429 rate_limited (`retry_after`, and a Retry-After header)
+    └── ServiceUnavailable      503 shutting_down (`retry_after`, and a Retry-After header)
 
 Upstream trouble is not an ApiError: once a stream has started it is reported as
 an `error` event (see `chat.providers.base.ProviderError`).
@@ -80,6 +81,10 @@ class RateLimited(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(math.ceil(self.retry_after))}
+
+
+class ServiceUnavailable(RateLimited):
+    status, type = 503, "shutting_down"
 
 
 async def render_api_error(request: Request, exc: Exception) -> Response:

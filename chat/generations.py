@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage
@@ -69,6 +69,10 @@ class Generation:
         return "".join(self._parts)
 
     @property
+    def token_count(self) -> int:
+        return len(self._parts)
+
+    @property
     def last_event_id(self) -> int:
         return len(self.events)
 
@@ -88,34 +92,36 @@ class Generation:
             self.task.cancel()
         return True
 
-    async def follow(self, after: int, heartbeat: float) -> AsyncIterator[bytes]:
+    def follow(self, after: int, heartbeat: float) -> Follower:
         """Encoded events after id `after`, pings while quiet, until the terminal event."""
+        return Follower(self, after, heartbeat)
+
+    async def _events(self, after: int, heartbeat: float) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         position = after
-        self.followers += 1
-        try:
-            while True:
-                if position < len(self.events):
-                    # Events that queued up while this follower was busy go out in one write.
-                    end = len(self.events)
-                    yield self.events[position] if end == position + 1 else b"".join(self.events[position:end])
-                    position = end
-                    continue
-                if self.finished.is_set():
-                    return
-                waiter = loop.create_future()
-                self._waiters.append(waiter)
-                timer = loop.call_later(heartbeat, _resolve, waiter)
-                try:
-                    await waiter
-                finally:
-                    timer.cancel()
-                if position == len(self.events) and not self.finished.is_set():
-                    yield PING
-        finally:
-            self.followers -= 1
-            if self.followers == 0 and self.stop_when_abandoned:
-                self.stop(CANCELLED)
+        while True:
+            if position < len(self.events):
+                # Events that queued up while this follower was busy go out in one write.
+                end = len(self.events)
+                yield self.events[position] if end == position + 1 else b"".join(self.events[position:end])
+                position = end
+                continue
+            if self.finished.is_set():
+                return
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            timer = loop.call_later(heartbeat, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+            if position == len(self.events) and not self.finished.is_set():
+                yield PING
+
+    def _unfollow(self) -> None:
+        self.followers -= 1
+        if self.followers == 0 and self.stop_when_abandoned:
+            self.stop(CANCELLED)
 
     async def run(self, store: Store) -> None:
         started = time.monotonic()
@@ -218,6 +224,29 @@ class Generation:
         return {"message_id": self.message_id, "error": error, "partial": bool(self._parts)}
 
 
+class Follower:
+    """One client's view of a generation. It counts as following from the moment it is
+    made (not from its first read), so a client that just attached is never mistaken
+    for no client at all; `aclose()` ends it."""
+
+    def __init__(self, generation: Generation, after: int, heartbeat: float) -> None:
+        generation.followers += 1
+        self._generation: Generation | None = generation
+        self._events = generation._events(after, heartbeat)
+
+    def __aiter__(self) -> Follower:
+        return self
+
+    def __anext__(self) -> Awaitable[bytes]:
+        return self._events.__anext__()
+
+    async def aclose(self) -> None:
+        generation, self._generation = self._generation, None
+        if generation is not None:
+            await self._events.aclose()
+            generation._unfollow()
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -226,10 +255,13 @@ def _resolve(waiter: asyncio.Future[None]) -> None:
 class Generations:
     """The running generations of this process, by assistant message id."""
 
-    def __init__(self, store: Store, *, replay_seconds: float) -> None:
+    def __init__(self, store: Store, *, replay_seconds: float, checkpoint_seconds: float = 0) -> None:
         self.store = store
         self.replay_seconds = replay_seconds
+        self.checkpoint_seconds = checkpoint_seconds
+        self.closing = False  # no new generations: the server is shutting down
         self._live: dict[int, Generation] = {}
+        self._shutdown: asyncio.Task[None] | None = None
 
     def get(self, message_id: int) -> Generation | None:
         return self._live.get(message_id)
@@ -240,11 +272,23 @@ class Generations:
         return generation
 
     async def _run(self, generation: Generation) -> None:
+        checkpoints = asyncio.create_task(self._checkpoint(generation)) if self.checkpoint_seconds else None
         try:
             await generation.run(self.store)
         finally:
+            if checkpoints is not None:
+                checkpoints.cancel()
             loop = asyncio.get_running_loop()
             loop.call_later(self.replay_seconds, self._forget, generation)
+
+    async def _checkpoint(self, generation: Generation) -> None:
+        """Save a long generation's partial text now and then, so a crash loses little of it."""
+        saved = 0
+        while True:
+            await asyncio.sleep(self.checkpoint_seconds)
+            if generation.token_count != saved and not generation.finished.is_set():
+                saved = generation.token_count
+                await self.store.checkpoint_message(generation.message_id, generation.text)
 
     def _forget(self, generation: Generation) -> None:
         if self._live.get(generation.message_id) is generation:
@@ -259,8 +303,14 @@ class Generations:
         running = [g for g in self._live.values() if g.conversation_id == conversation_id]
         await asyncio.gather(*(self.stop(g, CANCELLED) for g in running))
 
-    async def shutdown(self, grace: float) -> None:
-        """Let running generations finish for `grace` seconds, then end the rest."""
+    def begin_shutdown(self, grace: float) -> asyncio.Task[None]:
+        """Refuse new generations; let running ones finish for `grace` seconds, then end the rest."""
+        self.closing = True
+        if self._shutdown is None:
+            self._shutdown = asyncio.create_task(self._end_all(grace))
+        return self._shutdown
+
+    async def _end_all(self, grace: float) -> None:
         running = [g for g in self._live.values() if not g.finished.is_set()]
         if running and grace > 0:
             waits = [asyncio.ensure_future(g.finished.wait()) for g in running]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from starlette.types import Receive, Scope, Send
 
@@ -19,8 +20,13 @@ from .sse import retry_field
 RETRY = retry_field(3000)
 
 
+class Events(Protocol):
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
+
+
 class EventStreamResponse:
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+    def __init__(self, events: Events, headers: dict[str, str] | None = None) -> None:
         self.events = events
         self.headers = {
             "content-type": "text/event-stream; charset=utf-8",
@@ -45,7 +51,7 @@ class EventStreamResponse:
             watch.cancel()
             stream.cancel()
             await asyncio.gather(stream, watch, return_exceptions=True)
-            await self.events.aclose()  # type: ignore[attr-defined]
+            await self.events.aclose()
         if stream.done() and not stream.cancelled() and stream.exception() is not None:
             raise stream.exception()  # type: ignore[misc]
 

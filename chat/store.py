@@ -317,6 +317,14 @@ class Store:
             ),
         )
 
+    async def checkpoint_message(self, message_id: int, content: str) -> None:
+        """The partial text of a reply still being generated (off by default; never per token)."""
+        async with self._write:
+            await self._db.execute(
+                "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
+                {"id": message_id, "content": content},
+            )
+
     async def get_message(self, user_id: str, message_id: int) -> Message | None:
         rows = await self._db.execute_fetchall(
             f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", demo_delay=0.0, max_body_bytes=4096)
+    settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", demo_delay=0.0, max_body_bytes=4096, shutdown_grace_seconds=0.5)
     async with serve(settings) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield http

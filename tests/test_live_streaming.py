@@ -30,6 +30,7 @@ def settings_for(upstream: FakeUpstream, tmp_path: Path, **changes: object) -> S
         "openai_base_url": upstream.url,
         "heartbeat_seconds": 5.0,
         "replay_seconds": 30.0,
+        "shutdown_grace_seconds": 0.5,
     }
     values.update(changes)
     return Settings(**values)  # type: ignore[arg-type]

@@ -38,8 +38,8 @@ import email.utils
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -157,7 +157,7 @@ class Timeouts:
 
 async def read_with_deadlines(
     chunks: AsyncIterator[bytes], timeouts: Timeouts, *, started: float | None = None
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Relay `chunks`, bounding the wait for the first by `first_token` (counted
     from `started`, a loop time, when given) and for each later one by `idle`."""
     loop = asyncio.get_running_loop()
@@ -221,7 +221,11 @@ async def open_stream(
                 async with scope:
                     response = await stack.enter_async_context(
                         client.stream(
-                            "POST", url, json=body, headers=headers, timeout=timeouts.httpx_timeout()
+                            "POST",
+                            url,
+                            json=body,
+                            headers=headers,
+                            timeout=timeouts.httpx_timeout(),
                         )
                     )
             except TimeoutError:
@@ -267,15 +271,13 @@ async def _read_limited(response: httpx.Response, timeouts: Timeouts) -> bytes:
     # reading it must not hide the status we already have.
     parts: list[bytes] = []
     size = 0
-    try:
+    with suppress(ProviderError, httpx.HTTPError):  # keep what arrived; the status is the news
         async with aclosing(read_with_deadlines(response.aiter_bytes(), timeouts)) as chunks:
             async for chunk in chunks:
                 parts.append(chunk)
                 size += len(chunk)
                 if size >= _ERROR_BODY_LIMIT:
                     break
-    except (ProviderError, httpx.HTTPError):
-        pass  # keep what arrived; the status is the news
     return b"".join(parts)[:_ERROR_BODY_LIMIT]
 
 
@@ -403,7 +405,7 @@ def _classify(status: int | None, codes: set[str]) -> tuple[str, bool]:
         return "upstream_error", True
     if codes & _BLOCKED_CODES:
         return "prompt_blocked", False
-    if status is not None and 400 <= status < 500:
+    if status is not None and status < 500:  # other 4xx, and redirects we do not follow
         return "upstream_error", False
     for code in codes:
         if code in _BY_CODE:
@@ -476,6 +478,8 @@ def error_from_response(
         message = f"{provider} answered HTTP {status}: {excerpt(body, page=True)}"
     else:
         message = f"{provider} answered HTTP {status}"
+    if 300 <= status < 400 and headers.get("location"):
+        message += f" (a redirect to {redact(headers['location'])})"
     retry_after = parse_retry_after(headers)
     return ProviderError(
         type,
@@ -531,6 +535,4 @@ def protocol_error(provider: str, what: str, data: bytes | str) -> ProviderError
 
 
 def truncated_error(provider: str, missing: str) -> ProviderError:
-    return ProviderError(
-        "truncated", f"{provider}'s stream ended before {missing}", retryable=True
-    )
+    return ProviderError("truncated", f"{provider}'s stream ended before {missing}", retryable=True)

@@ -49,7 +49,10 @@ _BLOCKED = frozenset(
 def build_body(request: ChatRequest) -> dict[str, Any]:
     body: dict[str, Any] = {
         "contents": [
-            {"role": "model" if turn.role == "assistant" else "user", "parts": [{"text": turn.content}]}
+            {
+                "role": "model" if turn.role == "assistant" else "user",
+                "parts": [{"text": turn.content}],
+            }
             for turn in request.turns
         ]
     }
@@ -140,7 +143,9 @@ class GeminiProvider:
 
     def url(self, model: str) -> str:
         model = model.removeprefix("models/")
-        return f"{self._base_url}/v1beta/models/{quote(model, safe='')}:streamGenerateContent?alt=sse"
+        return (
+            f"{self._base_url}/v1beta/models/{quote(model, safe='')}:streamGenerateContent?alt=sse"
+        )
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
         if not request.model:

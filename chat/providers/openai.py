@@ -11,7 +11,8 @@ OpenRouter, Groq) differ at the edges, so we are lenient there:
   chunk;
 - a body that ends after a `finish_reason` counts as finished even without
   `[DONE]`; a `[DONE]` with no `finish_reason` before it is `truncated`;
-- `refusal` deltas are the answer's text; tool-call deltas are not text.
+- `refusal` deltas are the answer's text; tool-call deltas and reasoning
+  (`reasoning_content`, `reasoning`: DeepSeek, vLLM, OpenRouter) are not.
 
 We stop at `[DONE]` instead of waiting for the server to close the body.
 """
@@ -143,7 +144,8 @@ class OpenAIProvider:
                 for event in decoder.feed(chunk):
                     data = event.data
                     if data == "[DONE]":
-                        reason = reason or "stop" 
+                        if reason is None:
+                            raise truncated_error(name, "any finish_reason ([DONE] came first)")
                         yield Finish(reason, usage or Usage())
                         return
                     try:

@@ -37,5 +37,3 @@ def router() -> Iterable[respx.MockRouter]:
 async def client(router: respx.MockRouter) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(transport=httpx.MockTransport(router.async_handler)) as c:
         yield c
-
-

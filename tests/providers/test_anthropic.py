@@ -22,7 +22,11 @@ URL = "https://api.anthropic.com/v1/messages"
 def event(payload: dict[str, Any], name: str | None = None) -> bytes:
     """One event as api.anthropic.com sends it: a name line, then compact JSON."""
     name = name or payload["type"]
-    return f"event: {name}\ndata: ".encode() + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+    return (
+        f"event: {name}\ndata: ".encode()
+        + json.dumps(payload, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
 
 
 MESSAGE_START = event(
@@ -119,7 +123,15 @@ async def test_thinking_signature_and_tool_input_are_never_text(
         + block_start(1, {"type": "text", "text": ""})
         + text(1, "It's 12,231.")
         + block_stop(1)
-        + block_start(2, {"type": "tool_use", "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "name": "get_weather", "input": {}})
+        + block_start(
+            2,
+            {
+                "type": "tool_use",
+                "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                "name": "get_weather",
+                "input": {},
+            },
+        )
         + delta(2, {"type": "input_json_delta", "partial_json": ""})
         + delta(2, {"type": "input_json_delta", "partial_json": '{"location": "San Fra'})
         + delta(2, {"type": "input_json_delta", "partial_json": 'ncisco, CA"}'})
@@ -179,7 +191,11 @@ async def test_token_holding_an_sse_event_and_an_emoji_split(
 ) -> None:
     sneaky = "a\n\nevent: message_stop\ndata: {}\n\n👋🏽"
     raw = json.dumps(
-        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": sneaky}},
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "text_delta", "text": sneaky},
+        },
         ensure_ascii=False,
     )
     data = (
@@ -197,15 +213,21 @@ async def test_token_holding_an_sse_event_and_an_emoji_split(
     assert finish.reason == "stop"
 
 
-async def test_unknown_event_types_are_ignored(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_unknown_event_types_are_ignored(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     novel = event({"type": "message_annotation", "annotation": {"kind": "new"}})
     serve(router, FakeBody([MESSAGE_START, novel, HELLO[len(MESSAGE_START) :]]))
     texts, _ = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hello!"
 
 
-async def test_invalid_json_is_a_protocol_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
-    serve(router, FakeBody([MESSAGE_START + b"event: content_block_delta\ndata: {\"type\": \"con\n\n"]))
+async def test_invalid_json_is_a_protocol_error(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    serve(
+        router, FakeBody([MESSAGE_START + b'event: content_block_delta\ndata: {"type": "con\n\n'])
+    )
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
     assert info.value.type == "protocol"
@@ -223,14 +245,21 @@ async def test_invalid_json_is_a_protocol_error(client: httpx.AsyncClient, route
     ],
 )
 async def test_error_answers(
-    client: httpx.AsyncClient, router: respx.MockRouter, status: int, error_type: str, type: str, retryable: bool
+    client: httpx.AsyncClient,
+    router: respx.MockRouter,
+    status: int,
+    error_type: str,
+    type: str,
+    retryable: bool,
 ) -> None:
     body = {
         "type": "error",
         "error": {"type": error_type, "message": "something went wrong"},
         "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
     }
-    router.post(URL).mock(return_value=httpx.Response(status, headers={"retry-after": "3"}, json=body))
+    router.post(URL).mock(
+        return_value=httpx.Response(status, headers={"retry-after": "3"}, json=body)
+    )
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
     e = info.value
@@ -239,10 +268,14 @@ async def test_error_answers(
     assert "something went wrong" in e.message
 
 
-async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_request_body_and_headers(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     route = serve(router, FakeBody([HELLO]))
     history = [Turn("user", "Hi"), Turn("assistant", "Hello!")]
-    request = chat_request("And now?", model="", system="Be brief.", temperature=0.5, history=history)
+    request = chat_request(
+        "And now?", model="", system="Be brief.", temperature=0.5, history=history
+    )
     await collect(provider(client).stream(request))
     sent = route.calls.last.request
     assert sent.headers["x-api-key"] == "sk-ant-api03-test"
@@ -291,7 +324,9 @@ async def test_stops_at_message_stop_without_waiting_for_close(
     assert body.closed
 
 
-async def test_idle_stall_after_ping_times_out(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_idle_stall_after_ping_times_out(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     body = FakeBody([MESSAGE_START, PING, text(0, "Hel"), MESSAGE_STOP], stall_before=2)
     serve(router, body)
     p = provider(client, timeouts=Timeouts(connect=1, first_token=5, idle=0.05))

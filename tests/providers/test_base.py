@@ -25,7 +25,9 @@ from chat.providers.base import (
 from .fakes import FakeBody
 
 
-def answer(status: int, body: Any, headers: dict[str, str] | None = None, provider: str = "openai") -> ProviderError:
+def answer(
+    status: int, body: Any, headers: dict[str, str] | None = None, provider: str = "openai"
+) -> ProviderError:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return error_from_response(status, httpx.Headers(headers or {}), raw, provider)
 
@@ -54,6 +56,12 @@ def test_status_maps_to_type(status: int, type: str, retryable: bool) -> None:
     assert error.message == f"openai answered HTTP {status}"
 
 
+def test_redirect_is_not_retryable_and_names_its_target() -> None:
+    error = answer(302, b"", {"location": "http://portal.example/login?token=abc123"})
+    assert (error.type, error.retryable) == ("upstream_error", False)
+    assert "http://portal.example/login?token=[redacted]" in error.message
+
+
 def test_openai_error_body() -> None:
     error = answer(
         401,
@@ -67,21 +75,35 @@ def test_openai_error_body() -> None:
             }
         },
     )
-    assert (error.type, error.provider_type, error.provider_code) == ("auth", "invalid_request_error", "invalid_api_key")
+    assert (error.type, error.provider_type, error.provider_code) == (
+        "auth",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
     assert error.message.startswith("openai: Incorrect API key provided: [redacted]. You can find")
     assert "Ab1Z" not in error.message
 
 
 @pytest.mark.parametrize("code", ["insufficient_quota", "billing_hard_limit_reached"])
 def test_quota_429_is_not_retryable(code: str) -> None:
-    error = answer(429, {"error": {"message": "You exceeded your current quota.", "type": code, "code": code}})
+    error = answer(
+        429, {"error": {"message": "You exceeded your current quota.", "type": code, "code": code}}
+    )
     assert (error.type, error.retryable, error.provider_code) == ("rate_limited", False, code)
 
 
 def test_anthropic_overloaded_body_wins_over_status() -> None:
-    body = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}, "request_id": "req_1"}
+    body = {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Overloaded"},
+        "request_id": "req_1",
+    }
     error = answer(500, body, provider="anthropic")
-    assert (error.type, error.retryable, error.provider_type) == ("overloaded", True, "overloaded_error")
+    assert (error.type, error.retryable, error.provider_type) == (
+        "overloaded",
+        True,
+        "overloaded_error",
+    )
     assert error.message == "anthropic: Overloaded"
 
 
@@ -92,7 +114,10 @@ def test_gemini_retry_info_and_status() -> None:
             "message": "You exceeded your current quota, please check your plan and billing details.",
             "status": "RESOURCE_EXHAUSTED",
             "details": [
-                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{"quotaId": "x"}]},
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{"quotaId": "x"}],
+                },
                 {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "37s"},
             ],
         }
@@ -107,7 +132,9 @@ def test_gemini_retry_info_and_status() -> None:
 
 
 def test_ollama_error_string() -> None:
-    error = answer(404, {"error": 'model "llama9" not found, try pulling it first'}, provider="ollama")
+    error = answer(
+        404, {"error": 'model "llama9" not found, try pulling it first'}, provider="ollama"
+    )
     assert error.message == 'ollama: model "llama9" not found, try pulling it first'
     assert error.provider_type is None
 
@@ -164,7 +191,10 @@ def test_retry_after_rides_on_the_error() -> None:
         ("bad key sk-ant-api03-AbCdEf123456-xyzXYZ given", "AbCdEf123456"),
         ("key AIzaSyD-1234567890abcdefghijklmnopqrstu rejected", "1234567890abcdef"),
         ("header Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc.def sent", "eyJhbGci"),
-        ("GET https://x.googleapis.com/v1beta/models?key=AIzaSecret123&alt=sse failed", "Secret123"),
+        (
+            "GET https://x.googleapis.com/v1beta/models?key=AIzaSecret123&alt=sse failed",
+            "Secret123",
+        ),
         ("GET /v1?api_key=hunter2 failed", "hunter2"),
     ],
 )
@@ -180,19 +210,30 @@ def test_redact_leaves_ordinary_words() -> None:
 
 
 def test_error_from_event_anthropic_overloaded() -> None:
-    error = error_from_event({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "anthropic")
+    error = error_from_event(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+        "anthropic",
+    )
     assert (error.type, error.retryable, error.status) == ("overloaded", True, None)
 
 
 @pytest.mark.parametrize(
     ("payload", "type", "retryable"),
     [
-        ({"error": {"message": "boom", "type": "server_error", "code": None}}, "upstream_error", True),
+        (
+            {"error": {"message": "boom", "type": "server_error", "code": None}},
+            "upstream_error",
+            True,
+        ),
         ({"error": {"message": "slow", "type": "rate_limit_error"}}, "rate_limited", True),
         ({"error": {"code": 502, "message": "Provider returned error"}}, "upstream_error", True),
         ({"error": {"code": 429, "message": "Rate limited upstream"}}, "rate_limited", True),
         ({"error": "something broke"}, "upstream_error", True),
-        ({"error": {"code": 504, "message": "late", "status": "DEADLINE_EXCEEDED"}}, "timeout", True),
+        (
+            {"error": {"code": 504, "message": "late", "status": "DEADLINE_EXCEEDED"}},
+            "timeout",
+            True,
+        ),
     ],
 )
 def test_error_from_event(payload: dict[str, Any], type: str, retryable: bool) -> None:
@@ -207,9 +248,21 @@ def test_error_from_event(payload: dict[str, Any], type: str, retryable: bool) -
         (httpx.ConnectError("[Errno 111] Connection refused"), "upstream_error", True),
         (httpx.ConnectTimeout("timed out"), "timeout", True),
         (httpx.ReadTimeout("timed out"), "timeout", True),
-        (httpx.RemoteProtocolError("peer closed connection without sending complete message body"), "upstream_error", True),
+        (
+            httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            ),
+            "upstream_error",
+            True,
+        ),
         (httpx.ReadError("connection reset"), "upstream_error", True),
-        (httpx.UnsupportedProtocol("Request URL is missing an 'http://' or 'https://' protocol."), "upstream_error", False),
+        (
+            httpx.UnsupportedProtocol(
+                "Request URL is missing an 'http://' or 'https://' protocol."
+            ),
+            "upstream_error",
+            False,
+        ),
     ],
 )
 def test_error_from_transport(exc: Exception, type: str, retryable: bool) -> None:
@@ -218,7 +271,9 @@ def test_error_from_transport(exc: Exception, type: str, retryable: bool) -> Non
 
 
 def test_error_from_transport_redacts_urls() -> None:
-    error = error_from_transport(httpx.ConnectError("failed: https://h/x?key=AIzaSecretSecret"), "gemini")
+    error = error_from_transport(
+        httpx.ConnectError("failed: https://h/x?key=AIzaSecretSecret"), "gemini"
+    )
     assert "AIzaSecret" not in error.message
 
 
@@ -247,7 +302,9 @@ async def test_deadlines_pass_a_steady_stream() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("delays", "waiting_for"), [([5.0], "first token"), ([0, 5.0], "more of the stream")])
+@pytest.mark.parametrize(
+    ("delays", "waiting_for"), [([5.0], "first token"), ([0, 5.0], "more of the stream")]
+)
 async def test_deadlines_raise_timeout(delays: list[float], waiting_for: str) -> None:
     source = Source(delays)
     async with asyncio.timeout(2):
@@ -271,13 +328,14 @@ async def test_slow_consumer_is_not_a_stall() -> None:
 
 @pytest.mark.anyio
 async def test_first_token_deadline_counts_from_started() -> None:
+    # Counted from `started`, the deadline is 0.1s away; counted from now, 0.4s.
     loop = asyncio.get_running_loop()
-    source = Source([0.06])
-    with pytest.raises(ProviderError):
-        async for _ in read_with_deadlines(
-            source.gen(), Timeouts(first_token=0.1, idle=1), started=loop.time() - 0.05
-        ):
+    source = Source([0.25])
+    timeouts = Timeouts(first_token=0.4, idle=1)
+    with pytest.raises(ProviderError) as info:
+        async for _ in read_with_deadlines(source.gen(), timeouts, started=loop.time() - 0.3):
             pass
+    assert info.value.type == "timeout"
 
 
 @pytest.mark.anyio
@@ -302,8 +360,14 @@ async def read_all(client: httpx.AsyncClient, json_ok: bool = False) -> bytes:
 
 
 @pytest.mark.anyio
-async def test_open_stream_json_200_with_error_raises_it(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
-    router.post(URL).mock(return_value=httpx.Response(200, json={"error": {"message": "model is loading", "code": 503}}))
+async def test_open_stream_json_200_with_error_raises_it(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    router.post(URL).mock(
+        return_value=httpx.Response(
+            200, json={"error": {"message": "model is loading", "code": 503}}
+        )
+    )
     with pytest.raises(ProviderError) as info:
         await read_all(client)
     assert (info.value.type, info.value.message) == ("overloaded", "p: model is loading")
@@ -320,17 +384,23 @@ async def test_open_stream_json_200_without_error_is_protocol(
 
 
 @pytest.mark.anyio
-async def test_open_stream_json_ok_passes_the_body(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_open_stream_json_ok_passes_the_body(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     router.post(URL).mock(return_value=httpx.Response(200, json={"done": True}))
     assert await read_all(client, json_ok=True) == b'{"done":true}'
 
 
 @pytest.mark.anyio
-async def test_connection_dropped_mid_body_is_translated(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_connection_dropped_mid_body_is_translated(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     class Dropping(FakeBody):
         async def __aiter__(self) -> AsyncIterator[bytes]:
             yield b"data: {}\n\n"
-            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            raise httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"
+            )
 
     body = Dropping([])
     router.post(URL).mock(return_value=httpx.Response(200, stream=body))
@@ -350,7 +420,12 @@ async def test_error_body_that_stalls_still_reports_the_status(
     async with asyncio.timeout(2):
         with pytest.raises(ProviderError) as info:
             async with open_stream(
-                client, URL, body={}, headers={}, timeouts=Timeouts(first_token=0.05, idle=0.05), provider="p"
+                client,
+                URL,
+                body={},
+                headers={},
+                timeouts=Timeouts(first_token=0.05, idle=0.05),
+                provider="p",
             ):
                 raise AssertionError("unreachable")
     assert (info.value.type, info.value.status) == ("overloaded", 503)

@@ -37,7 +37,11 @@ def test_pieces_join_back_exactly(text: str) -> None:
 
 
 async def test_streams_the_reply_token_by_token() -> None:
-    request = chat_request("Tell me a joke", system="Be kind.", history=[Turn("user", "Hi there"), Turn("assistant", "Hello")])
+    request = chat_request(
+        "Tell me a joke",
+        system="Be kind.",
+        history=[Turn("user", "Hi there"), Turn("assistant", "Hello")],
+    )
     texts, finish = await collect(DemoProvider(delay=0).stream(request))
     assert "".join(texts) == demo_reply("Tell me a joke")
     assert len(texts) > 20

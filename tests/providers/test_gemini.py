@@ -20,7 +20,9 @@ BASE = "https://generativelanguage.googleapis.com"
 URL = f"{BASE}/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
 
 
-def response(parts: list[dict[str, Any]], finish: str | None = None, usage: dict[str, Any] | None = None) -> bytes:
+def response(
+    parts: list[dict[str, Any]], finish: str | None = None, usage: dict[str, Any] | None = None
+) -> bytes:
     """One event as the Gemini API sends it (it ends lines with CRLF itself)."""
     candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish:
@@ -34,7 +36,12 @@ def response(parts: list[dict[str, Any]], finish: str | None = None, usage: dict
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
 
 
-USAGE = {"promptTokenCount": 8, "candidatesTokenCount": 12, "totalTokenCount": 45, "thoughtsTokenCount": 25}
+USAGE = {
+    "promptTokenCount": 8,
+    "candidatesTokenCount": 12,
+    "totalTokenCount": 45,
+    "thoughtsTokenCount": 25,
+}
 HELLO = (
     response([{"text": "**Greeting the user**\n\nI will say hi.", "thought": True}])
     + response([{"text": "Hello"}])
@@ -63,8 +70,12 @@ async def test_streams_text_skipping_thoughts(
     assert body.closed
 
 
-async def test_max_tokens_is_length(client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing) -> None:
-    serve(router, FakeBody(framing(response([{"text": "Hel"}]) + response([], "MAX_TOKENS", USAGE))))
+async def test_max_tokens_is_length(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(
+        router, FakeBody(framing(response([{"text": "Hel"}]) + response([], "MAX_TOKENS", USAGE)))
+    )
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == ["Hel"]
     assert finish.reason == "length"
@@ -83,11 +94,15 @@ async def test_blocked_answer_is_an_error(
     assert (info.value.type, info.value.provider_code) == ("prompt_blocked", reason)
 
 
-async def test_blocked_prompt_is_an_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_blocked_prompt_is_an_error(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     payload = {
         "promptFeedback": {
             "blockReason": "SAFETY",
-            "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}],
+            "safetyRatings": [
+                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
+            ],
         },
         "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
         "modelVersion": "gemini-2.5-flash",
@@ -108,14 +123,29 @@ async def test_body_ending_before_finish_reason_is_truncated(
 
 
 async def test_error_object_mid_stream(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
-    error = {"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}}
-    serve(router, FakeBody([response([{"text": "Hel"}]), b"data: " + json.dumps(error).encode() + b"\n\n"]))
+    error = {
+        "error": {
+            "code": 503,
+            "message": "The model is overloaded. Please try again later.",
+            "status": "UNAVAILABLE",
+        }
+    }
+    serve(
+        router,
+        FakeBody([response([{"text": "Hel"}]), b"data: " + json.dumps(error).encode() + b"\n\n"]),
+    )
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
-    assert (info.value.type, info.value.retryable, info.value.provider_type) == ("overloaded", True, "UNAVAILABLE")
+    assert (info.value.type, info.value.retryable, info.value.provider_type) == (
+        "overloaded",
+        True,
+        "UNAVAILABLE",
+    )
 
 
-async def test_invalid_key_answer_is_auth(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_invalid_key_answer_is_auth(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     body = {
         "error": {
             "code": 400,
@@ -135,13 +165,25 @@ async def test_invalid_key_answer_is_auth(client: httpx.AsyncClient, router: res
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
     e = info.value
-    assert (e.type, e.status, e.provider_type, e.provider_code) == ("auth", 400, "INVALID_ARGUMENT", "API_KEY_INVALID")
+    assert (e.type, e.status, e.provider_type, e.provider_code) == (
+        "auth",
+        400,
+        "INVALID_ARGUMENT",
+        "API_KEY_INVALID",
+    )
 
 
-async def test_request_url_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_request_url_body_and_headers(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     route = serve(router, FakeBody([HELLO]))
     request = chat_request(
-        "And now?", model="", system="Be brief.", temperature=0.7, max_tokens=256, history=[Turn("user", "Hi"), Turn("assistant", "Hello!")]
+        "And now?",
+        model="",
+        system="Be brief.",
+        temperature=0.7,
+        max_tokens=256,
+        history=[Turn("user", "Hi"), Turn("assistant", "Hello!")],
     )
     await collect(provider(client).stream(request))
     sent = route.calls.last.request
@@ -160,11 +202,15 @@ async def test_request_url_body_and_headers(client: httpx.AsyncClient, router: r
 
 
 def test_build_body_minimal() -> None:
-    assert build_body(chat_request("Hi")) == {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
+    assert build_body(chat_request("Hi")) == {
+        "contents": [{"role": "user", "parts": [{"text": "Hi"}]}]
+    }
 
 
 def test_parse_event_joins_parts() -> None:
-    payload = json.loads(response([{"text": "a"}, {"text": "b", "thought": True}, {"text": "c"}])[6:])
+    payload = json.loads(
+        response([{"text": "a"}, {"text": "b", "thought": True}, {"text": "c"}])[6:]
+    )
     assert parse_event(payload) == ("ac", None)
 
 

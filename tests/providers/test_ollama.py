@@ -24,7 +24,12 @@ def line(content: str = "", *, thinking: str | None = None, **extra: Any) -> byt
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if thinking is not None:
         message["thinking"] = thinking
-    payload = {"model": "llama3.2", "created_at": "2024-07-22T20:33:28.123648Z", "message": message, "done": False}
+    payload = {
+        "model": "llama3.2",
+        "created_at": "2024-07-22T20:33:28.123648Z",
+        "message": message,
+        "done": False,
+    }
     payload.update(extra)
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
@@ -45,7 +50,9 @@ def done(reason: str = "stop") -> bytes:
 HELLO = line("Hel") + line("lo") + line(" 👋🏽") + done()
 
 
-def serve(router: respx.MockRouter, body: FakeBody, content_type: str = "application/x-ndjson") -> respx.Route:
+def serve(
+    router: respx.MockRouter, body: FakeBody, content_type: str = "application/x-ndjson"
+) -> respx.Route:
     return router.post(URL).mock(
         return_value=httpx.Response(200, headers={"content-type": content_type}, stream=body)
     )
@@ -62,7 +69,9 @@ async def test_streams_text_then_finish(
     assert body.closed
 
 
-async def test_length_and_thinking(client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing) -> None:
+async def test_length_and_thinking(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
     data = line(thinking="Hmm, the user") + line(thinking=" wants") + line("Yes") + done("length")
     serve(router, FakeBody(framing(data)))
     texts, finish = await collect(OllamaProvider(client).stream(chat_request()))
@@ -90,8 +99,13 @@ async def test_body_ending_before_done_is_truncated(
     assert info.value.type == "truncated"
 
 
-async def test_error_line_mid_stream(client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing) -> None:
-    data = line("Hel") + b'{"error":"an error was encountered while running the model: unexpected EOF"}\n'
+async def test_error_line_mid_stream(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = (
+        line("Hel")
+        + b'{"error":"an error was encountered while running the model: unexpected EOF"}\n'
+    )
     serve(router, FakeBody(framing(data)))
     got: list[object] = []
     with pytest.raises(ProviderError) as info:
@@ -102,7 +116,9 @@ async def test_error_line_mid_stream(client: httpx.AsyncClient, router: respx.Mo
     assert "unexpected EOF" in info.value.message
 
 
-async def test_invalid_line_is_a_protocol_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_invalid_line_is_a_protocol_error(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     serve(router, FakeBody([line("Hel") + b"<html>oops\n" + done()]))
     with pytest.raises(ProviderError) as info:
         await collect(OllamaProvider(client).stream(chat_request()))
@@ -112,7 +128,9 @@ async def test_invalid_line_is_a_protocol_error(client: httpx.AsyncClient, route
 
 async def test_model_not_found(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     router.post(URL).mock(
-        return_value=httpx.Response(404, json={"error": 'model "llama9" not found, try pulling it first'})
+        return_value=httpx.Response(
+            404, json={"error": 'model "llama9" not found, try pulling it first'}
+        )
     )
     with pytest.raises(ProviderError) as info:
         await collect(OllamaProvider(client).stream(chat_request(model="llama9")))
@@ -124,7 +142,12 @@ async def test_model_not_found(client: httpx.AsyncClient, router: respx.MockRout
 async def test_request_body(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     route = serve(router, FakeBody([HELLO]))
     request = chat_request(
-        "And now?", model="", system="Be brief.", temperature=0.1, max_tokens=64, history=[Turn("user", "Hi"), Turn("assistant", "Yo")]
+        "And now?",
+        model="",
+        system="Be brief.",
+        temperature=0.1,
+        max_tokens=64,
+        history=[Turn("user", "Hi"), Turn("assistant", "Yo")],
     )
     await collect(OllamaProvider(client).stream(request))
     sent = route.calls.last.request

@@ -41,9 +41,7 @@ def chunk(
         "model": "gpt-4o-mini-2024-07-18",
         "service_tier": "default",
         "system_fingerprint": "fp_06737a9306",
-        "choices": [
-            {"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}
-        ]
+        "choices": [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
         if choices
         else [],
         "usage": usage,
@@ -161,6 +159,22 @@ async def test_tool_call_deltas_are_not_text(
     assert finish == Finish("tool_calls", Usage(12, 3))
 
 
+async def test_reasoning_deltas_are_not_text(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    data = (
+        chunk({"role": "assistant", "content": "", "reasoning_content": "Let me think"})
+        + chunk({"content": None, "reasoning_content": " step by step."})
+        + chunk({"content": None, "reasoning": "OpenRouter spells it so."})
+        + content("42")
+        + chunk(finish="stop")
+        + DONE
+    )
+    serve(router, FakeBody(framing(data)))
+    texts, _ = await collect(provider(client).stream(chat_request()))
+    assert texts == ["42"]
+
+
 async def test_openrouter_comments_and_event_lines_are_tolerated(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
@@ -228,9 +242,13 @@ async def test_invalid_json_is_a_protocol_error_quoting_it(
 async def test_html_page_with_200_is_a_protocol_error(
     client: httpx.AsyncClient, router: respx.MockRouter
 ) -> None:
-    page = b"<!DOCTYPE html><html><head><title>Hotel WiFi Login</title></head><body>...</body></html>"
+    page = (
+        b"<!DOCTYPE html><html><head><title>Hotel WiFi Login</title></head><body>...</body></html>"
+    )
     router.post(URL).mock(
-        return_value=httpx.Response(200, headers={"content-type": "text/html; charset=utf-8"}, content=page)
+        return_value=httpx.Response(
+            200, headers={"content-type": "text/html; charset=utf-8"}, content=page
+        )
     )
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
@@ -292,7 +310,14 @@ async def test_html_page_with_200_is_a_protocol_error(
         (
             500,
             {},
-            {"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": None, "code": None}},
+            {
+                "error": {
+                    "message": "The server had an error while processing your request.",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
             "upstream_error",
             True,
             None,
@@ -345,7 +370,9 @@ async def test_utf8_char_split_across_chunks(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
     # ensure_ascii=False: the emoji travels as raw UTF-8 bytes, which the framing splits
-    payload = {"choices": [{"index": 0, "delta": {"content": "hi 👋🏽 żółw"}, "finish_reason": None}]}
+    payload = {
+        "choices": [{"index": 0, "delta": {"content": "hi 👋🏽 żółw"}, "finish_reason": None}]
+    }
     line = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
     serve(router, FakeBody(framing(FIRST + line + chunk(finish="stop") + DONE)))
     texts, _ = await collect(provider(client).stream(chat_request()))
@@ -354,7 +381,12 @@ async def test_utf8_char_split_across_chunks(
 
 @pytest.mark.parametrize(
     ("raw", "reason"),
-    [("length", "length"), ("content_filter", "content_filter"), ("function_call", "tool_calls"), ("eos", "stop")],
+    [
+        ("length", "length"),
+        ("content_filter", "content_filter"),
+        ("function_call", "tool_calls"),
+        ("eos", "stop"),
+    ],
 )
 async def test_finish_reasons_are_mapped(
     client: httpx.AsyncClient, router: respx.MockRouter, raw: str, reason: str
@@ -364,10 +396,14 @@ async def test_finish_reasons_are_mapped(
     assert finish.reason == reason
 
 
-async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_request_body_and_headers(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     route = serve(router, FakeBody([HELLO + DONE]))
     history = [Turn("user", "Hi"), Turn("assistant", "Hello!")]
-    request = chat_request("And now?", model="", system="Be brief.", temperature=0.2, max_tokens=50, history=history)
+    request = chat_request(
+        "And now?", model="", system="Be brief.", temperature=0.2, max_tokens=50, history=history
+    )
     await collect(provider(client).stream(request))
     sent = route.calls.last.request
     assert sent.headers["authorization"] == "Bearer sk-test-123456"
@@ -387,7 +423,9 @@ async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx
     }
 
 
-async def test_no_key_sends_no_authorization(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+async def test_no_key_sends_no_authorization(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
     route = serve(router, FakeBody([HELLO + DONE]), url="http://127.0.0.1:8080/v1/chat/completions")
     p = OpenAIProvider(client, api_key=None, base_url="http://127.0.0.1:8080/v1")
     await collect(p.stream(chat_request()))
@@ -481,3 +519,35 @@ async def test_headers_held_back_time_out_as_first_token(
         with pytest.raises(ProviderError) as info:
             await collect(p.stream(chat_request()))
     assert info.value.type == "timeout"
+
+
+async def test_real_socket_closed_at_done_while_server_keeps_it_open() -> None:
+    # Over a real connection: the adapter returns at [DONE] and hangs up at once
+    # instead of draining a body the server never ends.
+    hung_up = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        for piece in (HELLO, USAGE_CHUNK, DONE):
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await writer.drain()
+        await reader.read()  # the request body, then EOF when the client hangs up
+        hung_up.set()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with httpx.AsyncClient() as client:
+            p = OpenAIProvider(client, api_key=None, base_url=f"http://127.0.0.1:{port}/v1")
+            async with asyncio.timeout(5):
+                texts, finish = await collect(p.stream(chat_request()))
+                await hung_up.wait()
+        assert "".join(texts) == "Hello there"
+        assert finish == Finish("stop", Usage(12, 3))
+    finally:
+        server.close()
+        await server.wait_closed()
