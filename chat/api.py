@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import math
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,16 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .bodies import ChatBody, Fields, parse_chat_body, read_json
 from .config import Settings
-from .errors import (
-    BadRequest,
-    Conflict,
-    InvalidFields,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    UnsupportedMediaType,
-)
+from .errors import Conflict, InvalidFields, NotFound, ServiceUnavailable
 from .generations import CANCELLED, Generation, Generations
 from .history import build_turns
 from .providers import ProviderInfo
@@ -50,117 +41,6 @@ def services(request: Request) -> Services:
 
 def current_user(request: Request) -> str:
     return "local"
-
-
-# -- request bodies ----------------------------------------------------------------------
-
-
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise UnsupportedMediaType("send the body as JSON with content-type: application/json")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise InvalidFields({"body": "must be a JSON object"})
-    return data
-
-
-class Fields:
-    """Collects every problem with a body's fields, so one 422 names them all."""
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-        self.problems: dict[str, str] = {}
-
-    def text(self, name: str, *, required: bool = False, max_chars: int = 10_000, blank: bool = False) -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                self.problems[name] = "required"
-            return None
-        if not isinstance(value, str):
-            self.problems[name] = "must be a string"
-        elif not blank and not value.strip():
-            self.problems[name] = "must not be empty"
-        elif len(value) > max_chars:
-            self.problems[name] = f"must be at most {max_chars} characters"
-        else:
-            return value
-        return None
-
-    def integer(self, name: str, *, low: int = 1, high: int = 2**62) -> int | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.problems[name] = "must be an integer"
-        elif not low <= value <= high:
-            self.problems[name] = f"must be between {low} and {high}"
-        else:
-            return value
-        return None
-
-    def number(self, name: str, *, low: float, high: float) -> float | None:
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            self.problems[name] = "must be a number"
-        elif not low <= value <= high:
-            self.problems[name] = f"must be between {low} and {high}"
-        else:
-            return float(value)
-        return None
-
-    def boolean(self, name: str) -> bool:
-        value = self.data.get(name, False)
-        if not isinstance(value, bool):
-            self.problems[name] = "must be true or false"
-            return False
-        return value
-
-    def check(self) -> None:
-        if self.problems:
-            raise InvalidFields(self.problems)
-
-
-@dataclass(slots=True)
-class ChatBody:
-    message: str
-    conversation_id: int | None
-    provider: str | None
-    model: str | None
-    temperature: float | None
-    max_tokens: int | None
-    system: str | None
-    wait: bool
-
-
-def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
-    fields = Fields(data)
-    body = ChatBody(
-        message=fields.text("message", required=True, max_chars=settings.max_message_chars) or "",
-        conversation_id=fields.integer("conversation_id"),
-        provider=fields.text("provider", max_chars=40),
-        model=fields.text("model", max_chars=200),
-        temperature=fields.number("temperature", low=0, high=2),
-        max_tokens=fields.integer("max_tokens", high=1_000_000),
-        system=fields.text("system", max_chars=settings.max_message_chars, blank=True),
-        wait=fields.boolean("wait"),
-    )
-    fields.check()
-    return body
 
 
 def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderInfo:

@@ -51,6 +51,9 @@ class Settings:
     max_message_chars: int = 100_000
     replay_seconds: float = 30.0
     checkpoint_seconds: float = 0.0  # 0: off
+    retry_attempts: int = 3  # attempts in all, the first included
+    retry_max_seconds: float = 30.0
+    fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
 
     def __repr__(self) -> str:
         shown = []
@@ -130,6 +133,23 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _fallback(raw: str) -> tuple[tuple[str, str], ...]:
+    """`anthropic:claude-sonnet-4-5,openai` -> (("anthropic", "claude-sonnet-4-5"), ("openai", "")).
+
+    Only the first colon splits: model names have their own (`llama3.2:3b`, `ft:gpt-4o:…`).
+    """
+    chain = []
+    for item in raw.split(","):
+        provider, _, model = item.strip().partition(":")
+        provider, model = provider.strip(), model.strip()
+        if not provider:
+            raise ValueError("expected provider:model entries separated by commas, found an empty one")
+        if provider not in PROVIDER_NAMES:
+            raise ValueError(f"unknown provider {provider!r}; expected one of {', '.join(PROVIDER_NAMES)}")
+        chain.append((provider, model))
+    return tuple(chain)
+
+
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db": ("SIDECHAT_DB", _text),
     "provider": ("SIDECHAT_PROVIDER", _choice(*PROVIDER_NAMES)),
@@ -152,4 +172,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_body_bytes": ("SIDECHAT_MAX_BODY_BYTES", _positive_int),
     "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
     "checkpoint_seconds": ("SIDECHAT_CHECKPOINT_SECONDS", _non_negative_float),
+    "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
+    "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
+    "fallback": ("SIDECHAT_FALLBACK", _fallback),
 }

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage
+from .providers.base import Answerer, ChatRequest, Finish, Provider, ProviderError, Usage
 from .sse import PING, encode_event
 from .store import Store
 
@@ -128,6 +128,7 @@ class Generation:
         ttft_ms: int | None = None
         finish: Finish | None = None
         error: ProviderError | None = None
+        answerer: Answerer | None = None  # set when a fallback answers instead
         self.publish(
             "start",
             {
@@ -150,8 +151,11 @@ class Generation:
                         ttft_ms = round((time.monotonic() - started) * 1000)
                     self._parts.append(item)
                     self.publish("token", {"text": item})
-                else:
+                elif isinstance(item, Finish):
                     finish = item
+                else:
+                    answerer = item
+                    self.publish("provider", {"provider": item.provider, "model": item.model})
         except ProviderError as exc:
             error = exc
         except asyncio.CancelledError:
@@ -177,6 +181,9 @@ class Generation:
             "ttft_ms": ttft_ms,
             "error": None,
         }
+        if answerer is not None:
+            metadata["requested"] = {"provider": metadata["provider"], "model": metadata["model"]}
+            metadata["provider"], metadata["model"] = answerer.provider, answerer.model
         if self._stop_reason == SHUTDOWN:
             status, terminal = "interrupted", "error"
             metadata["error"] = {"type": "shutdown", "message": "the server is shutting down"}
@@ -212,13 +219,16 @@ class Generation:
             self.finished.set()
 
     def _done_payload(self, metadata: dict[str, Any]) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "message_id": self.message_id,
             "finish_reason": metadata["finish_reason"],
             "usage": metadata["usage"],
             "duration_ms": metadata["duration_ms"],
             "ttft_ms": metadata["ttft_ms"],
         }
+        if "requested" in metadata:  # a fallback answered: say who
+            payload["provider"], payload["model"] = metadata["provider"], metadata["model"]
+        return payload
 
     def _error_payload(self, error: dict[str, Any]) -> dict[str, Any]:
         return {"message_id": self.message_id, "error": error, "partial": bool(self._parts)}

@@ -26,6 +26,7 @@ def stored_events(message: Message, after: int) -> list[bytes]:
     events = []
     if after == 0:
         meta = message.metadata
+        asked = meta.get("requested") or meta  # `start` names what was asked, as it did live
         events.append(
             encode_event(
                 "start",
@@ -33,8 +34,8 @@ def stored_events(message: Message, after: int) -> list[bytes]:
                     "conversation_id": message.conversation_id,
                     "message_id": message.id,
                     "user_message_id": meta.get("user_message_id"),
-                    "provider": meta.get("provider"),
-                    "model": meta.get("model"),
+                    "provider": asked.get("provider"),
+                    "model": asked.get("model"),
                 },
                 1,
             )
@@ -50,12 +51,15 @@ def stored_events(message: Message, after: int) -> list[bytes]:
 def terminal_event(message: Message) -> tuple[str, dict[str, Any]]:
     meta = message.metadata
     if message.status in ("completed", "cancelled"):
-        return "done", {
+        done = {
             "message_id": message.id,
             "finish_reason": meta.get("finish_reason") or message.status.replace("completed", "stop"),
             "usage": meta.get("usage"),
             "duration_ms": meta.get("duration_ms"),
             "ttft_ms": meta.get("ttft_ms"),
         }
+        if meta.get("requested"):  # a fallback answered: `done` says which, as it did live
+            done.update(provider=meta.get("provider"), model=meta.get("model"))
+        return "done", done
     error = meta.get("error") or INTERRUPTED
     return "error", {"message_id": message.id, "error": error, "partial": bool(message.content)}

@@ -11,6 +11,7 @@ def test_defaults_with_an_empty_environment() -> None:
     assert settings.db == "./sidechat.db"
     assert (settings.heartbeat_seconds, settings.on_disconnect) == (15.0, "continue")
     assert (settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout) == (10.0, 120.0, 60.0)
+    assert (settings.retry_attempts, settings.retry_max_seconds, settings.fallback) == (3, 30.0, ())
 
 
 @pytest.mark.parametrize(
@@ -41,6 +42,13 @@ def test_default_provider_is_the_first_with_a_key(env: dict[str, str], provider:
         ("OPENAI_BASE_URL", "api.openai.com"),
         ("SIDECHAT_HISTORY_MESSAGES", "1.5"),
         ("SIDECHAT_SHUTDOWN_GRACE_SECONDS", "-3"),
+        ("SIDECHAT_RETRY_ATTEMPTS", "0"),
+        ("SIDECHAT_RETRY_ATTEMPTS", "two"),
+        ("SIDECHAT_RETRY_MAX_SECONDS", "0"),
+        ("SIDECHAT_RETRY_MAX_SECONDS", "-5"),
+        ("SIDECHAT_FALLBACK", "skynet:t-800"),
+        ("SIDECHAT_FALLBACK", "anthropic:claude-sonnet-4-5,,openai:gpt-4o-mini"),
+        ("SIDECHAT_FALLBACK", ":gpt-4o-mini"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -73,3 +81,31 @@ def test_repr_masks_keys() -> None:
 def test_cli_values_override_and_none_keeps() -> None:
     settings = Settings.from_env({"SIDECHAT_DB": "/tmp/a.db"}).override(db=None, port=9000)
     assert (settings.db, settings.port) == ("/tmp/a.db", 9000)
+
+
+def test_retry_settings_are_parsed() -> None:
+    settings = Settings.from_env({"SIDECHAT_RETRY_ATTEMPTS": "5", "SIDECHAT_RETRY_MAX_SECONDS": "2.5"})
+    assert (settings.retry_attempts, settings.retry_max_seconds) == (5, 2.5)
+
+
+@pytest.mark.parametrize(
+    ("value", "chain"),
+    [
+        ("anthropic:claude-sonnet-4-5", (("anthropic", "claude-sonnet-4-5"),)),
+        (
+            "anthropic:claude-sonnet-4-5, openai:gpt-4o-mini",
+            (("anthropic", "claude-sonnet-4-5"), ("openai", "gpt-4o-mini")),
+        ),
+        ("gemini", (("gemini", ""),)),  # its default model
+        ("ollama:llama3.2:3b", (("ollama", "llama3.2:3b"),)),  # model names hold colons
+        ("openai:ft:gpt-4o-mini:acme::abc123", (("openai", "ft:gpt-4o-mini:acme::abc123"),)),
+        ("  ", ()),
+    ],
+)
+def test_fallback_chain_is_parsed(value: str, chain: tuple[tuple[str, str], ...]) -> None:
+    assert Settings.from_env({"SIDECHAT_FALLBACK": value}).fallback == chain
+
+
+def test_unknown_fallback_provider_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"SIDECHAT_FALLBACK=.*unknown provider 'azure'"):
+        Settings.from_env({"SIDECHAT_FALLBACK": "openai:gpt-4o,azure:gpt-4o"})

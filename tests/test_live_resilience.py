@@ -17,7 +17,7 @@ import pytest
 
 from chat.config import Settings
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
-from tests.live import EventReader, chat_stream, read_stream, serve
+from tests.live import EventReader, read_stream, serve
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,14 @@
-"""The providers this process can talk to, built once from the settings."""
+"""The providers this process can talk to, built once from the settings.
+
+Each usable adapter is wrapped to retry before its first token (`retry.py`), and,
+when `SIDECHAT_FALLBACK` names a chain, to hand over to the next usable provider
+in it (`fallback.py`). So `ProviderInfo.provider` is all a caller needs: asking
+it for a stream already retries and falls back.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import httpx
@@ -10,9 +17,13 @@ from ..config import Settings
 from .anthropic import AnthropicProvider
 from .base import Provider, Timeouts
 from .demo import DemoProvider
+from .fallback import with_fallback
 from .gemini import GeminiProvider
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
+from .retry import RetryingProvider
+
+log = logging.getLogger("sidechat.providers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +110,26 @@ def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, 
         ),
         (DemoProvider(delay=settings.demo_delay, default_model=model("demo")), None, False, True),
     ]
+    retrying: dict[str, Provider] = {
+        provider.name: RetryingProvider(
+            provider, attempts=settings.retry_attempts, max_seconds=settings.retry_max_seconds
+        )
+        for provider, _, _, usable in candidates
+        if usable
+    }
+    chain: list[tuple[Provider, str]] = []
+    for name, fallback_model in settings.fallback:
+        if name in retrying:
+            chain.append((retrying[name], fallback_model))
+        else:
+            log.warning("SIDECHAT_FALLBACK names %s, which is not configured: skipped", name)
     return {
         provider.name: ProviderInfo(
             name=provider.name,
             default_model=provider.default_model,
             key_variable=variable,
             key_set=key_set,
-            provider=provider if usable else None,
+            provider=with_fallback(retrying[provider.name], chain) if usable else None,
         )
         for provider, variable, key_set, usable in candidates
     }

@@ -7,41 +7,29 @@ upstream is raised as a `ProviderError`; adapters translate httpx's exceptions
 themselves so nothing above them needs to know about HTTP.
 
 Deltas are bare strings rather than records on purpose: the per-token path is
-the hot path, and a string is all it needs.
+the hot path, and a string is all it needs. The one other record is `Answerer`:
+a wrapper that hands the request to a fallback provider yields it once, before
+that provider's first delta, so the stream can say who really answered.
 
     ProviderError              type, message, status, retry_after, retryable
     ├── error types (`type`):  auth, rate_limited, overloaded, upstream_error,
     │                          timeout, truncated, protocol, prompt_blocked
 
-The shared plumbing for HTTP adapters lives here too: `Timeouts` and
-`read_with_deadlines` (time to first chunk, then idle between chunks),
-`open_stream` (send, check status and content type, translate httpx's
-exceptions), and the error translators `error_from_response`,
-`error_from_event` and `error_from_transport`.
+Around this contract:
 
-Deliberate departures from the obvious:
-
-- The first-token deadline runs from the moment the request is sent, not from
-  the response headers: a server that holds the headers back (some proxies
-  do until the first token) is bounded the same way as one that sends them.
-- Deadlines are `asyncio.timeout` around each read, never around a `yield`, so
-  a slow consumer is never mistaken for a stalled upstream. httpx's own read
-  timeout stays as a backstop a little longer than both.
-- Error messages are redacted of anything that looks like a key: providers
-  echo keys back (OpenAI's 401 shows part of it) and proxies echo URLs.
+- `upstream.py`: opening an HTTP stream and reading it within the deadlines
+  `Timeouts` sets (time to first chunk, then idle between chunks);
+- `errors.py`: turning what upstream sent (statuses, error bodies, mid-stream
+  error events, httpx exceptions) into `ProviderError`s, keys redacted;
+- `retry.py`, `fallback.py`: wrappers that are providers themselves, retrying
+  or handing over to another provider, but only before the first delta.
 """
 
 from __future__ import annotations
 
-import asyncio
-import email.utils
-import json
-import re
-import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import httpx
 
@@ -94,6 +82,14 @@ class Finish:
     usage: Usage = field(default_factory=Usage)
 
 
+@dataclass(frozen=True, slots=True)
+class Answerer:
+    """Who is answering, when it is not the provider and model that were asked."""
+
+    provider: str
+    model: str
+
+
 class ProviderError(Exception):
     """An upstream failure, carrying what the `error` event reports."""
 
@@ -131,10 +127,14 @@ class Provider(Protocol):
     name: str
     default_model: str
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]: ...
+    def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]: ...
 
 
-# --- deadlines -------------------------------------------------------------
+async def close_stream(stream: AsyncIterator[object]) -> None:
+    """Close a provider's stream that is left before its end, releasing its connection now."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,393 +146,10 @@ class Timeouts:
     idle: float = 60
 
     def httpx_timeout(self) -> httpx.Timeout:
-        # Only a backstop: read_with_deadlines enforces the real limits.
+        # Only a backstop: upstream.read_with_deadlines enforces the real limits.
         return httpx.Timeout(
             connect=self.connect,
             read=max(self.first_token, self.idle) + 5,
             write=self.connect,
             pool=self.connect,
         )
-
-
-async def read_with_deadlines(
-    chunks: AsyncIterator[bytes], timeouts: Timeouts, *, started: float | None = None
-) -> AsyncGenerator[bytes, None]:
-    """Relay `chunks`, bounding the wait for the first by `first_token` (counted
-    from `started`, a loop time, when given) and for each later one by `idle`."""
-    loop = asyncio.get_running_loop()
-    iterator = aiter(chunks)
-    deadline = (loop.time() if started is None else started) + timeouts.first_token
-    limit, waiting_for = timeouts.first_token, "the first token"
-    try:
-        while True:
-            scope = asyncio.timeout_at(deadline)
-            try:
-                async with scope:
-                    chunk = await anext(iterator)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                raise ProviderError(
-                    "timeout",
-                    f"upstream sent nothing for {limit:g}s while waiting for {waiting_for}",
-                    retryable=True,
-                ) from None
-            yield chunk
-            deadline = loop.time() + timeouts.idle
-            limit, waiting_for = timeouts.idle, "more of the stream"
-    finally:
-        aclose = getattr(iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-
-# --- opening a stream ------------------------------------------------------
-
-_ERROR_BODY_LIMIT = 64 * 1024
-
-
-@asynccontextmanager
-async def open_stream(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    body: dict[str, Any],
-    headers: Mapping[str, str],
-    timeouts: Timeouts,
-    provider: str,
-    json_ok: bool = False,
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """POST `body` and yield the response body as deadline-bounded chunks.
-
-    A non-2xx answer, an HTML page, or (unless `json_ok`) a plain JSON document
-    where a stream was expected raises `ProviderError`; so does every httpx
-    exception, wherever it surfaces, including while the caller reads. Leaving
-    the block closes the response at once, without draining it.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        async with AsyncExitStack() as stack:
-            scope = asyncio.timeout_at(started + timeouts.first_token)
-            try:
-                async with scope:
-                    response = await stack.enter_async_context(
-                        client.stream(
-                            "POST",
-                            url,
-                            json=body,
-                            headers=headers,
-                            timeout=timeouts.httpx_timeout(),
-                        )
-                    )
-            except TimeoutError:
-                if not scope.expired():
-                    raise
-                raise ProviderError(
-                    "timeout",
-                    f"{provider} sent no response for {timeouts.first_token:g}s",
-                    retryable=True,
-                ) from None
-            status = response.status_code
-            if not 200 <= status < 300:
-                raw = await _read_limited(response, timeouts)
-                raise error_from_response(status, response.headers, raw, provider)
-            media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-            if media_type == "text/html":
-                raw = await _read_limited(response, timeouts)
-                raise ProviderError(
-                    "protocol",
-                    f"{provider} answered with an HTML page instead of a stream "
-                    f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
-                    status=status,
-                )
-            if media_type == "application/json" and not json_ok:
-                raw = await _read_limited(response, timeouts)
-                payload = _loads_or_none(raw)
-                if isinstance(payload, dict) and "error" in payload:
-                    raise error_from_event(payload, provider)
-                raise ProviderError(
-                    "protocol",
-                    f"{provider} answered with a JSON document instead of a stream: {excerpt(raw)}",
-                    status=status,
-                )
-            chunks = read_with_deadlines(response.aiter_bytes(), timeouts, started=started)
-            async with aclosing(chunks):
-                yield chunks
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise error_from_transport(exc, provider) from exc
-
-
-async def _read_limited(response: httpx.Response, timeouts: Timeouts) -> bytes:
-    # An error body is read best-effort: a stall or a broken connection while
-    # reading it must not hide the status we already have.
-    parts: list[bytes] = []
-    size = 0
-    with suppress(ProviderError, httpx.HTTPError):  # keep what arrived; the status is the news
-        async with aclosing(read_with_deadlines(response.aiter_bytes(), timeouts)) as chunks:
-            async for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size >= _ERROR_BODY_LIMIT:
-                    break
-    return b"".join(parts)[:_ERROR_BODY_LIMIT]
-
-
-def _loads_or_none(raw: bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:  # JSONDecodeError and UnicodeDecodeError
-        return None
-
-
-# --- translating errors ----------------------------------------------------
-
-_SECRET = re.compile(
-    r"(?P<key>\b(?:sk-[\w\-*]{6,}|AIza[\w\-]{20,}))"
-    r"|(?P<bearer>\b(?i:bearer)\s+)[\w\-.~+/]{8,}=*"
-    r"|(?P<param>[?&](?i:key|api_key|apikey|api-key|access_token|token)=)[^&\s\"'#]+"
-)
-
-
-def _mask(match: re.Match[str]) -> str:
-    prefix = match.group("bearer") or match.group("param") or ""
-    return prefix + "[redacted]"
-
-
-def redact(text: str) -> str:
-    return _SECRET.sub(_mask, text)
-
-
-_TAG = re.compile(r"<[^>]*>")
-_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
-
-
-def excerpt(raw: bytes | str, limit: int = 200, *, page: bool = False) -> str:
-    """A short, single-line, redacted quote of something that arrived; of an
-    HTML `page`, its title or its text."""
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    if page and re.search(r"<(?:!doctype|html|head|body)\b", text, re.I):
-        title = _TITLE.search(text)
-        text = title.group(1) if title else _TAG.sub(" ", text)
-    text = " ".join(text.split())
-    if len(text) > limit:
-        text = text[:limit] + "…"
-    return redact(text)
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
-    """Seconds to wait, from `retry-after-ms` or `Retry-After` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value:
-        seconds = _non_negative(value)
-        if seconds is not None:
-            return seconds / 1000
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    seconds = _non_negative(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
-def _non_negative(value: str) -> float | None:
-    try:
-        number = float(value)
-    except ValueError:
-        return None
-    return number if 0 <= number < float("inf") else None
-
-
-_AUTH_CODES = frozenset(
-    {
-        "authentication_error",
-        "permission_error",
-        "invalid_api_key",
-        "API_KEY_INVALID",
-        "UNAUTHENTICATED",
-        "PERMISSION_DENIED",
-    }
-)
-# Quota and spend limits: waiting will not help, so never retryable.
-_QUOTA_CODES = frozenset(
-    {
-        "insufficient_quota",
-        "billing_hard_limit_reached",
-        "billing_not_active",
-        "quota_exceeded",
-        "spend_limit_exceeded",
-    }
-)
-_BLOCKED_CODES = frozenset({"content_filter", "content_policy_violation"})
-# For errors without an HTTP status (mid-stream events).
-_BY_CODE: dict[str, tuple[str, bool]] = {
-    "overloaded_error": ("overloaded", True),
-    "UNAVAILABLE": ("overloaded", True),
-    "rate_limit_error": ("rate_limited", True),
-    "rate_limit_exceeded": ("rate_limited", True),
-    "RESOURCE_EXHAUSTED": ("rate_limited", True),
-    "timeout_error": ("timeout", True),
-    "DEADLINE_EXCEEDED": ("timeout", True),
-    "invalid_request_error": ("upstream_error", False),
-    "not_found_error": ("upstream_error", False),
-    "request_too_large": ("upstream_error", False),
-    "INVALID_ARGUMENT": ("upstream_error", False),
-    "NOT_FOUND": ("upstream_error", False),
-    "FAILED_PRECONDITION": ("upstream_error", False),
-}
-
-
-def _classify(status: int | None, codes: set[str]) -> tuple[str, bool]:
-    if status in (401, 403) or codes & _AUTH_CODES:
-        return "auth", False
-    if codes & _QUOTA_CODES:
-        return "rate_limited", False
-    if status == 429:
-        return "rate_limited", True
-    if status in (503, 529) or "overloaded_error" in codes:
-        return "overloaded", True
-    if status in (408, 504):
-        return "timeout", True
-    if status is not None and (status == 409 or status >= 500):
-        return "upstream_error", True
-    if codes & _BLOCKED_CODES:
-        return "prompt_blocked", False
-    if status is not None and status < 500:  # other 4xx, and redirects we do not follow
-        return "upstream_error", False
-    for code in codes:
-        if code in _BY_CODE:
-            return _BY_CODE[code]
-    return "upstream_error", True
-
-
-@dataclass(slots=True)
-class _ErrorFields:
-    message: str | None = None
-    provider_type: str | None = None
-    provider_code: str | None = None
-    numeric_code: int | None = None
-    retry_after: float | None = None
-
-
-def _error_fields(payload: Any) -> _ErrorFields:
-    out = _ErrorFields()
-    if isinstance(payload, list) and payload:  # Gemini's JSON-array framing
-        payload = payload[0]
-    if not isinstance(payload, dict):
-        return out
-    error = payload.get("error", payload)
-    if isinstance(error, str):  # Ollama, llama.cpp and friends
-        out.message = error
-        return out
-    if not isinstance(error, dict):
-        return out
-    for key in ("message", "detail", "error_description"):
-        if isinstance(error.get(key), str):
-            out.message = error[key]
-            break
-    # OpenAI and Anthropic say `type`; Gemini says `status` (and `code` is the HTTP status).
-    kind = error.get("type") if error is not payload else None
-    kind = kind if isinstance(kind, str) else error.get("status")
-    out.provider_type = kind if isinstance(kind, str) else None
-    code = error.get("code")
-    if isinstance(code, str) and code:
-        out.provider_code = code
-    elif isinstance(code, int) and not isinstance(code, bool):
-        out.numeric_code = code
-    for detail in error.get("details") or ():
-        if not isinstance(detail, dict):
-            continue
-        if isinstance(detail.get("reason"), str) and out.provider_code is None:
-            out.provider_code = detail["reason"]  # google.rpc.ErrorInfo
-        delay = detail.get("retryDelay")  # google.rpc.RetryInfo, "37s"
-        if isinstance(delay, str) and delay.endswith("s"):
-            out.retry_after = _non_negative(delay[:-1])
-    return out
-
-
-def _message(provider: str, fields: _ErrorFields, fallback: str) -> str:
-    text = " ".join(fields.message.split()) if fields.message else ""
-    if len(text) > 500:
-        text = text[:500] + "…"
-    return redact(f"{provider}: {text}") if text else fallback
-
-
-def error_from_response(
-    status: int, headers: httpx.Headers | Mapping[str, str], body: bytes, provider: str
-) -> ProviderError:
-    """Translate a non-2xx answer, its provider's JSON error body included."""
-    fields = _error_fields(_loads_or_none(body))
-    codes = {c for c in (fields.provider_type, fields.provider_code) if c}
-    type, retryable = _classify(status, codes)
-    if fields.message:
-        message = _message(provider, fields, "")
-    elif body.strip():
-        message = f"{provider} answered HTTP {status}: {excerpt(body, page=True)}"
-    else:
-        message = f"{provider} answered HTTP {status}"
-    if 300 <= status < 400 and headers.get("location"):
-        message += f" (a redirect to {redact(headers['location'])})"
-    retry_after = parse_retry_after(headers)
-    return ProviderError(
-        type,
-        message,
-        status=status,
-        retry_after=retry_after if retry_after is not None else fields.retry_after,
-        retryable=retryable,
-        provider_type=fields.provider_type,
-        provider_code=fields.provider_code,
-    )
-
-
-def error_from_event(payload: Mapping[str, Any], provider: str) -> ProviderError:
-    """Translate an error object that arrived inside a stream."""
-    fields = _error_fields(payload)
-    codes = {c for c in (fields.provider_type, fields.provider_code) if c}
-    numeric = fields.numeric_code
-    status = numeric if numeric is not None and 400 <= numeric < 600 else None
-    type, retryable = _classify(status, codes)
-    return ProviderError(
-        type,
-        _message(provider, fields, f"{provider} sent an error mid-stream"),
-        status=status,
-        retry_after=fields.retry_after,
-        retryable=retryable,
-        provider_type=fields.provider_type,
-        provider_code=fields.provider_code,
-    )
-
-
-def error_from_transport(exc: Exception, provider: str) -> ProviderError:
-    """Translate an httpx exception (connecting, sending or reading)."""
-    detail = redact(str(exc)) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return ProviderError("timeout", f"timed out connecting to {provider}", retryable=True)
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderError("timeout", f"{provider} timed out: {detail}", retryable=True)
-    if isinstance(exc, httpx.ConnectError):
-        return ProviderError(
-            "upstream_error", f"could not connect to {provider}: {detail}", retryable=True
-        )
-    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
-        return ProviderError("upstream_error", f"bad request to {provider}: {detail}")
-    if isinstance(exc, httpx.DecodingError):
-        return ProviderError("protocol", f"{provider} sent an undecodable body: {detail}")
-    return ProviderError(
-        "upstream_error", f"connection to {provider} failed: {detail}", retryable=True
-    )
-
-
-def protocol_error(provider: str, what: str, data: bytes | str) -> ProviderError:
-    return ProviderError("protocol", f"{provider} sent {what}: {excerpt(data)!r}")
-
-
-def truncated_error(provider: str, missing: str) -> ProviderError:
-    return ProviderError("truncated", f"{provider}'s stream ended before {missing}", retryable=True)

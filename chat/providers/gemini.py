@@ -26,17 +26,9 @@ from urllib.parse import quote
 import httpx
 
 from ..sse import SSEDecoder
-from .base import (
-    ChatRequest,
-    Finish,
-    ProviderError,
-    Timeouts,
-    Usage,
-    error_from_event,
-    open_stream,
-    protocol_error,
-    truncated_error,
-)
+from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .errors import error_from_event, protocol_error, truncated_error
+from .upstream import open_stream
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 

@@ -27,17 +27,9 @@ from typing import Any
 import httpx
 
 from ..sse import SSEDecoder
-from .base import (
-    ChatRequest,
-    Finish,
-    ProviderError,
-    Timeouts,
-    Usage,
-    error_from_event,
-    open_stream,
-    protocol_error,
-    truncated_error,
-)
+from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .errors import error_from_event, protocol_error, truncated_error
+from .upstream import open_stream
 
 DEFAULT_MODEL = "gpt-4o-mini"
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 
 import httpx
 
-from chat.providers.base import ChatRequest, Finish, Turn
+from chat.providers.base import Answerer, ChatRequest, Finish, ProviderError, Turn
 
 
 class FakeBody(httpx.AsyncByteStream):
@@ -78,7 +78,7 @@ def chat_request(
     )
 
 
-async def collect(stream: AsyncIterator[str | Finish]) -> tuple[list[str], Finish]:
+async def collect(stream: AsyncIterator[str | Finish | Answerer]) -> tuple[list[str], Finish]:
     texts: list[str] = []
     finish: Finish | None = None
     async for item in stream:
@@ -96,3 +96,64 @@ def event_stream(
     response_body: FakeBody, content_type: str = "text/event-stream"
 ) -> httpx.Response:
     return httpx.Response(200, headers={"content-type": content_type}, stream=response_body)
+
+
+Step = str | Finish | ProviderError | float
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to, and a sleep that moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.log: list[str] = []  # sleeps and closings, in order, shared with ScriptedProvider
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.log.append(f"sleep {seconds:g}")
+        self.now += seconds
+
+
+class ScriptedProvider:
+    """A provider whose every call plays the next script: text and `Finish` are yielded, a
+    `ProviderError` is raised, a float moves the fake clock on (an attempt taking time)."""
+
+    def __init__(
+        self,
+        *scripts: Sequence[Step],
+        name: str = "fake",
+        default_model: str = "fake-1",
+        clock: FakeClock | None = None,
+    ) -> None:
+        self.name = name
+        self.default_model = default_model
+        self.scripts = list(scripts)
+        self.requests: list[ChatRequest] = []
+        self.closed = 0  # streams whose cleanup ran
+        self.clock = clock
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+        self.requests.append(request)
+        script = self.scripts.pop(0)
+        try:
+            for step in script:
+                await asyncio.sleep(0)
+                if isinstance(step, ProviderError):
+                    raise step
+                if isinstance(step, float):
+                    assert self.clock is not None
+                    self.clock.now += step
+                    continue
+                yield step
+        finally:
+            self.closed += 1
+            if self.clock is not None:
+                self.clock.log.append(f"closed {self.name} {len(self.requests)}")

@@ -1,0 +1,112 @@
+"""Retrying a provider's stream, but only before anything of it went downstream.
+
+`RetryingProvider` wraps a provider and is one itself, under the same name and
+default model. When the inner stream raises a `ProviderError` marked
+`retryable` (connection errors, 408/409/429/5xx/529, timeouts, a stream cut off)
+before it yielded anything, the wrapper closes it and asks again after a pause;
+everything else, and anything after the first item, passes through unchanged.
+Which errors are retryable is decided where they are made, in `errors.py`:
+auth failures, 400/404 and quota or spend-limit 429s never are.
+
+Deliberate departures from the obvious:
+
+- The pause is exponential backoff with full jitter (a random share of
+  `base_delay * 2**n`, capped at `max_delay`), so many clients that failed
+  together do not come back together; the provider's `retry_after` is a floor.
+- The whole affair is bounded by `max_seconds`, counted from the first request.
+  A pause that would not fit in what is left is not shortened: we give up at
+  once and raise the last error, `retry_after` and all, so the client can
+  decide for itself.
+- The inner stream is closed before the pause, never after it: a half-read
+  response must not hold a pooled connection while we sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random as _random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream
+
+log = logging.getLogger("sidechat.providers")
+
+
+class RetryingProvider:
+    def __init__(
+        self,
+        inner: Provider,
+        *,
+        attempts: int = 3,
+        max_seconds: float = 30.0,
+        base_delay: float = 0.5,
+        max_delay: float = 8.0,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        random: Callable[[], float] = _random.random,
+    ) -> None:
+        assert attempts >= 1, attempts
+        self.name = inner.name
+        self.default_model = inner.default_model
+        self.inner = inner
+        self.attempts = attempts
+        self.max_seconds = max_seconds
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+        self._clock = clock
+        self._random = random
+
+    def __repr__(self) -> str:
+        return f"RetryingProvider({self.inner!r}, attempts={self.attempts}, max_seconds={self.max_seconds:g})"
+
+    def backoff(self, attempt: int, error: ProviderError) -> float:
+        """Seconds to wait after failed attempt number `attempt` (from 1)."""
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
+        return max(self._random() * ceiling, error.retry_after or 0.0)
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]:
+        deadline = self._clock() + self.max_seconds
+        attempt = 1
+        while True:
+            stream = self.inner.stream(request)
+            try:
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    return
+                except ProviderError as exc:
+                    error = exc
+                else:
+                    # Something went downstream: from here on, nothing is retried.
+                    yield first
+                    async for item in stream:
+                        yield item
+                    return
+            finally:
+                await close_stream(stream)
+            if not error.retryable or attempt >= self.attempts:
+                raise error
+            wait = self.backoff(attempt, error)
+            left = deadline - self._clock()
+            if wait > left:
+                log.warning(
+                    "not retrying %s: a %.1fs wait is more than the %.1fs left of the budget; after: %s",
+                    self.name,
+                    wait,
+                    max(left, 0.0),
+                    error.message,
+                )
+                raise error
+            attempt += 1
+            log.warning(
+                "retrying %s in %.2fs (attempt %d of %d) after: %s",
+                self.name,
+                wait,
+                attempt,
+                self.attempts,
+                error.message,
+            )
+            await self._sleep(wait)

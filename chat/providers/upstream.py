@@ -1,0 +1,158 @@
+"""Opening a provider's HTTP stream, and reading it within its deadlines.
+
+`open_stream` sends the request, checks the status and the content type,
+translates httpx's exceptions wherever they surface, and hands over the body as
+chunks that `read_with_deadlines` bounds: the first by `first_token`, each later
+one by `idle`.
+
+Deliberate departures from the obvious:
+
+- The first-token deadline runs from the moment the request is sent, not from
+  the response headers: a server that holds the headers back (some proxies
+  do until the first token) is bounded the same way as one that sends them.
+- Deadlines are `asyncio.timeout` around each read, never around a `yield`, so
+  a slow consumer is never mistaken for a stalled upstream. httpx's own read
+  timeout stays as a backstop a little longer than both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
+from typing import Any
+
+import httpx
+
+from .base import ProviderError, Timeouts
+from .errors import (
+    error_from_event,
+    error_from_response,
+    error_from_transport,
+    excerpt,
+    loads_or_none,
+)
+
+
+async def read_with_deadlines(
+    chunks: AsyncIterator[bytes], timeouts: Timeouts, *, started: float | None = None
+) -> AsyncGenerator[bytes, None]:
+    """Relay `chunks`, bounding the wait for the first by `first_token` (counted
+    from `started`, a loop time, when given) and for each later one by `idle`."""
+    loop = asyncio.get_running_loop()
+    iterator = aiter(chunks)
+    deadline = (loop.time() if started is None else started) + timeouts.first_token
+    limit, waiting_for = timeouts.first_token, "the first token"
+    try:
+        while True:
+            scope = asyncio.timeout_at(deadline)
+            try:
+                async with scope:
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise ProviderError(
+                    "timeout",
+                    f"upstream sent nothing for {limit:g}s while waiting for {waiting_for}",
+                    retryable=True,
+                ) from None
+            yield chunk
+            deadline = loop.time() + timeouts.idle
+            limit, waiting_for = timeouts.idle, "more of the stream"
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    provider: str,
+    json_ok: bool = False,
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """POST `body` and yield the response body as deadline-bounded chunks.
+
+    A non-2xx answer, an HTML page, or (unless `json_ok`) a plain JSON document
+    where a stream was expected raises `ProviderError`; so does every httpx
+    exception, wherever it surfaces, including while the caller reads. Leaving
+    the block closes the response at once, without draining it.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with AsyncExitStack() as stack:
+            scope = asyncio.timeout_at(started + timeouts.first_token)
+            try:
+                async with scope:
+                    response = await stack.enter_async_context(
+                        client.stream(
+                            "POST",
+                            url,
+                            json=body,
+                            headers=headers,
+                            timeout=timeouts.httpx_timeout(),
+                        )
+                    )
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                raise ProviderError(
+                    "timeout",
+                    f"{provider} sent no response for {timeouts.first_token:g}s",
+                    retryable=True,
+                ) from None
+            status = response.status_code
+            if not 200 <= status < 300:
+                raw = await _read_limited(response, timeouts)
+                raise error_from_response(status, response.headers, raw, provider)
+            media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type == "text/html":
+                raw = await _read_limited(response, timeouts)
+                raise ProviderError(
+                    "protocol",
+                    f"{provider} answered with an HTML page instead of a stream "
+                    f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
+                    status=status,
+                )
+            if media_type == "application/json" and not json_ok:
+                raw = await _read_limited(response, timeouts)
+                payload = loads_or_none(raw)
+                if isinstance(payload, dict) and "error" in payload:
+                    raise error_from_event(payload, provider)
+                raise ProviderError(
+                    "protocol",
+                    f"{provider} answered with a JSON document instead of a stream: {excerpt(raw)}",
+                    status=status,
+                )
+            chunks = read_with_deadlines(response.aiter_bytes(), timeouts, started=started)
+            async with aclosing(chunks):
+                yield chunks
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise error_from_transport(exc, provider) from exc
+
+
+async def _read_limited(response: httpx.Response, timeouts: Timeouts) -> bytes:
+    # An error body is read best-effort: a stall or a broken connection while
+    # reading it must not hide the status we already have.
+    parts: list[bytes] = []
+    size = 0
+    with suppress(ProviderError, httpx.HTTPError):  # keep what arrived; the status is the news
+        async with aclosing(read_with_deadlines(response.aiter_bytes(), timeouts)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= _ERROR_BODY_LIMIT:
+                    break
+    return b"".join(parts)[:_ERROR_BODY_LIMIT]
