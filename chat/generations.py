@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from .providers.base import Answerer, ChatRequest, Finish, Provider, ProviderError, Usage
@@ -95,28 +94,6 @@ class Generation:
     def follow(self, after: int, heartbeat: float) -> Follower:
         """Encoded events after id `after`, pings while quiet, until the terminal event."""
         return Follower(self, after, heartbeat)
-
-    async def _events(self, after: int, heartbeat: float) -> AsyncIterator[bytes]:
-        loop = asyncio.get_running_loop()
-        position = after
-        while True:
-            if position < len(self.events):
-                # Events that queued up while this follower was busy go out in one write.
-                end = len(self.events)
-                yield self.events[position] if end == position + 1 else b"".join(self.events[position:end])
-                position = end
-                continue
-            if self.finished.is_set():
-                return
-            waiter = loop.create_future()
-            self._waiters.append(waiter)
-            timer = loop.call_later(heartbeat, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-            if position == len(self.events) and not self.finished.is_set():
-                yield PING
 
     def _unfollow(self) -> None:
         self.followers -= 1
@@ -235,31 +212,69 @@ class Generation:
 
 
 class Follower:
-    """One client's view of a generation. It counts as following from the moment it is
-    made (not from its first read), so a client that just attached is never mistaken
-    for no client at all; `aclose()` ends it."""
+    """One client's view of a generation: its events after a position, and pings.
+
+    It counts as following from the moment it is made (not from its first read),
+    so a client that just attached is never mistaken for no client at all.
+
+    The heartbeat is one timer per follower that is moved only when it fires: a
+    stream with tokens flowing costs no timer work per token.
+    """
 
     def __init__(self, generation: Generation, after: int, heartbeat: float) -> None:
         generation.followers += 1
         self._generation: Generation | None = generation
-        self._events = generation._events(after, heartbeat)
+        self._position = after
+        self._heartbeat = heartbeat
+        self._loop = asyncio.get_running_loop()
+        self._last_sent = self._loop.time()
+        self._ping_due = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer = self._loop.call_at(self._last_sent + heartbeat, self._tick)
+
+    def _tick(self) -> None:
+        due = self._last_sent + self._heartbeat
+        if self._loop.time() < due:  # something was sent since this timer was set
+            self._timer = self._loop.call_at(due, self._tick)
+            return
+        self._ping_due = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def __aiter__(self) -> Follower:
         return self
 
-    def __anext__(self) -> Awaitable[bytes]:
-        return self._events.__anext__()
+    async def __anext__(self) -> bytes:
+        generation = self._generation
+        if generation is None:
+            raise StopAsyncIteration
+        events = generation.events
+        while True:
+            position, end = self._position, len(events)
+            if position < end:
+                self._position = end
+                self._last_sent = self._loop.time()
+                if self._ping_due:  # the events go instead of the ping that was due
+                    self._ping_due = False
+                    self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
+                # Events that queued up while this client was busy go out in one write.
+                return events[position] if end == position + 1 else b"".join(events[position:end])
+            if generation.finished.is_set():
+                raise StopAsyncIteration
+            if self._ping_due:
+                self._ping_due = False
+                self._last_sent = self._loop.time()
+                self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
+                return PING
+            self._waiter = self._loop.create_future()
+            generation._waiters.append(self._waiter)
+            await self._waiter
 
     async def aclose(self) -> None:
         generation, self._generation = self._generation, None
         if generation is not None:
-            await self._events.aclose()
+            self._timer.cancel()
             generation._unfollow()
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class Generations:

@@ -251,3 +251,20 @@ async def test_token_holding_event_framing_cannot_forge_an_event(client: httpx.A
 
     assert transcript.names == ["start", "token", "done"]
     assert transcript.text == sneaky
+
+
+@pytest.mark.parametrize("client", [{"heartbeat_seconds": 0.2}], indirect=True)
+async def test_no_pings_while_tokens_flow_and_pings_when_they_pause(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    flowing = [step for i in range(6) for step in (openai_chunk(f"t{i} "), 0.08)]
+    upstream.add(Reply([*flowing, 0.75, *openai_reply("end")]))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    tokens = [e.at for e in transcript.events if e.event == "token"]
+    assert not [t for t in transcript.pings if t < tokens[5]]  # never quiet for 0.2 s
+    in_pause = [t for t in transcript.pings if tokens[5] < t < tokens[6]]
+    assert 2 <= len(in_pause) <= 4
+    gaps = [b - a for a, b in zip([tokens[5], *in_pause], in_pause, strict=False)]
+    assert all(0.15 < gap < 0.35 for gap in gaps)
