@@ -25,6 +25,7 @@ from chat.errors import ApiError, render_api_error, render_http_exception
 from chat.generations import Generations
 from chat.providers import build_providers
 from chat.store import Store
+from chat.transport import AiohttpTransport
 
 STATIC = Path(__file__).resolve().parent / "static"
 log = logging.getLogger("sidechat")
@@ -38,7 +39,7 @@ def create_app(settings: Settings) -> Starlette:
         if interrupted:
             log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
         client = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            transport=AiohttpTransport(),
             timeout=httpx.Timeout(settings.idle_timeout, connect=settings.connect_timeout),
         )
         generations = Generations(

@@ -101,7 +101,8 @@ async def open_stream(
                             "POST",
                             url,
                             json=body,
-                            headers=headers,
+                            # Compression would hold tokens back in the compressor's buffer.
+                            headers={"accept-encoding": "identity", **headers},
                             timeout=timeouts.httpx_timeout(),
                         )
                     )

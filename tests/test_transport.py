@@ -1,0 +1,127 @@
+"""httpx over the aiohttp transport: errors keep httpx's types, connections are reused
+only when a response was read to its end."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from chat.transport import AiohttpTransport
+
+pytestmark = pytest.mark.anyio
+
+
+class KeepAliveServer:
+    """Answers every request on a connection with `body`, counting connections."""
+
+    def __init__(self, body: bytes = b"hello", pause: float = 0.0) -> None:
+        self.body = body
+        self.pause = pause
+        self.connections = 0
+        self.url = ""
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> KeepAliveServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+                    0,
+                )
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+                writer.write(b"%x\r\n%s\r\n" % (len(self.body), self.body))
+                await writer.drain()
+                await asyncio.sleep(self.pause)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5) as http:
+        yield http
+
+
+async def test_a_response_read_to_its_end_frees_its_connection_for_the_next(client: httpx.AsyncClient) -> None:
+    async with KeepAliveServer() as server:
+        for _ in range(3):
+            async with client.stream("POST", server.url, json={"n": 1}) as response:
+                assert response.status_code == 200
+                assert b"".join([chunk async for chunk in response.aiter_bytes()]) == b"hello"
+        assert server.connections == 1
+
+
+async def test_a_response_closed_early_is_not_reused(client: httpx.AsyncClient) -> None:
+    async with KeepAliveServer(pause=1.0) as server:
+        for _ in range(2):
+            async with client.stream("POST", server.url, json={}) as response:
+                async for chunk in response.aiter_bytes():
+                    assert chunk == b"hello"
+                    break  # leave before the body's end
+        assert server.connections == 2
+
+
+async def test_request_body_and_headers_arrive() -> None:
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(head + await reader.readexactly(7))
+        writer.write(b"HTTP/1.1 201 Created\r\nx-thing: 1\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/x"
+    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5) as client:
+        response = await client.post(url, json={"a": 1}, headers={"authorization": "Bearer k"})
+    server.close()
+    await server.wait_closed()
+
+    assert (response.status_code, response.headers["x-thing"], response.text) == (201, "1", "ok")
+    request = seen[0].lower()
+    assert request.startswith(b"post /v1/x http/1.1")
+    assert b"authorization: bearer k" in request
+    assert request.endswith(b'{"a":1}')
+
+
+async def test_connection_refused_is_httpx_connect_error(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(httpx.ConnectError):
+        await client.get(f"http://127.0.0.1:{port}/")
+
+
+async def test_stalled_body_is_httpx_read_timeout(client: httpx.AsyncClient) -> None:
+    async with KeepAliveServer(pause=2.0) as server:
+        with pytest.raises(httpx.ReadTimeout):
+            async with client.stream("POST", server.url, timeout=httpx.Timeout(5, read=0.2)) as response:
+                async for _ in response.aiter_bytes():
+                    pass
+
+
+async def test_unsupported_url_is_an_httpx_error(client: httpx.AsyncClient) -> None:
+    with pytest.raises(httpx.HTTPError):
+        await client.get("ftp://127.0.0.1/")
