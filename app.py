@@ -100,6 +100,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = load_settings().override(host=args.host, port=args.port, db=args.db)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
     log.info("provider %s; database %s", settings.provider, settings.db)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 

@@ -39,3 +39,16 @@ CREATE INDEX IF NOT EXISTS messages_streaming ON messages (status) WHERE status 
 -- A retried POST with the same Idempotency-Key finds the first attempt's messages.
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key
     ON messages (idempotency_key) WHERE idempotency_key IS NOT NULL;
+
+-- A conversation's activity is its newest message or reply ending; triggers keep it
+-- so each write on the hot path is one statement.
+CREATE TRIGGER IF NOT EXISTS message_added AFTER INSERT ON messages
+BEGIN
+    UPDATE conversations SET updated_at = NEW.created_at WHERE id = NEW.conversation_id;
+END;
+
+CREATE TRIGGER IF NOT EXISTS message_ended AFTER UPDATE OF status ON messages
+    WHEN NEW.status <> OLD.status AND NEW.completed_at IS NOT NULL
+BEGIN
+    UPDATE conversations SET updated_at = NEW.completed_at WHERE id = NEW.conversation_id;
+END;

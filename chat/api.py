@@ -22,7 +22,7 @@ from .providers import ProviderInfo
 from .providers.base import ChatRequest
 from .replay import stored_events
 from .responses import EventStreamResponse
-from .store import Conversation, Message, Store
+from .store import Conversation, Message, Store, title_from
 
 MAX_PAGE = 100
 
@@ -62,9 +62,8 @@ def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderIn
 class Accepted:
     """A chat request's turn: new, or the first one a retry with the same Idempotency-Key made."""
 
-    conversation_id: int
     user_message_id: int
-    message_id: int
+    reply: Message  # as it was stored when accepted
     body: ChatBody
 
 
@@ -91,15 +90,19 @@ async def start_chat(request: Request) -> Accepted:
     key = request.headers.get("idempotency-key")
     scoped_key = f"{user}:{key}" if key else None
     if scoped_key and (first := await app.store.find_turn(user, scoped_key)):
-        return Accepted(first[1].conversation_id, first[0].id, first[1].id, body)
+        return Accepted(first[0].id, first[1], body)
 
     if conversation is None:
         conversation = await app.store.create_conversation(
-            user, system=body.system, provider=info.name, model=body.model
+            user, title=title_from(body.message), system=body.system, provider=info.name, model=body.model
         )
-    earlier = await app.store.recent_messages(
-        conversation.id, before_id=2**62, limit=app.settings.history_messages
-    )
+        earlier = []
+    else:
+        if conversation.title is None:
+            await app.store.update_conversation(user, conversation.id, {"title": title_from(body.message)})
+        earlier = await app.store.recent_messages(
+            conversation.id, before_id=2**62, limit=app.settings.history_messages
+        )
     try:
         user_message, reply = await app.store.start_turn(
             conversation.id,
@@ -112,7 +115,7 @@ async def start_chat(request: Request) -> Accepted:
         twin = await app.store.find_turn(user, scoped_key) if scoped_key else None
         if twin is None:
             raise NotFound(f"conversation {conversation.id} not found") from None
-        return Accepted(twin[1].conversation_id, twin[0].id, twin[1].id, body)
+        return Accepted(twin[0].id, twin[1], body)
 
     assert info.provider is not None
     chat = ChatRequest(
@@ -132,7 +135,7 @@ async def start_chat(request: Request) -> Accepted:
             stop_when_abandoned=app.settings.on_disconnect == "cancel",
         )
     )
-    return Accepted(conversation.id, user_message.id, reply.id, body)
+    return Accepted(user_message.id, reply, body)
 
 
 async def stream_message(app: Services, message: Message, after: int) -> Response:
@@ -153,32 +156,29 @@ async def _once(chunk: bytes) -> AsyncIterator[bytes]:
     yield chunk
 
 
-async def reply_of(request: Request, accepted: Accepted) -> Message:
-    message = await services(request).store.get_message(current_user(request), accepted.message_id)
-    if message is None:  # deleted in the meantime
-        raise NotFound(f"message {accepted.message_id} not found")
-    return message
-
-
 async def chat_stream(request: Request) -> Response:
     accepted = await start_chat(request)
-    return await stream_message(services(request), await reply_of(request, accepted), 0)
+    return await stream_message(services(request), accepted.reply, 0)
 
 
 async def chat(request: Request) -> Response:
     app = services(request)
     accepted = await start_chat(request)
     if accepted.body.wait:
-        generation = app.generations.get(accepted.message_id)
+        generation = app.generations.get(accepted.reply.id)
         if generation is not None:
             await generation.finished.wait()
-        return JSONResponse({"message": (await reply_of(request, accepted)).as_json()})
+        message = await app.store.get_message(current_user(request), accepted.reply.id)
+        if message is None:  # deleted in the meantime
+            raise NotFound(f"message {accepted.reply.id} not found")
+        return JSONResponse({"message": message.as_json()})
+    reply = accepted.reply
     return JSONResponse(
         {
-            "conversation_id": accepted.conversation_id,
+            "conversation_id": reply.conversation_id,
             "user_message_id": accepted.user_message_id,
-            "message_id": accepted.message_id,
-            "stream_url": f"/api/messages/{accepted.message_id}/stream",
+            "message_id": reply.id,
+            "stream_url": f"/api/messages/{reply.id}/stream",
         },
         status_code=202,
     )

@@ -2,18 +2,19 @@
 
 Deliberate choices:
 - One connection is the one writer. SQLite allows a single writer anyway; keeping
-  it in one place means no "database is locked" between our own writers, and an
-  asyncio lock keeps each multi-statement transaction whole even though many
-  coroutines share the connection.
+  it in one place means no "database is locked" between our own writers, and
+  aiosqlite runs its statements one at a time, in order.
+- Every write is one statement, so atomic by itself with no transaction to hold
+  open across awaits: a turn's two rows go in one INSERT, and triggers in the
+  schema keep a conversation's activity time. Each aiosqlite call is a thread
+  round trip (measured at ~70 us here), so a generation costs two calls when it
+  is accepted and one when it ends -- and nothing per token.
 - WAL mode, so readers (other tools, backups) never block the writer, and
   `synchronous=NORMAL`, which in WAL mode is still safe against corruption.
-- Nothing is written per token: a generation costs one transaction when it is
-  accepted and one when it ends.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -111,7 +112,6 @@ def _conversation(row: sqlite3.Row) -> Conversation:
 class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-        self._write = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str) -> Store:
@@ -134,32 +134,16 @@ class Store:
             return False
         return len(rows) == 1 and rows[0][0] == 1
 
-    async def _transaction(self, *statements: tuple[str, dict[str, Any]]) -> list[int]:
-        """Run statements atomically; answers each statement's lastrowid."""
-        async with self._write:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = []
-                for sql, params in statements:
-                    cursor = await self._db.execute(sql, params)
-                    ids.append(cursor.lastrowid)
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            return ids
-
     # -- recovery ---------------------------------------------------------------------
 
     async def interrupt_streaming(self) -> int:
         """Rows a previous process left mid-generation become `interrupted`."""
-        async with self._write:
-            cursor = await self._db.execute(
-                "UPDATE messages SET status = 'interrupted', completed_at = :now"
-                " WHERE status = 'streaming'",
-                {"now": now()},
-            )
-            return cursor.rowcount
+        cursor = await self._db.execute(
+            "UPDATE messages SET status = 'interrupted', completed_at = :now"
+            " WHERE status = 'streaming'",
+            {"now": now()},
+        )
+        return cursor.rowcount
 
     # -- conversations ----------------------------------------------------------------
 
@@ -172,24 +156,21 @@ class Store:
         provider: str | None = None,
         model: str | None = None,
     ) -> Conversation:
-        stamp = now()
-        async with self._write:
-            cursor = await self._db.execute(
-                "INSERT INTO conversations"
-                " (user_id, title, system, provider, model, created_at, updated_at)"
-                " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)",
-                {
-                    "user_id": user_id,
-                    "title": title,
-                    "system": system,
-                    "provider": provider,
-                    "model": model,
-                    "now": stamp,
-                },
-            )
-        conversation = await self.get_conversation(user_id, cursor.lastrowid or 0)
-        assert conversation is not None
-        return conversation
+        rows = await self._db.execute_fetchall(
+            "INSERT INTO conversations"
+            " (user_id, title, system, provider, model, created_at, updated_at)"
+            " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)"
+            " RETURNING id, user_id, title, system, provider, model, created_at, updated_at",
+            {
+                "user_id": user_id,
+                "title": title,
+                "system": system,
+                "provider": provider,
+                "model": model,
+                "now": now(),
+            },
+        )
+        return _conversation(list(rows)[0])
 
     async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
         rows = await self._db.execute_fetchall(
@@ -225,21 +206,19 @@ class Store:
         assert changes.keys() <= allowed, changes
         if changes:
             sets = ", ".join(f"{column} = :{column}" for column in changes)
-            async with self._write:
-                await self._db.execute(
-                    f"UPDATE conversations SET {sets}, updated_at = :now"
-                    " WHERE id = :id AND user_id = :user_id",
-                    {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
-                )
+            await self._db.execute(
+                f"UPDATE conversations SET {sets}, updated_at = :now"
+                " WHERE id = :id AND user_id = :user_id",
+                {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
+            )
         return await self.get_conversation(user_id, conversation_id)
 
     async def delete_conversation(self, user_id: str, conversation_id: int) -> bool:
-        async with self._write:
-            cursor = await self._db.execute(
-                "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
-                {"id": conversation_id, "user_id": user_id},
-            )
-            return cursor.rowcount > 0
+        cursor = await self._db.execute(
+            "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
+            {"id": conversation_id, "user_id": user_id},
+        )
+        return cursor.rowcount > 0
 
     # -- messages ---------------------------------------------------------------------
 
@@ -251,34 +230,25 @@ class Store:
         metadata: dict[str, Any],
         idempotency_key: str | None = None,
     ) -> tuple[Message, Message]:
-        """Store a user message and its assistant reply-to-be (status `streaming`)."""
+        """Store a user message and its assistant reply-to-be (status `streaming`).
+
+        One statement, so atomic on its own; a trigger marks the conversation's activity."""
         stamp = now()
-        params = {
-            "conversation_id": conversation_id,
-            "text": text,
-            "title": title_from(text),
-            "metadata": json.dumps(metadata),
-            "key": idempotency_key,
-            "now": stamp,
-        }
-        user_id, assistant_id, _ = await self._transaction(
-            (
-                "INSERT INTO messages"
-                " (conversation_id, role, content, status, idempotency_key, created_at, completed_at)"
-                " VALUES (:conversation_id, 'user', :text, 'completed', :key, :now, :now)",
-                params,
-            ),
-            (
-                "INSERT INTO messages (conversation_id, role, status, metadata, created_at)"
-                " VALUES (:conversation_id, 'assistant', 'streaming', :metadata, :now)",
-                params,
-            ),
-            (
-                "UPDATE conversations SET updated_at = :now, title = coalesce(title, :title)"
-                " WHERE id = :conversation_id",
-                params,
-            ),
+        rows = await self._db.execute_fetchall(
+            "INSERT INTO messages"
+            " (conversation_id, role, content, status, metadata, idempotency_key, created_at, completed_at)"
+            " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :now, :now),"
+            " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, :now, NULL)"
+            " RETURNING id",
+            {
+                "conversation_id": conversation_id,
+                "text": text,
+                "metadata": json.dumps(metadata),
+                "key": idempotency_key,
+                "now": stamp,
+            },
         )
+        user_id, assistant_id = sorted(row[0] for row in rows)
         return (
             Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp),
             Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),
@@ -294,36 +264,26 @@ class Store:
         last_event_id: int,
     ) -> None:
         """The generation's one write at its end; only a row still `streaming` changes."""
-        stamp = now()
-        params = {
-            "id": message_id,
-            "status": status,
-            "content": content,
-            "metadata": json.dumps(metadata),
-            "last_event_id": last_event_id,
-            "now": stamp,
-        }
-        await self._transaction(
-            (
-                "UPDATE messages SET status = :status, content = :content, metadata = :metadata,"
-                " last_event_id = :last_event_id, completed_at = :now"
-                " WHERE id = :id AND status = 'streaming'",
-                params,
-            ),
-            (
-                "UPDATE conversations SET updated_at = :now"
-                " WHERE id = (SELECT conversation_id FROM messages WHERE id = :id)",
-                params,
-            ),
+        await self._db.execute(
+            "UPDATE messages SET status = :status, content = :content, metadata = :metadata,"
+            " last_event_id = :last_event_id, completed_at = :now"
+            " WHERE id = :id AND status = 'streaming'",
+            {
+                "id": message_id,
+                "status": status,
+                "content": content,
+                "metadata": json.dumps(metadata),
+                "last_event_id": last_event_id,
+                "now": now(),
+            },
         )
 
     async def checkpoint_message(self, message_id: int, content: str) -> None:
         """The partial text of a reply still being generated (off by default; never per token)."""
-        async with self._write:
-            await self._db.execute(
-                "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
-                {"id": message_id, "content": content},
-            )
+        await self._db.execute(
+            "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
+            {"id": message_id, "content": content},
+        )
 
     async def get_message(self, user_id: str, message_id: int) -> Message | None:
         rows = await self._db.execute_fetchall(

@@ -41,7 +41,9 @@ async def test_turn_then_finish_writes_the_reply_once(store: Store) -> None:
     assert stored is not None
     assert (stored.status, stored.content, stored.metadata, stored.last_event_id) == ("completed", "hi!", {"finish_reason": "stop"}, 4)
     assert stored.completed_at is not None
-    assert (await store.get_conversation("local", conversation.id)).title == "hello"  # type: ignore[union-attr]
+    activity = await store.get_conversation("local", conversation.id)
+    assert activity is not None and activity.updated_at == stored.completed_at  # the schema's trigger
+    assert activity.message_count == 2
 
 
 async def test_rows_left_streaming_become_interrupted(tmp_path: Path) -> None:
