@@ -9,7 +9,6 @@ provider was sent. Then retries and fallback, end to end.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,19 @@ import httpx
 import pytest
 
 from chat.config import Settings
-from tests.fakeupstream import FakeUpstream, Reply, Step, openai_chunk, openai_reply, sse
+from tests.fakeupstream import (
+    FakeUpstream,
+    Reply,
+    Step,
+    openai_chunk,
+    openai_reply,
+    sse,
+)
 from tests.live import chat_stream, serve
 
 pytestmark = pytest.mark.anyio
 
 BODY = {"message": "Say hello", "system": "Be brief.", "temperature": 0.5, "max_tokens": 64}
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as fake:
-        yield fake
 
 
 @pytest.fixture

@@ -9,44 +9,16 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from chat.config import Settings
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
-from tests.live import EventReader, read_stream, serve
+from tests.live import EventReader, read_stream
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as fake:
-        yield fake
-
-
-def settings_for(upstream: FakeUpstream, tmp_path: Path, **changes: object) -> Settings:
-    values: dict[str, object] = {
-        "db": str(tmp_path / "chat.db"),
-        "provider": "openai",
-        "openai_api_key": "sk-test",
-        "openai_base_url": upstream.url,
-        "heartbeat_seconds": 5.0,
-        "shutdown_grace_seconds": 0.5,
-    }
-    values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def client(upstream: FakeUpstream, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(settings_for(upstream, tmp_path, **getattr(request, "param", {}))) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            yield http
 
 
 async def reply_row(client: httpx.AsyncClient, conversation_id: int) -> dict[str, object]:

@@ -3,45 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from chat.config import Settings
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
-from tests.live import EventReader, chat_stream, read_stream, serve
+from tests.live import EventReader, chat_stream, read_stream
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[FakeUpstream]:
-    async with FakeUpstream() as fake:
-        yield fake
-
-
-def settings_for(upstream: FakeUpstream, tmp_path: Path, **changes: object) -> Settings:
-    values: dict[str, object] = {
-        "db": str(tmp_path / "chat.db"),
-        "provider": "openai",
-        "openai_api_key": "sk-test",
-        "openai_base_url": upstream.url,
-        "heartbeat_seconds": 5.0,
-        "replay_seconds": 30.0,
-        "shutdown_grace_seconds": 0.5,
-    }
-    values.update(changes)
-    return Settings(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def client(upstream: FakeUpstream, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[httpx.AsyncClient]:
-    changes = getattr(request, "param", {})
-    async with serve(settings_for(upstream, tmp_path, **changes)) as url:
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            yield http
 
 
 async def test_stream_answers_with_spec_headers_and_event_order(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:

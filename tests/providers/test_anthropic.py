@@ -8,7 +8,12 @@ import httpx
 import pytest
 import respx
 
-from chat.providers.anthropic import AnthropicProvider, StreamState, build_body, parse_event
+from chat.providers.anthropic import (
+    AnthropicProvider,
+    StreamState,
+    build_body,
+    parse_event,
+)
 from chat.providers.base import Finish, ProviderError, Timeouts, Turn, Usage
 
 from .conftest import Framing
