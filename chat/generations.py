@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from .providers.base import Answerer, ChatRequest, Finish, Provider, ProviderError, Usage
@@ -34,6 +35,16 @@ log = logging.getLogger("sidechat.generations")
 # Why a generation was stopped early, and how it ends.
 CANCELLED = "cancelled"  # a user asked, the conversation was deleted, or every client left
 SHUTDOWN = "shutdown"  # the server is stopping
+
+
+@dataclass(slots=True)
+class Relayed:
+    """How the provider's stream went."""
+
+    finish: Finish | None = None
+    error: ProviderError | None = None
+    answerer: Answerer | None = None  # set when a fallback answered instead
+    ttft_ms: int | None = None
 
 
 class Generation:
@@ -102,10 +113,6 @@ class Generation:
 
     async def run(self, store: Store) -> None:
         started = time.monotonic()
-        ttft_ms: int | None = None
-        finish: Finish | None = None
-        error: ProviderError | None = None
-        answerer: Answerer | None = None  # set when a fallback answers instead
         self.publish(
             "start",
             {
@@ -117,68 +124,9 @@ class Generation:
             },
         )
         self._started = True
-        try:
-            if self._stop_reason is not None:
-                raise asyncio.CancelledError  # stopped before it began: the provider is never called
-            async for item in self.provider.stream(self.request):
-                if isinstance(item, str):
-                    if not item:
-                        continue
-                    if ttft_ms is None:
-                        ttft_ms = round((time.monotonic() - started) * 1000)
-                    self._parts.append(item)
-                    self.publish("token", {"text": item})
-                elif isinstance(item, Finish):
-                    finish = item
-                else:
-                    answerer = item
-                    self.publish("provider", {"provider": item.provider, "model": item.model})
-        except ProviderError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            if self._stop_reason is None:
-                raise  # not ours to swallow
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                task.uncancel()
-        except Exception:
-            log.exception("generation %s failed", self.message_id)
-            error = ProviderError("upstream_error", "internal error while streaming the reply")
+        relayed = await self._relay(started)
         self._ending = True
-        if error is None and finish is None and self._stop_reason is None:
-            error = ProviderError("truncated", "the provider's stream ended without a finish record")
-
-        metadata: dict[str, Any] = {
-            "user_message_id": self.user_message_id,
-            "provider": self.provider.name,
-            "model": self.request.model,
-            "usage": (finish.usage if finish else Usage()).as_dict(),
-            "finish_reason": None,
-            "duration_ms": round((time.monotonic() - started) * 1000),
-            "ttft_ms": ttft_ms,
-            "error": None,
-        }
-        if answerer is not None:
-            metadata["requested"] = {"provider": metadata["provider"], "model": metadata["model"]}
-            metadata["provider"], metadata["model"] = answerer.provider, answerer.model
-        if self._stop_reason == SHUTDOWN:
-            status, terminal = "interrupted", "error"
-            metadata["error"] = {"type": "shutdown", "message": "the server is shutting down"}
-            payload = self._error_payload(metadata["error"])
-        elif self._stop_reason == CANCELLED:
-            status, terminal = "cancelled", "done"
-            metadata["finish_reason"] = "cancelled"
-            payload = self._done_payload(metadata)
-        elif error is not None:
-            status, terminal = "failed", "error"
-            payload = self._error_payload(error.as_dict())
-            metadata["error"] = payload["error"]
-        else:
-            assert finish is not None
-            status, terminal = "completed", "done"
-            metadata["finish_reason"] = finish.reason
-            payload = self._done_payload(metadata)
-
+        status, terminal, payload, metadata = self._conclude(relayed, started)
         try:
             await asyncio.shield(
                 store.finish_message(
@@ -194,6 +142,69 @@ class Generation:
         finally:
             self.publish(terminal, payload)
             self.finished.set()
+
+    async def _relay(self, started: float) -> Relayed:
+        """Publish the provider's deltas as they come; what ended it, and how."""
+        relayed = Relayed()
+        try:
+            if self._stop_reason is not None:
+                raise asyncio.CancelledError  # stopped before it began: the provider is never called
+            async for item in self.provider.stream(self.request):
+                if isinstance(item, str):  # the hot path: one text delta
+                    if not item:
+                        continue
+                    if relayed.ttft_ms is None:
+                        relayed.ttft_ms = round((time.monotonic() - started) * 1000)
+                    self._parts.append(item)
+                    self.publish("token", {"text": item})
+                elif isinstance(item, Finish):
+                    relayed.finish = item
+                else:
+                    relayed.answerer = item
+                    self.publish("provider", {"provider": item.provider, "model": item.model})
+        except ProviderError as exc:
+            relayed.error = exc
+        except asyncio.CancelledError:
+            if self._stop_reason is None:
+                raise  # not ours to swallow
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                task.uncancel()
+        except Exception:
+            log.exception("generation %s failed", self.message_id)
+            relayed.error = ProviderError("upstream_error", "internal error while streaming the reply")
+        if relayed.error is None and relayed.finish is None and self._stop_reason is None:
+            relayed.error = ProviderError("truncated", "the provider's stream ended without a finish record")
+        return relayed
+
+    def _conclude(self, relayed: Relayed, started: float) -> tuple[str, str, dict[str, Any], dict[str, Any]]:
+        """The row's status, the terminal event and its data, and the stored metadata."""
+        finish = relayed.finish
+        metadata: dict[str, Any] = {
+            "user_message_id": self.user_message_id,
+            "provider": self.provider.name,
+            "model": self.request.model,
+            "usage": (finish.usage if finish else Usage()).as_dict(),
+            "finish_reason": None,
+            "duration_ms": round((time.monotonic() - started) * 1000),
+            "ttft_ms": relayed.ttft_ms,
+            "error": None,
+        }
+        if relayed.answerer is not None:
+            metadata["requested"] = {"provider": metadata["provider"], "model": metadata["model"]}
+            metadata["provider"], metadata["model"] = relayed.answerer.provider, relayed.answerer.model
+        if self._stop_reason == SHUTDOWN:
+            metadata["error"] = {"type": "shutdown", "message": "the server is shutting down"}
+            return "interrupted", "error", self._error_payload(metadata["error"]), metadata
+        if self._stop_reason == CANCELLED:
+            metadata["finish_reason"] = "cancelled"
+            return "cancelled", "done", self._done_payload(metadata), metadata
+        if relayed.error is not None:
+            metadata["error"] = relayed.error.as_dict()
+            return "failed", "error", self._error_payload(metadata["error"]), metadata
+        assert finish is not None
+        metadata["finish_reason"] = finish.reason
+        return "completed", "done", self._done_payload(metadata), metadata
 
     def _done_payload(self, metadata: dict[str, Any]) -> dict[str, Any]:
         payload: dict[str, Any] = {
