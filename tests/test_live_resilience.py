@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
-from tests.live import EventReader, read_stream
+from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
+from tests.live import EventReader, chat_stream, read_stream
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,3 +339,72 @@ async def test_checkpoint_saves_partial_text_of_a_long_generation(client: httpx.
     gate.set()
     row = await wait_for_status(client, accepted["conversation_id"], "completed")
     assert row["content"] == "so far and the rest"
+
+
+@pytest.mark.parametrize("client", [{"replay_seconds": 0.0}], indirect=True)
+async def test_finished_replies_replay_from_the_database_with_their_ending(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(
+        Reply([openai_chunk("half"), sse({"error": {"message": "boom", "type": "server_error"}})]),
+        Reply([openai_chunk("stopped")], finish=False),
+    )
+    failed = await chat_stream(client, {"message": "one"})
+    async with client.stream("POST", "/api/chat/stream", json={"message": "two"}) as response:
+        reader = EventReader(response)
+        cancelled_id = (await reader.read(until=2)).events[0].data["message_id"]
+        assert (await client.post(f"/api/messages/{cancelled_id}/cancel")).status_code == 200
+        await reader.read()
+    await asyncio.sleep(0.05)  # both replay logs are gone
+
+    replays = []
+    for message_id in (failed.events[0].data["message_id"], cancelled_id):
+        async with client.stream("GET", f"/api/messages/{message_id}/stream") as response:
+            replays.append(await read_stream(response))
+
+    assert replays[0].names == ["start", "token", "error"]
+    assert replays[0].text == "half"
+    assert replays[0].terminal.data["error"] == failed.terminal.data["error"]
+    assert replays[0].terminal.data["partial"] is True
+    assert replays[1].names == ["start", "token", "done"]
+    assert replays[1].text == "stopped"
+    assert replays[1].terminal.data["finish_reason"] == "cancelled"
+
+
+async def test_bad_configuration_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "app.py", "--db", str(tmp_path / "chat.db")],
+        cwd=ROOT,
+        env={**os.environ, "SIDECHAT_HEARTBEAT_SECONDS": "abc"},
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert b"SIDECHAT_HEARTBEAT_SECONDS='abc'" in result.stderr
+
+
+async def test_uvicorn_app_colon_app_serves_from_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    with (tmp_path / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)],
+            cwd=ROOT,
+            env={**os.environ, "SIDECHAT_DB": str(tmp_path / "chat.db"), "SIDECHAT_DEMO_DELAY": "0"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for _ in range(200):
+                try:
+                    await client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+            transcript = await chat_stream(client, {"message": "hi"})
+        assert transcript.names[0] == "start" and transcript.names[-1] == "done"
+        assert (tmp_path / "chat.db").exists()
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 10)
