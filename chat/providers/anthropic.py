@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -23,7 +22,7 @@ import httpx
 from ..sse import SSEDecoder
 from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import open_stream
+from .upstream import HTTPProvider
 
 DEFAULT_MODEL = "claude-sonnet-4-5"
 DEFAULT_MAX_TOKENS = 4096  # required by the API
@@ -116,7 +115,11 @@ def parse_event(payload: Any, state: StreamState, provider: str = "anthropic") -
     return None  # ping, content_block_stop, and types added later
 
 
-class AnthropicProvider:
+class AnthropicProvider(HTTPProvider):
+    path = "/v1/messages"
+    build_body = staticmethod(build_body)
+    parse_event = staticmethod(parse_event)
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -127,34 +130,15 @@ class AnthropicProvider:
         timeouts: Timeouts = Timeouts(),
         name: str = "anthropic",
     ) -> None:
-        self.name = name
-        self.default_model = default_model or DEFAULT_MODEL
-        self._client = client
-        self._url = base_url.rstrip("/") + "/v1/messages"
-        self._timeouts = timeouts
-        self._headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
+        headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(name={self.name!r}, url={self._url!r})"
-
-    build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
+            headers["x-api-key"] = api_key
+        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        if not request.model:
-            request = replace(request, model=self.default_model)
         name = self.name
         state = StreamState()
-        async with open_stream(
-            self._client,
-            self._url,
-            body=build_body(request),
-            headers=self._headers,
-            timeouts=self._timeouts,
-            provider=name,
-        ) as chunks:
+        async with self.open(request) as chunks:
             decoder = SSEDecoder()
             async for chunk in chunks:
                 for event in decoder.feed(chunk):

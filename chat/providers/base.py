@@ -18,7 +18,8 @@ that provider's first delta, so the stream can say who really answered.
 Around this contract:
 
 - `upstream.py`: opening an HTTP stream and reading it within the deadlines
-  `Timeouts` sets (time to first chunk, then idle between chunks);
+  `Timeouts` sets (time to first chunk, then idle between chunks), and
+  `HTTPProvider`, what the HTTP adapters share;
 - `errors.py`: turning what upstream sent (statuses, error bodies, mid-stream
   error events, httpx exceptions) into `ProviderError`s, keys redacted;
 - `retry.py`, `fallback.py`: wrappers that are providers themselves, retrying
@@ -29,11 +30,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import httpx
 
 Role = Literal["user", "assistant"]
+_T = TypeVar("_T")
 
 ERROR_TYPES = frozenset(
     {
@@ -135,6 +137,15 @@ async def close_stream(stream: AsyncIterator[object]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
+
+
+async def first_item(stream: AsyncIterator[_T]) -> _T | None:
+    """The first item of `stream`, None if it has none; a stream that fails first is closed."""
+    try:
+        return await anext(stream, None)
+    except BaseException:
+        await close_stream(stream)
+        raise
 
 
 @dataclass(frozen=True, slots=True)

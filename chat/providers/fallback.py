@@ -25,7 +25,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream
+from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
 
 log = logging.getLogger("sidechat.providers")
 
@@ -59,27 +59,27 @@ class FallbackProvider:
         for provider, asked, answerer in self.attempts(request):
             stream = provider.stream(asked)
             try:
-                try:
-                    first = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except ProviderError as exc:
-                    if exc.type == "prompt_blocked":
-                        raise
-                    log.warning("%s:%s failed before answering: %s", provider.name, asked.model, exc.message)
-                    failure = failure or exc
-                    continue
-                if answerer is not None:
-                    log.warning("%s:%s answers instead", answerer.provider, answerer.model)
-                    yield answerer
-                yield first
-                async for item in stream:
-                    yield item
-                return
-            finally:
-                await close_stream(stream)
-        assert failure is not None
-        raise failure
+                first = await first_item(stream)
+                break
+            except ProviderError as exc:
+                if exc.type == "prompt_blocked":
+                    raise
+                log.warning("%s:%s failed before answering: %s", provider.name, asked.model, exc.message)
+                failure = failure or exc
+        else:
+            assert failure is not None
+            raise failure
+        if first is None:
+            return
+        try:
+            if answerer is not None:
+                log.warning("%s:%s answers instead", answerer.provider, answerer.model)
+                yield answerer
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await close_stream(stream)
 
 
 def with_fallback(first: Provider, chain: Sequence[tuple[Provider, str]]) -> Provider:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -28,7 +27,7 @@ import httpx
 from ..sse import SSEDecoder
 from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import open_stream
+from .upstream import HTTPProvider
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 
@@ -107,7 +106,11 @@ def parse_event(payload: Any, provider: str = "gemini") -> tuple[str, Finish | N
     return text, Finish(_FINISH_REASONS.get(reason, "stop"), _usage(payload))
 
 
-class GeminiProvider:
+class GeminiProvider(HTTPProvider):
+    path = "/v1beta/models"
+    build_body = staticmethod(build_body)
+    parse_event = staticmethod(parse_event)
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -118,39 +121,18 @@ class GeminiProvider:
         timeouts: Timeouts = Timeouts(),
         name: str = "gemini",
     ) -> None:
-        self.name = name
-        self.default_model = default_model or DEFAULT_MODEL
-        self._client = client
-        self._base_url = base_url.rstrip("/")
-        self._timeouts = timeouts
-        self._headers = {"accept": "text/event-stream"}
+        headers = {"accept": "text/event-stream"}
         if api_key:  # a header, not `?key=`, so it never lands in a logged URL
-            self._headers["x-goog-api-key"] = api_key
-
-    def __repr__(self) -> str:
-        return f"GeminiProvider(name={self.name!r}, base_url={self._base_url!r})"
-
-    build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
+            headers["x-goog-api-key"] = api_key
+        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
 
     def url(self, model: str) -> str:
         model = model.removeprefix("models/")
-        return (
-            f"{self._base_url}/v1beta/models/{quote(model, safe='')}:streamGenerateContent?alt=sse"
-        )
+        return f"{self._url}/{quote(model, safe='')}:streamGenerateContent?alt=sse"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        if not request.model:
-            request = replace(request, model=self.default_model)
         name = self.name
-        async with open_stream(
-            self._client,
-            self.url(request.model),
-            body=build_body(request),
-            headers=self._headers,
-            timeouts=self._timeouts,
-            provider=name,
-        ) as chunks:
+        async with self.open(request) as chunks:
             decoder = SSEDecoder()
             async for chunk in chunks:
                 for event in decoder.feed(chunk):

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import open_stream
+from .upstream import HTTPProvider
 
 DEFAULT_MODEL = "llama3.2"
 
@@ -59,7 +58,12 @@ def parse_event(payload: Any, provider: str = "ollama") -> tuple[str, Finish | N
     return text, Finish(reason, usage)
 
 
-class OllamaProvider:
+class OllamaProvider(HTTPProvider):
+    path = "/api/chat"
+    json_ok = True  # some versions label the stream application/json
+    build_body = staticmethod(build_body)
+    parse_event = staticmethod(parse_event)
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -70,36 +74,22 @@ class OllamaProvider:
         timeouts: Timeouts = Timeouts(),
         name: str = "ollama",
     ) -> None:
-        self.name = name
-        self.default_model = default_model or DEFAULT_MODEL
-        self._client = client
-        self._url = base_url.rstrip("/") + "/api/chat"
-        self._timeouts = timeouts
-        self._headers = {"accept": "application/x-ndjson"}
+        headers = {"accept": "application/x-ndjson"}
         if api_key:  # Ollama itself wants none; a proxy in front may
-            self._headers["authorization"] = f"Bearer {api_key}"
-
-    def __repr__(self) -> str:
-        return f"OllamaProvider(name={self.name!r}, url={self._url!r})"
-
-    build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
+            headers["authorization"] = f"Bearer {api_key}"
+        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        if not request.model:
-            request = replace(request, model=self.default_model)
         name = self.name
-        async with open_stream(
-            self._client,
-            self._url,
-            body=build_body(request),
-            headers=self._headers,
-            timeouts=self._timeouts,
-            provider=name,
-            json_ok=True,  # some versions label the stream application/json
-        ) as chunks:
+        async with self.open(request) as chunks:
             pending = b""
-            async for chunk in chunks:
+            ended = False
+            while not ended:
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    # The body's end ends its last line too; JSON tells whether it is whole.
+                    chunk, ended = b"\n", True
                 if b"\n" not in chunk:
                     pending += chunk
                     continue
@@ -111,6 +101,8 @@ class OllamaProvider:
                     try:
                         text, finish = parse_event(json.loads(line), name)
                     except ValueError:
+                        if ended:
+                            raise truncated_error(name, '"done": true (cut mid-line)') from None
                         raise protocol_error(name, "a line that is not JSON", line) from None
                     except (AttributeError, TypeError):
                         raise protocol_error(name, "a malformed line", line) from None
@@ -119,17 +111,4 @@ class OllamaProvider:
                     if finish is not None:
                         yield finish
                         return
-            # A last line without its newline is complete: JSON tells us so.
-            if pending.strip():
-                try:
-                    text, finish = parse_event(json.loads(pending), name)
-                except ValueError:
-                    raise truncated_error(name, '"done": true (cut mid-line)') from None
-                except (AttributeError, TypeError):
-                    raise protocol_error(name, "a malformed line", pending) from None
-                if text:
-                    yield text
-                if finish is not None:
-                    yield finish
-                    return
         raise truncated_error(name, '"done": true')

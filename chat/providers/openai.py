@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ import httpx
 from ..sse import SSEDecoder
 from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import open_stream
+from .upstream import HTTPProvider
 
 DEFAULT_MODEL = "gpt-4o-mini"
 
@@ -91,7 +90,11 @@ def parse_event(payload: Any, provider: str = "openai") -> tuple[str, str | None
     return text, reason, usage
 
 
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
+    path = "/chat/completions"
+    build_body = staticmethod(build_body)
+    parse_event = staticmethod(parse_event)
+
     def __init__(
         self,
         client: httpx.AsyncClient,
@@ -102,35 +105,16 @@ class OpenAIProvider:
         timeouts: Timeouts = Timeouts(),
         name: str = "openai",
     ) -> None:
-        self.name = name
-        self.default_model = default_model or DEFAULT_MODEL
-        self._client = client
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._timeouts = timeouts
-        self._headers = {"accept": "text/event-stream"}
+        headers = {"accept": "text/event-stream"}
         if api_key:
-            self._headers["authorization"] = f"Bearer {api_key}"
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
-
-    build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
+            headers["authorization"] = f"Bearer {api_key}"
+        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        if not request.model:
-            request = replace(request, model=self.default_model)
         name = self.name
         reason: str | None = None
         usage: Usage | None = None
-        async with open_stream(
-            self._client,
-            self._url,
-            body=build_body(request),
-            headers=self._headers,
-            timeouts=self._timeouts,
-            provider=name,
-        ) as chunks:
+        async with self.open(request) as chunks:
             decoder = SSEDecoder()
             async for chunk in chunks:
                 for event in decoder.feed(chunk):

@@ -29,7 +29,7 @@ import random as _random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream
+from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
 
 log = logging.getLogger("sidechat.providers")
 
@@ -73,20 +73,10 @@ class RetryingProvider:
         while True:
             stream = self.inner.stream(request)
             try:
-                try:
-                    first = await anext(stream)
-                except StopAsyncIteration:
-                    return
-                except ProviderError as exc:
-                    error = exc
-                else:
-                    # Something went downstream: from here on, nothing is retried.
-                    yield first
-                    async for item in stream:
-                        yield item
-                    return
-            finally:
-                await close_stream(stream)
+                first = await first_item(stream)
+                break
+            except ProviderError as exc:
+                error = exc
             if not error.retryable or attempt >= self.attempts:
                 raise error
             wait = self.backoff(attempt, error)
@@ -110,3 +100,12 @@ class RetryingProvider:
                 error.message,
             )
             await self._sleep(wait)
+        if first is None:
+            return
+        try:
+            # Something goes downstream: from here on, nothing is retried.
+            yield first
+            async for item in stream:
+                yield item
+        finally:
+            await close_stream(stream)

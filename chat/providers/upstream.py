@@ -3,7 +3,8 @@
 `open_stream` sends the request, checks the status and the content type,
 translates httpx's exceptions wherever they surface, and hands over the body as
 chunks that `read_with_deadlines` bounds: the first by `first_token`, each later
-one by `idle`.
+one by `idle`. `HTTPProvider` is what the HTTP adapters share around it: who
+they are, where they post, with which headers, and the call to `open_stream`.
 
 Deliberate departures from the obvious:
 
@@ -19,12 +20,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    aclosing,
+    asynccontextmanager,
+    suppress,
+)
+from dataclasses import replace
 from typing import Any
 
 import httpx
 
-from .base import ProviderError, Timeouts
+from .base import ChatRequest, ProviderError, Timeouts
 from .errors import (
     error_from_event,
     error_from_response,
@@ -157,3 +165,56 @@ async def _read_limited(response: httpx.Response, timeouts: Timeouts) -> bytes:
                 if size >= _ERROR_BODY_LIMIT:
                     break
     return b"".join(parts)[:_ERROR_BODY_LIMIT]
+
+
+class HTTPProvider:
+    """The part of an HTTP adapter that is not about its wire format.
+
+    A subclass sets `path` (appended to the base URL; Gemini's `url` adds the
+    model), passes its headers, and has its own `build_body` and `stream`, which
+    reads `self.open(request)`.
+    """
+
+    path = ""
+    json_ok = False  # see open_stream
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        name: str,
+        default_model: str,
+        base_url: str,
+        timeouts: Timeouts,
+        headers: Mapping[str, str],
+        /,
+    ) -> None:
+        self.name = name
+        self.default_model = default_model
+        self._client = client
+        self._url = base_url.rstrip("/") + self.path
+        self._timeouts = timeouts
+        self._headers = dict(headers)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, url={self._url!r})"
+
+    @staticmethod
+    def build_body(request: ChatRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def url(self, model: str) -> str:
+        return self._url
+
+    def open(self, request: ChatRequest) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """`open_stream` for `request`, asking for the default model when it names none."""
+        if not request.model:
+            request = replace(request, model=self.default_model)
+        return open_stream(
+            self._client,
+            self.url(request.model),
+            body=self.build_body(request),
+            headers=self._headers,
+            timeouts=self._timeouts,
+            provider=self.name,
+            json_ok=self.json_ok,
+        )
