@@ -33,7 +33,9 @@ HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no
 END = b"0\r\n\r\n"
 BURST = 16  # zero-gap streams yield to the loop after this many tokens
 
-_OPENAI_CHUNK = b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"bench","choices":['
+_OPENAI_CHUNK = (
+    b'{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":0,"model":"bench","choices":['
+)
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,8 @@ class Connection(asyncio.Protocol):
         else:
             status, body = b"404 Not Found", b"{}"
         self.transport.write(
-            b"HTTP/1.1 %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b" % (status, len(body), body)
+            b"HTTP/1.1 %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%b"
+            % (status, len(body), body)
         )
         if self.buffer:
             self.take_request()

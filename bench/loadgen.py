@@ -47,9 +47,7 @@ class Run:
         self.path = url.path if path is None else path
         self.kind = args.kind
         self.tokens = args.tokens
-        self.knobs = (
-            f"bench:tokens={args.tokens},first_ms={args.first_ms:g},gap_ms={args.gap_ms:g},stamp={int(args.stamp)}"
-        )
+        self.knobs = f"bench:tokens={args.tokens},first_ms={args.first_ms:g},gap_ms={args.gap_ms:g},stamp={int(args.stamp)}"
         self.stamp = args.stamp
         self.tag = args.tag
         self.hold = args.hold
@@ -333,11 +331,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--first-ms", type=float, default=0)
     parser.add_argument("--gap-ms", type=float, default=0)
     parser.add_argument("--stamp", action="store_true")
-    parser.add_argument("--ramp-ms", type=float, default=0, help="begin the first streams at random moments this long")
+    parser.add_argument(
+        "--ramp-ms", type=float, default=0, help="begin the first streams at random moments this long"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--hold", type=float, default=0, help="keep all streams open this long, then close them")
+    parser.add_argument(
+        "--hold", type=float, default=0, help="keep all streams open this long, then close them"
+    )
     parser.add_argument("--open-budget", type=float, default=0, help="with --hold: seconds to open them all")
-    parser.add_argument("--open-concurrency", type=int, default=0, help="at most this many streams awaiting headers")
+    parser.add_argument(
+        "--open-concurrency", type=int, default=0, help="at most this many streams awaiting headers"
+    )
     parser.add_argument("--deadline", type=float, default=120)
     parser.add_argument("--tag", default="run", help="put in every message, to find the stored rows")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")

@@ -77,7 +77,8 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 
 app = Starlette(
-    routes=[Route("/api/chat/stream", chat_stream, methods=["POST"]), Route("/healthz", healthz)], lifespan=lifespan
+    routes=[Route("/api/chat/stream", chat_stream, methods=["POST"]), Route("/healthz", healthz)],
+    lifespan=lifespan,
 )
 
 if __name__ == "__main__":

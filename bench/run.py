@@ -91,20 +91,40 @@ class Bench:
             **scenario.env,
         }
 
-    def start_relay(self, target: str, name: str, scenario: Scenario) -> tuple[subprocess.Popen[bytes], int, Path]:
+    def start_relay(
+        self, target: str, name: str, scenario: Scenario
+    ) -> tuple[subprocess.Popen[bytes], int, Path]:
         port, db = free_port(), self.workdir / f"{name}.db"
         if target == "hop":
-            command = [PY, str(BENCH / "tcp_hop.py"), "--port", str(port), "--upstream-port", str(self.fake_port)]
+            command = [
+                PY,
+                str(BENCH / "tcp_hop.py"),
+                "--port",
+                str(port),
+                "--upstream-port",
+                str(self.fake_port),
+            ]
             command += ["--loop", self.loop]
         elif target == "naive":
-            command = [PY, str(BENCH / "naive_relay.py"), "--port", str(port), "--loop", self.loop, "--http", self.http]
+            command = [
+                PY,
+                str(BENCH / "naive_relay.py"),
+                "--port",
+                str(port),
+                "--loop",
+                self.loop,
+                "--http",
+                self.http,
+            ]
         elif self.args.server == "app":
             command = [PY, "app.py", "--port", str(port), "--db", str(db)]
         else:
             command = [PY, "-m", "uvicorn", "app:app", "--port", str(port), "--backlog", "8192"]
             command += ["--loop", self.loop, "--http", self.http]
         log = self.workdir / f"{name}-{target}.log"
-        process = spawn(self.pinned(self.args.relay_cpus, command), log, cwd=ROOT, env=self.relay_env(scenario, db))
+        process = spawn(
+            self.pinned(self.args.relay_cpus, command), log, cwd=ROOT, env=self.relay_env(scenario, db)
+        )
         deadline = time.monotonic() + 20
         while not healthy(port):
             if time.monotonic() > deadline or process.poll() is not None:
@@ -124,7 +144,8 @@ class Bench:
             else:
                 command += [f"--{name.replace('_', '-')}", str(value)]
         children = [
-            subprocess.Popen(self.pinned(self.args.client_cpus, command), stdout=subprocess.PIPE) for _ in range(procs)
+            subprocess.Popen(self.pinned(self.args.client_cpus, command), stdout=subprocess.PIPE)
+            for _ in range(procs)
         ]
         outputs = [child.communicate(timeout=phase.deadline + 60)[0] for child in children]
         return report.merge([json.loads(out) for out in outputs])
@@ -139,7 +160,11 @@ class Bench:
             self.loadgen(url, kind, Phase(4, 5, total=20), "warm")
         assert self.fake is not None
         watched = relay.pid if relay else self.fake.pid
-        profiler = self.profile(name, relay.pid) if relay and target == "sidechat" and name in self.profiled else None
+        profiler = (
+            self.profile(name, relay.pid)
+            if relay and target == "sidechat" and name in self.profiled
+            else None
+        )
         sampler = RssSampler(watched)
         upstream = self.fake_stats()
         rss_base, cpu0, fake0 = status_kb(watched, "VmRSS"), cpu_seconds(watched), cpu_seconds(self.fake.pid)
@@ -278,7 +303,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client-procs", type=int, default=1, help="load generator processes per phase")
     parser.add_argument("--no-pin", action="store_true")
     parser.add_argument(
-        "--profile", default="", help="scenarios to record sidechat in with py-spy (raw, bench/profile-NAME.txt)"
+        "--profile",
+        default="",
+        help="scenarios to record sidechat in with py-spy (raw, bench/profile-NAME.txt)",
     )
     parser.add_argument("--out", default=str(BENCH / "results.json"))
     parser.add_argument("--keep", action="store_true", help="keep the relays' logs and databases")

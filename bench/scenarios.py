@@ -46,7 +46,9 @@ def scenarios(quick: bool) -> dict[str, Scenario]:
             "200 streams × 200 tokens 20 ms apart, begun within 1 s: 10,000 tokens/s offered",
             {"main": Phase(200, 50 if q else 200, gap_ms=20, stamp=True, ramp_ms=1000)},
         ),
-        "throughput": Scenario("50 streams × 2,000 tokens, no delay", {"main": Phase(50, 200 if q else 2000)}),
+        "throughput": Scenario(
+            "50 streams × 2,000 tokens, no delay", {"main": Phase(50, 200 if q else 2000)}
+        ),
         "idle": Scenario(
             f"{idle_streams} open streams on a slow provider, heartbeat {beat:g} s",
             {

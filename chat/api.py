@@ -84,7 +84,9 @@ async def start_chat(request: Request) -> Accepted:
     info = choose_provider(
         app.providers, body.provider or (conversation and conversation.provider) or app.settings.provider
     )
-    model = body.model or (conversation.model if conversation and conversation.provider == info.name else None)
+    model = body.model or (
+        conversation.model if conversation and conversation.provider == info.name else None
+    )
     model = model or info.default_model
 
     key = request.headers.get("idempotency-key")
@@ -299,9 +301,7 @@ async def owned_conversation(request: Request) -> Conversation:
 async def get_conversation(request: Request) -> Response:
     conversation = await owned_conversation(request)
     messages = await services(request).store.list_messages(conversation.id)
-    return JSONResponse(
-        {"conversation": conversation.as_json(), "messages": [m.as_json() for m in messages]}
-    )
+    return JSONResponse({"conversation": conversation.as_json(), "messages": [m.as_json() for m in messages]})
 
 
 async def list_messages(request: Request) -> Response:

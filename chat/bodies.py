@@ -44,7 +44,9 @@ class Fields:
         self.data = data
         self.problems: dict[str, str] = {}
 
-    def text(self, name: str, *, required: bool = False, max_chars: int = 10_000, blank: bool = False) -> str | None:
+    def text(
+        self, name: str, *, required: bool = False, max_chars: int = 10_000, blank: bool = False
+    ) -> str | None:
         value = self.data.get(name)
         if value is None:
             if required:

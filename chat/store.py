@@ -139,8 +139,7 @@ class Store:
     async def interrupt_streaming(self) -> int:
         """Rows a previous process left mid-generation become `interrupted`."""
         cursor = await self._db.execute(
-            "UPDATE messages SET status = 'interrupted', completed_at = :now"
-            " WHERE status = 'streaming'",
+            "UPDATE messages SET status = 'interrupted', completed_at = :now WHERE status = 'streaming'",
             {"now": now()},
         )
         return cursor.rowcount
@@ -174,8 +173,7 @@ class Store:
 
     async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
         rows = await self._db.execute_fetchall(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
-            " WHERE c.id = :id AND c.user_id = :user_id",
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = :id AND c.user_id = :user_id",
             {"id": conversation_id, "user_id": user_id},
         )
         return _conversation(rows[0]) if rows else None
@@ -207,8 +205,7 @@ class Store:
         if changes:
             sets = ", ".join(f"{column} = :{column}" for column in changes)
             await self._db.execute(
-                f"UPDATE conversations SET {sets}, updated_at = :now"
-                " WHERE id = :id AND user_id = :user_id",
+                f"UPDATE conversations SET {sets}, updated_at = :now WHERE id = :id AND user_id = :user_id",
                 {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
             )
         return await self.get_conversation(user_id, conversation_id)

@@ -44,7 +44,7 @@ _EXCEPTIONS: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
 def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
     try:
         yield
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         for source, target in _EXCEPTIONS:
             if isinstance(exc, source):
                 raise target(str(exc) or type(exc).__name__, request=request) from exc

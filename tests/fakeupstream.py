@@ -83,7 +83,11 @@ class FakeUpstream:
                 headers[name.strip().lower()] = value.strip()
         body = await reader.readexactly(int(headers.get("content-length", "0")))
         self.requests.append(Seen(method, path, headers, body))
-        reply = self.replies.pop(0) if self.replies else Reply(status=500, script=[b'{"error": "no reply scripted"}'])
+        reply = (
+            self.replies.pop(0)
+            if self.replies
+            else Reply(status=500, script=[b'{"error": "no reply scripted"}'])
+        )
 
         hangup = asyncio.ensure_future(reader.read(1))  # b"" once the client closes
         # One request per connection keeps the hang-up watch simple.
@@ -147,7 +151,11 @@ def openai_reply(*tokens: str, usage: tuple[int, int] = (12, 2)) -> list[Step]:
                 "id": "chatcmpl-1",
                 "object": "chat.completion.chunk",
                 "choices": [],
-                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+                "usage": {
+                    "prompt_tokens": usage[0],
+                    "completion_tokens": usage[1],
+                    "total_tokens": sum(usage),
+                },
             }
         )
     )

@@ -18,7 +18,13 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", demo_delay=0.0, max_body_bytes=4096, shutdown_grace_seconds=0.5)
+    settings = Settings(
+        db=str(tmp_path / "chat.db"),
+        provider="demo",
+        demo_delay=0.0,
+        max_body_bytes=4096,
+        shutdown_grace_seconds=0.5,
+    )
     async with serve(settings) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield http
@@ -33,14 +39,18 @@ def error_of(response: httpx.Response) -> dict[str, object]:
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream"])
 async def test_malformed_json_is_400(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.post(path, content=b'{"message": "hi"', headers={"content-type": "application/json"})
+    response = await client.post(
+        path, content=b'{"message": "hi"', headers={"content-type": "application/json"}
+    )
     assert response.status_code == 400
     assert error_of(response)["type"] == "invalid_json"
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream", "/api/conversations"])
 async def test_body_that_is_not_json_is_415(client: httpx.AsyncClient, path: str) -> None:
-    response = await client.post(path, content=b"message=hi", headers={"content-type": "application/x-www-form-urlencoded"})
+    response = await client.post(
+        path, content=b"message=hi", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert response.status_code == 415
     assert error_of(response)["type"] == "unsupported_media_type"
 
@@ -175,9 +185,15 @@ async def test_conversation_lifecycle(client: httpx.AsyncClient) -> None:
     created = await client.post("/api/conversations", json={"title": "Plans", "system": "Be terse."})
     assert created.status_code == 201
     conversation = created.json()["conversation"]
-    assert (conversation["title"], conversation["system"], conversation["message_count"]) == ("Plans", "Be terse.", 0)
+    assert (conversation["title"], conversation["system"], conversation["message_count"]) == (
+        "Plans",
+        "Be terse.",
+        0,
+    )
 
-    transcript = await chat_stream(client, {"message": "first question", "conversation_id": conversation["id"]})
+    transcript = await chat_stream(
+        client, {"message": "first question", "conversation_id": conversation["id"]}
+    )
     assert transcript.terminal.event == "done"
 
     got = (await client.get(f"/api/conversations/{conversation['id']}")).json()
@@ -201,7 +217,9 @@ async def test_conversation_lifecycle(client: httpx.AsyncClient) -> None:
     assert gone.status_code == 404  # its messages went with it
 
 
-async def test_untitled_conversation_takes_its_title_from_the_first_message(client: httpx.AsyncClient) -> None:
+async def test_untitled_conversation_takes_its_title_from_the_first_message(
+    client: httpx.AsyncClient,
+) -> None:
     long = "Tell me everything about the migratory patterns of the arctic tern please"
     transcript = await chat_stream(client, {"message": long})
     conversation_id = transcript.events[0].data["conversation_id"]
@@ -212,7 +230,10 @@ async def test_untitled_conversation_takes_its_title_from_the_first_message(clie
 
 
 async def test_conversation_list_paginates_newest_activity_first(client: httpx.AsyncClient) -> None:
-    ids = [(await client.post("/api/conversations", json={"title": f"c{i}"})).json()["conversation"]["id"] for i in range(5)]
+    ids = [
+        (await client.post("/api/conversations", json={"title": f"c{i}"})).json()["conversation"]["id"]
+        for i in range(5)
+    ]
     await chat_stream(client, {"message": "bump", "conversation_id": ids[1]})
 
     seen: list[int] = []

@@ -10,7 +10,11 @@ def test_defaults_with_an_empty_environment() -> None:
     assert settings.provider == "demo"
     assert settings.db == "./sidechat.db"
     assert (settings.heartbeat_seconds, settings.on_disconnect) == (15.0, "continue")
-    assert (settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout) == (10.0, 120.0, 60.0)
+    assert (settings.connect_timeout, settings.first_token_timeout, settings.idle_timeout) == (
+        10.0,
+        120.0,
+        60.0,
+    )
     assert (settings.retry_attempts, settings.retry_max_seconds, settings.fallback) == (3, 30.0, ())
 
 

@@ -21,7 +21,11 @@ def test_completed_turns_then_the_new_message() -> None:
 @pytest.mark.parametrize("status", ["failed", "interrupted", "streaming", "cancelled"])
 def test_unfinished_replies_and_their_questions_are_dropped(status: str) -> None:
     earlier = [msg("user", "a"), msg("assistant", "b"), msg("user", "c"), msg("assistant", "partial", status)]
-    assert build_turns(earlier, "d", limit=10) == [Turn("user", "a"), Turn("assistant", "b"), Turn("user", "d")]
+    assert build_turns(earlier, "d", limit=10) == [
+        Turn("user", "a"),
+        Turn("assistant", "b"),
+        Turn("user", "d"),
+    ]
 
 
 def test_empty_reply_is_never_sent_back() -> None:
@@ -30,7 +34,12 @@ def test_empty_reply_is_never_sent_back() -> None:
 
 
 def test_of_consecutive_questions_the_last_answered_one_is_kept() -> None:
-    earlier = [msg("user", "q1"), msg("assistant", "", "failed"), msg("user", "q1 again"), msg("assistant", "ans")]
+    earlier = [
+        msg("user", "q1"),
+        msg("assistant", "", "failed"),
+        msg("user", "q1 again"),
+        msg("assistant", "ans"),
+    ]
     assert build_turns(earlier, "next", limit=10) == [
         Turn("user", "q1 again"),
         Turn("assistant", "ans"),
@@ -42,7 +51,13 @@ def test_limit_keeps_the_newest_and_starts_with_a_user_turn() -> None:
     earlier = [msg(r, f"{r}{i}") for i in range(5) for r in ("user", "assistant")]
     turns = build_turns(earlier, "new", limit=4)
     assert turns == [Turn("user", "user4"), Turn("assistant", "assistant4"), Turn("user", "new")]
-    assert [t.role for t in build_turns(earlier, "new", limit=5)] == ["user", "assistant", "user", "assistant", "user"]
+    assert [t.role for t in build_turns(earlier, "new", limit=5)] == [
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
 
 
 def test_system_rows_are_not_turns() -> None:

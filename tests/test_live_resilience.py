@@ -35,7 +35,9 @@ async def wait_for_status(client: httpx.AsyncClient, conversation_id: int, statu
     raise AssertionError(f"reply never became {status}: {row}")
 
 
-async def test_two_clients_on_one_generation_get_identical_events(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_two_clients_on_one_generation_get_identical_events(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     gate = asyncio.Event()
     upstream.add(Reply([openai_chunk("one"), gate, *openai_reply(" two", " three")]))
     accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
@@ -55,7 +57,9 @@ async def test_two_clients_on_one_generation_get_identical_events(client: httpx.
     assert [int(i or 0) for i, _, _ in first] == [1, 2, 3, 4, 5]
 
 
-async def test_resume_while_running_after_every_last_event_id(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_resume_while_running_after_every_last_event_id(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     gate = asyncio.Event()
     upstream.add(Reply([openai_chunk("a"), openai_chunk("b"), gate, *openai_reply("c")]))
     accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
@@ -74,7 +78,9 @@ async def test_resume_while_running_after_every_last_event_id(client: httpx.Asyn
     assert results == [[str(i) for i in range(after + 1, 6)] for after in range(4)]
 
 
-async def test_disconnect_with_continue_finishes_and_stores_the_reply(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_disconnect_with_continue_finishes_and_stores_the_reply(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     gate = asyncio.Event()
     upstream.add(Reply([openai_chunk("kept "), gate, *openai_reply("whole")]))
 
@@ -103,7 +109,9 @@ async def test_disconnect_with_cancel_closes_the_upstream_and_keeps_the_partial_
 
 
 @pytest.mark.parametrize("client", [{"on_disconnect": "cancel"}], indirect=True)
-async def test_cancel_policy_waits_for_the_last_client(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_cancel_policy_waits_for_the_last_client(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply([openai_chunk("a")], finish=False))
 
     first_request = client.stream("POST", "/api/chat/stream", json={"message": "hi"})
@@ -142,7 +150,9 @@ async def test_cancel_mid_stream(client: httpx.AsyncClient, upstream: FakeUpstre
     assert again.status_code == 409
 
 
-async def test_delete_during_a_stream_cancels_it_first(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_delete_during_a_stream_cancels_it_first(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply([openai_chunk("doomed")], finish=False))
 
     async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
@@ -193,12 +203,16 @@ async def test_same_idempotency_key_attaches_to_the_first_request(
     assert len(upstream.requests) == 1
 
 
-async def test_hundred_generations_finishing_together_store_every_row(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_hundred_generations_finishing_together_store_every_row(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     gate = asyncio.Event()
     count = 100
     upstream.add(*[Reply([openai_chunk(f"reply {i}"), gate, *openai_reply(" end")]) for i in range(count)])
 
-    accepted = await asyncio.gather(*(client.post("/api/chat", json={"message": f"q{i}"}) for i in range(count)))
+    accepted = await asyncio.gather(
+        *(client.post("/api/chat", json={"message": f"q{i}"}) for i in range(count))
+    )
     assert {a.status_code for a in accepted} == {202}
     await asyncio.sleep(0.3)
     gate.set()
@@ -262,12 +276,16 @@ def spawn(tmp_path: Path, upstream: FakeUpstream):  # type: ignore[no-untyped-de
 
 def stored_reply(tmp_path: Path) -> tuple[str, str]:
     with sqlite3.connect(tmp_path / "chat.db") as db:
-        row = db.execute("SELECT status, content FROM messages WHERE role = 'assistant' ORDER BY id DESC").fetchone()
+        row = db.execute(
+            "SELECT status, content FROM messages WHERE role = 'assistant' ORDER BY id DESC"
+        ).fetchone()
     return row[0], row[1]
 
 
 async def test_sigterm_mid_stream_ends_clients_with_shutdown_and_rows_interrupted(
-    spawn, upstream: FakeUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    spawn,
+    upstream: FakeUpstream,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     upstream.add(Reply([openai_chunk("cut short")], finish=False))
     process, url = await spawn()
@@ -288,7 +306,9 @@ async def test_sigterm_mid_stream_ends_clients_with_shutdown_and_rows_interrupte
 
 
 async def test_sigterm_lets_a_generation_finish_within_the_grace_period(
-    spawn, upstream: FakeUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    spawn,
+    upstream: FakeUpstream,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     upstream.add(Reply([openai_chunk("nearly"), 0.3, *openai_reply(" done")]))
     process, url = await spawn(SIDECHAT_SHUTDOWN_GRACE_SECONDS="5")
@@ -307,7 +327,9 @@ async def test_sigterm_lets_a_generation_finish_within_the_grace_period(
 
 
 async def test_sigkill_then_restart_marks_the_reply_interrupted(
-    spawn, upstream: FakeUpstream, tmp_path: Path  # type: ignore[no-untyped-def]
+    spawn,
+    upstream: FakeUpstream,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     upstream.add(Reply([openai_chunk("lost")], finish=False))
     process, url = await spawn()
@@ -321,14 +343,18 @@ async def test_sigkill_then_restart_marks_the_reply_interrupted(
     _, url = await spawn()
     assert stored_reply(tmp_path)[0] == "interrupted"
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream("GET", f"/api/messages/{head.events[0].data['message_id']}/stream") as response:
+        async with client.stream(
+            "GET", f"/api/messages/{head.events[0].data['message_id']}/stream"
+        ) as response:
             replay = await read_stream(response)
     assert replay.names == ["start", "error"]
     assert replay.terminal.data["error"]["type"] == "shutdown"
 
 
 @pytest.mark.parametrize("client", [{"checkpoint_seconds": 0.1}], indirect=True)
-async def test_checkpoint_saves_partial_text_of_a_long_generation(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_checkpoint_saves_partial_text_of_a_long_generation(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     gate = asyncio.Event()
     upstream.add(Reply([openai_chunk("so far"), gate, *openai_reply(" and the rest")]))
     accepted = (await client.post("/api/chat", json={"message": "hi"})).json()

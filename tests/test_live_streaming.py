@@ -13,7 +13,9 @@ from tests.live import EventReader, chat_stream, read_stream
 pytestmark = pytest.mark.anyio
 
 
-async def test_stream_answers_with_spec_headers_and_event_order(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_stream_answers_with_spec_headers_and_event_order(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply(openai_reply("Hel", "lo")))
 
     transcript = await chat_stream(client, {"message": "hi"})
@@ -56,7 +58,9 @@ async def test_first_token_is_relayed_before_upstream_sends_the_last(
 
 
 @pytest.mark.parametrize("client", [{"heartbeat_seconds": 0.1}], indirect=True)
-async def test_heartbeats_while_upstream_is_slow_to_start(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_heartbeats_while_upstream_is_slow_to_start(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply([0.6, *openai_reply("late")]))
 
     transcript = await chat_stream(client, {"message": "hi"})
@@ -89,7 +93,9 @@ async def test_rows_after_done(client: httpx.AsyncClient, upstream: FakeUpstream
     assert messages[1]["completed_at"] is not None
 
 
-async def test_upstream_500_ends_with_error_and_a_failed_row(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_upstream_500_ends_with_error_and_a_failed_row(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     body = b'{"error": {"message": "The server had an error", "type": "server_error"}}'
     upstream.add(*[Reply([body], status=500, headers={"content-type": "application/json"})] * 10)
 
@@ -101,7 +107,9 @@ async def test_upstream_500_ends_with_error_and_a_failed_row(client: httpx.Async
     assert error["error"]["type"] == "upstream_error"
     assert "server had an error" in error["error"]["message"]
     assert error["partial"] is False
-    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
+    messages = (
+        await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")
+    ).json()["messages"]
     assert [(m["role"], m["status"], m["content"]) for m in messages] == [
         ("user", "completed", "hi"),
         ("assistant", "failed", ""),
@@ -109,7 +117,9 @@ async def test_upstream_500_ends_with_error_and_a_failed_row(client: httpx.Async
     assert messages[1]["metadata"]["error"]["status"] == 500
 
 
-async def test_error_mid_stream_keeps_the_partial_text(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_error_mid_stream_keeps_the_partial_text(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(
         Reply(
             [
@@ -126,22 +136,32 @@ async def test_error_mid_stream_keeps_the_partial_text(client: httpx.AsyncClient
     assert transcript.terminal.data["partial"] is True
     assert "model overloaded" in transcript.terminal.data["error"]["message"]
     message_id = transcript.events[0].data["message_id"]
-    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
-    assert [(m["id"], m["status"], m["content"]) for m in messages[1:]] == [(message_id, "failed", "Half a thought")]
+    messages = (
+        await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")
+    ).json()["messages"]
+    assert [(m["id"], m["status"], m["content"]) for m in messages[1:]] == [
+        (message_id, "failed", "Half a thought")
+    ]
 
 
-async def test_stream_that_ends_without_its_end_marker_is_truncated(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_stream_that_ends_without_its_end_marker_is_truncated(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply([openai_chunk("cut"), openai_chunk(" off")]))
 
     transcript = await chat_stream(client, {"message": "hi"})
 
     assert transcript.names == ["start", "token", "token", "error"]
     assert transcript.terminal.data["error"]["type"] == "truncated"
-    messages = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()["messages"]
+    messages = (
+        await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")
+    ).json()["messages"]
     assert (messages[1]["status"], messages[1]["content"]) == ("failed", "cut off")
 
 
-async def test_second_turn_sends_the_first_as_history(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_second_turn_sends_the_first_as_history(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply(openai_reply("Paris.")), Reply(openai_reply("About 2 million.")))
 
     first = await chat_stream(client, {"message": "Capital of France?", "system": "Be brief."})
@@ -157,7 +177,9 @@ async def test_second_turn_sends_the_first_as_history(client: httpx.AsyncClient,
     ]
 
 
-async def test_failed_turn_is_not_sent_back_as_history(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_failed_turn_is_not_sent_back_as_history(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     upstream.add(Reply([openai_chunk("partial")]), Reply(openai_reply("ok")))
 
     first = await chat_stream(client, {"message": "one"})
@@ -197,7 +219,9 @@ async def test_resume_from_the_database_resets_then_sends_the_whole_text(
     message_id = full.events[0].data["message_id"]
     await asyncio.sleep(0.05)  # the replay log is dropped
 
-    async with client.stream("GET", f"/api/messages/{message_id}/stream", headers={"last-event-id": "2"}) as response:
+    async with client.stream(
+        "GET", f"/api/messages/{message_id}/stream", headers={"last-event-id": "2"}
+    ) as response:
         resumed = await read_stream(response)
     async with client.stream("GET", f"/api/messages/{message_id}/stream") as response:
         replayed = await read_stream(response)
@@ -208,11 +232,15 @@ async def test_resume_from_the_database_resets_then_sends_the_whole_text(
     assert replayed.names == ["start", "token", "done"]
     assert replayed.text == "abc"
     assert replayed.terminal.data["finish_reason"] == "stop"
-    gone = await client.get(f"/api/messages/{message_id}/stream", headers={"last-event-id": full.terminal.id or ""})
+    gone = await client.get(
+        f"/api/messages/{message_id}/stream", headers={"last-event-id": full.terminal.id or ""}
+    )
     assert gone.status_code == 204
 
 
-async def test_token_holding_event_framing_cannot_forge_an_event(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+async def test_token_holding_event_framing_cannot_forge_an_event(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
     sneaky = "ok\n\nevent: done\ndata: {}\n\n"
     upstream.add(Reply(openai_reply(sneaky)))
 

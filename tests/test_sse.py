@@ -29,7 +29,7 @@ def decode(*chunks: bytes) -> list[ServerSentEvent]:
 
 def split_at(payload: bytes, *positions: int) -> list[bytes]:
     bounds = [0, *positions, len(payload)]
-    return [payload[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [payload[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 # Line ends
@@ -83,9 +83,7 @@ def test_bom_at_start_of_stream_is_skipped(split: int) -> None:
 
 def test_bom_bytes_fed_one_at_a_time_are_skipped() -> None:
     payload = BOM + b"event: e\ndata: x\n\n"
-    assert decode(*(payload[i : i + 1] for i in range(len(payload)))) == [
-        Event(event="e", data="x")
-    ]
+    assert decode(*(payload[i : i + 1] for i in range(len(payload)))) == [Event(event="e", data="x")]
 
 
 def test_only_the_first_bom_is_skipped() -> None:
@@ -188,9 +186,7 @@ def test_id_containing_null_is_ignored() -> None:
 )
 def test_retry_only_accepts_ascii_digits(value: bytes, retry: int | None) -> None:
     decoder = SSEDecoder()
-    assert decoder.feed(b"retry: " + value + b"\ndata: x\n\n") == [
-        Event(data="x", retry=retry)
-    ]
+    assert decoder.feed(b"retry: " + value + b"\ndata: x\n\n") == [Event(data="x", retry=retry)]
     assert decoder.retry == retry
 
 
@@ -251,8 +247,8 @@ def test_one_read_carries_many_events_and_one_event_spans_many_reads() -> None:
 async def test_aiter_sse_yields_events_from_async_chunks() -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield BOM + b"retry: 5\n\nevent: token\nid: 1\r"
-        yield b"\ndata: {\"text\": \"h"
-        yield b"i\"}\r\n\r\n: ping\n\ndata: [DONE]\n\ndata: cut off"
+        yield b'\ndata: {"text": "h'
+        yield b'i"}\r\n\r\n: ping\n\ndata: [DONE]\n\ndata: cut off'
 
     events = [event async for event in aiter_sse(chunks())]
     assert events == [
@@ -265,9 +261,7 @@ async def test_aiter_sse_yields_events_from_async_chunks() -> None:
 
 
 def test_encode_event_shape() -> None:
-    assert encode_event("token", {"text": "hi"}, id=3) == (
-        b'id: 3\nevent: token\ndata: {"text": "hi"}\n\n'
-    )
+    assert encode_event("token", {"text": "hi"}, id=3) == (b'id: 3\nevent: token\ndata: {"text": "hi"}\n\n')
     assert encode_event("done", {"a": [1, 2]}) == b'event: done\ndata: {"a": [1, 2]}\n\n'
 
 

@@ -31,15 +31,24 @@ async def test_schema_applies_twice_and_sets_wal_and_foreign_keys(tmp_path: Path
 
 async def test_turn_then_finish_writes_the_reply_once(store: Store) -> None:
     conversation = await store.create_conversation("local")
-    user, reply = await store.start_turn(conversation.id, "hello", metadata={"provider": "demo", "model": "m"})
+    user, reply = await store.start_turn(
+        conversation.id, "hello", metadata={"provider": "demo", "model": "m"}
+    )
     assert (user.status, reply.status, reply.content) == ("completed", "streaming", "")
 
-    await store.finish_message(reply.id, status="completed", content="hi!", metadata={"finish_reason": "stop"}, last_event_id=4)
+    await store.finish_message(
+        reply.id, status="completed", content="hi!", metadata={"finish_reason": "stop"}, last_event_id=4
+    )
     await store.finish_message(reply.id, status="failed", content="late", metadata={}, last_event_id=9)
 
     stored = await store.get_message("local", reply.id)
     assert stored is not None
-    assert (stored.status, stored.content, stored.metadata, stored.last_event_id) == ("completed", "hi!", {"finish_reason": "stop"}, 4)
+    assert (stored.status, stored.content, stored.metadata, stored.last_event_id) == (
+        "completed",
+        "hi!",
+        {"finish_reason": "stop"},
+        4,
+    )
     assert stored.completed_at is not None
     activity = await store.get_conversation("local", conversation.id)
     assert activity is not None and activity.updated_at == stored.completed_at  # the schema's trigger

@@ -43,11 +43,17 @@ class KeepAliveServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(
-                    (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")),
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
                     0,
                 )
                 await reader.readexactly(length)
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                )
                 writer.write(b"%x\r\n%s\r\n" % (len(self.body), self.body))
                 await writer.drain()
                 await asyncio.sleep(self.pause)
@@ -63,7 +69,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-async def test_a_response_read_to_its_end_frees_its_connection_for_the_next(client: httpx.AsyncClient) -> None:
+async def test_a_response_read_to_its_end_frees_its_connection_for_the_next(
+    client: httpx.AsyncClient,
+) -> None:
     async with KeepAliveServer() as server:
         for _ in range(3):
             async with client.stream("POST", server.url, json={"n": 1}) as response:

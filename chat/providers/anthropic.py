@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from ..sse import SSEDecoder
-from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
 from .upstream import HTTPProvider
 
@@ -127,7 +127,7 @@ class AnthropicProvider(HTTPProvider):
         api_key: str | None,
         base_url: str = "https://api.anthropic.com",
         default_model: str | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         name: str = "anthropic",
     ) -> None:
         headers = {"accept": "text/event-stream", "anthropic-version": API_VERSION}

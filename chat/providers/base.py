@@ -164,3 +164,6 @@ class Timeouts:
             write=self.connect,
             pool=self.connect,
         )
+
+
+DEFAULT_TIMEOUTS = Timeouts()

@@ -63,7 +63,5 @@ class DemoProvider:
         for piece in pieces:
             await asyncio.sleep(self._delay)
             yield piece
-        words = len((request.system or "").split()) + sum(
-            len(t.content.split()) for t in request.turns
-        )
+        words = len((request.system or "").split()) + sum(len(t.content.split()) for t in request.turns)
         yield Finish("stop", Usage(input_tokens=words, output_tokens=len(pieces)))

@@ -56,7 +56,7 @@ class FallbackProvider:
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]:
         failure: ProviderError | None = None
-        for provider, asked, answerer in self.attempts(request):
+        for provider, asked, answerer in self.attempts(request):  # noqa: B007 (used after the break)
             stream = provider.stream(asked)
             try:
                 first = await first_item(stream)

@@ -25,16 +25,14 @@ from urllib.parse import quote
 import httpx
 
 from ..sse import SSEDecoder
-from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
 from .upstream import HTTPProvider
 
 DEFAULT_MODEL = "gemini-2.5-flash"
 
 _FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
-_BLOCKED = frozenset(
-    {"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"}
-)
+_BLOCKED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
@@ -118,7 +116,7 @@ class GeminiProvider(HTTPProvider):
         api_key: str | None,
         base_url: str = "https://generativelanguage.googleapis.com",
         default_model: str | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         name: str = "gemini",
     ) -> None:
         headers = {"accept": "text/event-stream"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
 from .upstream import HTTPProvider
 
@@ -71,7 +71,7 @@ class OllamaProvider(HTTPProvider):
         base_url: str = "http://127.0.0.1:11434",
         api_key: str | None = None,
         default_model: str | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         name: str = "ollama",
     ) -> None:
         headers = {"accept": "application/x-ndjson"}

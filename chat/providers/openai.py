@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from ..sse import SSEDecoder
-from .base import ChatRequest, Finish, ProviderError, Timeouts, Usage
+from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
 from .errors import error_from_event, protocol_error, truncated_error
 from .upstream import HTTPProvider
 
@@ -102,7 +102,7 @@ class OpenAIProvider(HTTPProvider):
         api_key: str | None,
         base_url: str = "https://api.openai.com/v1",
         default_model: str | None = None,
-        timeouts: Timeouts = Timeouts(),
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
         name: str = "openai",
     ) -> None:
         headers = {"accept": "text/event-stream"}

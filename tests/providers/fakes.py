@@ -92,9 +92,7 @@ async def collect(stream: AsyncIterator[str | Finish | Answerer]) -> tuple[list[
     return texts, finish
 
 
-def event_stream(
-    response_body: FakeBody, content_type: str = "text/event-stream"
-) -> httpx.Response:
+def event_stream(response_body: FakeBody, content_type: str = "text/event-stream") -> httpx.Response:
     return httpx.Response(200, headers={"content-type": content_type}, stream=response_body)
 
 

@@ -27,11 +27,7 @@ URL = "https://api.anthropic.com/v1/messages"
 def event(payload: dict[str, Any], name: str | None = None) -> bytes:
     """One event as api.anthropic.com sends it: a name line, then compact JSON."""
     name = name or payload["type"]
-    return (
-        f"event: {name}\ndata: ".encode()
-        + json.dumps(payload, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
+    return f"event: {name}\ndata: ".encode() + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 MESSAGE_START = event(
@@ -218,21 +214,15 @@ async def test_token_holding_an_sse_event_and_an_emoji_split(
     assert finish.reason == "stop"
 
 
-async def test_unknown_event_types_are_ignored(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_unknown_event_types_are_ignored(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     novel = event({"type": "message_annotation", "annotation": {"kind": "new"}})
     serve(router, FakeBody([MESSAGE_START, novel, HELLO[len(MESSAGE_START) :]]))
     texts, _ = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hello!"
 
 
-async def test_invalid_json_is_a_protocol_error(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
-    serve(
-        router, FakeBody([MESSAGE_START + b'event: content_block_delta\ndata: {"type": "con\n\n'])
-    )
+async def test_invalid_json_is_a_protocol_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
+    serve(router, FakeBody([MESSAGE_START + b'event: content_block_delta\ndata: {"type": "con\n\n']))
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
     assert info.value.type == "protocol"
@@ -262,9 +252,7 @@ async def test_error_answers(
         "error": {"type": error_type, "message": "something went wrong"},
         "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
     }
-    router.post(URL).mock(
-        return_value=httpx.Response(status, headers={"retry-after": "3"}, json=body)
-    )
+    router.post(URL).mock(return_value=httpx.Response(status, headers={"retry-after": "3"}, json=body))
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
     e = info.value
@@ -273,14 +261,10 @@ async def test_error_answers(
     assert "something went wrong" in e.message
 
 
-async def test_request_body_and_headers(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     route = serve(router, FakeBody([HELLO]))
     history = [Turn("user", "Hi"), Turn("assistant", "Hello!")]
-    request = chat_request(
-        "And now?", model="", system="Be brief.", temperature=0.5, history=history
-    )
+    request = chat_request("And now?", model="", system="Be brief.", temperature=0.5, history=history)
     await collect(provider(client).stream(request))
     sent = route.calls.last.request
     assert sent.headers["x-api-key"] == "sk-ant-api03-test"
@@ -329,9 +313,7 @@ async def test_stops_at_message_stop_without_waiting_for_close(
     assert body.closed
 
 
-async def test_idle_stall_after_ping_times_out(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_idle_stall_after_ping_times_out(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     body = FakeBody([MESSAGE_START, PING, text(0, "Hel"), MESSAGE_STOP], stall_before=2)
     serve(router, body)
     p = provider(client, timeouts=Timeouts(connect=1, first_token=5, idle=0.05))

@@ -73,9 +73,7 @@ async def test_streams_text_skipping_thoughts(
 async def test_max_tokens_is_length(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
-    serve(
-        router, FakeBody(framing(response([{"text": "Hel"}]) + response([], "MAX_TOKENS", USAGE)))
-    )
+    serve(router, FakeBody(framing(response([{"text": "Hel"}]) + response([], "MAX_TOKENS", USAGE))))
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == ["Hel"]
     assert finish.reason == "length"
@@ -94,15 +92,11 @@ async def test_blocked_answer_is_an_error(
     assert (info.value.type, info.value.provider_code) == ("prompt_blocked", reason)
 
 
-async def test_blocked_prompt_is_an_error(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_blocked_prompt_is_an_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     payload = {
         "promptFeedback": {
             "blockReason": "SAFETY",
-            "safetyRatings": [
-                {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}
-            ],
+            "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}],
         },
         "usageMetadata": {"promptTokenCount": 8, "totalTokenCount": 8},
         "modelVersion": "gemini-2.5-flash",
@@ -143,9 +137,7 @@ async def test_error_object_mid_stream(client: httpx.AsyncClient, router: respx.
     )
 
 
-async def test_invalid_key_answer_is_auth(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_invalid_key_answer_is_auth(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     body = {
         "error": {
             "code": 400,
@@ -173,9 +165,7 @@ async def test_invalid_key_answer_is_auth(
     )
 
 
-async def test_request_url_body_and_headers(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_request_url_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     route = serve(router, FakeBody([HELLO]))
     request = chat_request(
         "And now?",
@@ -202,15 +192,11 @@ async def test_request_url_body_and_headers(
 
 
 def test_build_body_minimal() -> None:
-    assert build_body(chat_request("Hi")) == {
-        "contents": [{"role": "user", "parts": [{"text": "Hi"}]}]
-    }
+    assert build_body(chat_request("Hi")) == {"contents": [{"role": "user", "parts": [{"text": "Hi"}]}]}
 
 
 def test_parse_event_joins_parts() -> None:
-    payload = json.loads(
-        response([{"text": "a"}, {"text": "b", "thought": True}, {"text": "c"}])[6:]
-    )
+    payload = json.loads(response([{"text": "a"}, {"text": "b", "thought": True}, {"text": "c"}])[6:])
     assert parse_event(payload) == ("ac", None)
 
 

@@ -102,10 +102,7 @@ async def test_body_ending_before_done_is_truncated(
 async def test_error_line_mid_stream(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
-    data = (
-        line("Hel")
-        + b'{"error":"an error was encountered while running the model: unexpected EOF"}\n'
-    )
+    data = line("Hel") + b'{"error":"an error was encountered while running the model: unexpected EOF"}\n'
     serve(router, FakeBody(framing(data)))
     got: list[object] = []
     with pytest.raises(ProviderError) as info:
@@ -116,9 +113,7 @@ async def test_error_line_mid_stream(
     assert "unexpected EOF" in info.value.message
 
 
-async def test_invalid_line_is_a_protocol_error(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_invalid_line_is_a_protocol_error(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     serve(router, FakeBody([line("Hel") + b"<html>oops\n" + done()]))
     with pytest.raises(ProviderError) as info:
         await collect(OllamaProvider(client).stream(chat_request()))
@@ -128,9 +123,7 @@ async def test_invalid_line_is_a_protocol_error(
 
 async def test_model_not_found(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     router.post(URL).mock(
-        return_value=httpx.Response(
-            404, json={"error": 'model "llama9" not found, try pulling it first'}
-        )
+        return_value=httpx.Response(404, json={"error": 'model "llama9" not found, try pulling it first'})
     )
     with pytest.raises(ProviderError) as info:
         await collect(OllamaProvider(client).stream(chat_request(model="llama9")))

@@ -242,13 +242,9 @@ async def test_invalid_json_is_a_protocol_error_quoting_it(
 async def test_html_page_with_200_is_a_protocol_error(
     client: httpx.AsyncClient, router: respx.MockRouter
 ) -> None:
-    page = (
-        b"<!DOCTYPE html><html><head><title>Hotel WiFi Login</title></head><body>...</body></html>"
-    )
+    page = b"<!DOCTYPE html><html><head><title>Hotel WiFi Login</title></head><body>...</body></html>"
     router.post(URL).mock(
-        return_value=httpx.Response(
-            200, headers={"content-type": "text/html; charset=utf-8"}, content=page
-        )
+        return_value=httpx.Response(200, headers={"content-type": "text/html; charset=utf-8"}, content=page)
     )
     with pytest.raises(ProviderError) as info:
         await collect(provider(client).stream(chat_request()))
@@ -370,9 +366,7 @@ async def test_utf8_char_split_across_chunks(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
     # ensure_ascii=False: the emoji travels as raw UTF-8 bytes, which the framing splits
-    payload = {
-        "choices": [{"index": 0, "delta": {"content": "hi 👋🏽 żółw"}, "finish_reason": None}]
-    }
+    payload = {"choices": [{"index": 0, "delta": {"content": "hi 👋🏽 żółw"}, "finish_reason": None}]}
     line = b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
     serve(router, FakeBody(framing(FIRST + line + chunk(finish="stop") + DONE)))
     texts, _ = await collect(provider(client).stream(chat_request()))
@@ -396,9 +390,7 @@ async def test_finish_reasons_are_mapped(
     assert finish.reason == reason
 
 
-async def test_request_body_and_headers(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_request_body_and_headers(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     route = serve(router, FakeBody([HELLO + DONE]))
     history = [Turn("user", "Hi"), Turn("assistant", "Hello!")]
     request = chat_request(
@@ -423,9 +415,7 @@ async def test_request_body_and_headers(
     }
 
 
-async def test_no_key_sends_no_authorization(
-    client: httpx.AsyncClient, router: respx.MockRouter
-) -> None:
+async def test_no_key_sends_no_authorization(client: httpx.AsyncClient, router: respx.MockRouter) -> None:
     route = serve(router, FakeBody([HELLO + DONE]), url="http://127.0.0.1:8080/v1/chat/completions")
     p = OpenAIProvider(client, api_key=None, base_url="http://127.0.0.1:8080/v1")
     await collect(p.stream(chat_request()))
