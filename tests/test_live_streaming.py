@@ -265,3 +265,75 @@ async def test_no_pings_while_tokens_flow_and_pings_when_they_pause(
     assert 2 <= len(in_pause) <= 4
     gaps = [b - a for a, b in zip([tokens[5], *in_pause], in_pause, strict=False)]
     assert all(0.15 < gap < 0.35 for gap in gaps)
+
+
+JSON = {"content-type": "application/json"}
+MISBEHAVIOURS = {
+    "401": (
+        [
+            Reply(
+                [
+                    b'{"error": {"message": "Incorrect API key provided: sk-abc123xyz", "type": "invalid_request_error", "code": "invalid_api_key"}}'
+                ],
+                status=401,
+                headers=JSON,
+            )
+        ],
+        "auth",
+        "",
+    ),
+    "429 quota": (
+        [
+            Reply(
+                [
+                    b'{"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}'
+                ],
+                status=429,
+                headers={**JSON, "retry-after": "20"},
+            )
+        ],
+        "rate_limited",
+        "",
+    ),
+    "stall before the first token": ([Reply([5.0])], "timeout", ""),
+    "stall after a token": ([Reply([openai_chunk("so far"), 5.0])], "timeout", "so far"),
+    "garbage data": ([Reply([openai_chunk("ok "), b"data: {not json\n\n"])], "protocol", "ok "),
+    "captive portal": (
+        [Reply([b"<html><body>Log in to the Wi-Fi</body></html>"], headers={"content-type": "text/html"})],
+        "protocol",
+        "",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    "client", [{"first_token_timeout": 0.5, "idle_timeout": 0.3, "retry_attempts": 1}], indirect=True
+)
+@pytest.mark.parametrize("case", list(MISBEHAVIOURS))
+async def test_a_misbehaving_provider_ends_in_one_error_and_a_consistent_row(
+    client: httpx.AsyncClient, upstream: FakeUpstream, case: str
+) -> None:
+    replies, error_type, partial = MISBEHAVIOURS[case]
+    upstream.add(*replies)
+
+    transcript = await asyncio.wait_for(chat_stream(client, {"message": "hi"}), timeout=5)
+
+    assert transcript.names[0] == "start" and transcript.names[-1] == "error"
+    assert transcript.names.count("error") == 1 and "done" not in transcript.names
+    error = transcript.terminal.data
+    assert error["error"]["type"] == error_type
+    assert error["partial"] is bool(partial)
+    assert "sk-abc123xyz" not in transcript.raw.decode()  # keys are redacted
+    if replies[0].status != 200:
+        assert error["error"]["status"] == replies[0].status
+    if "retry-after" in replies[0].headers:
+        assert error["error"]["retry_after"] == 20
+    assert len(upstream.requests) == 1  # none of these was retried
+    messages = (
+        await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")
+    ).json()["messages"]
+    assert [(m["role"], m["status"], m["content"]) for m in messages] == [
+        ("user", "completed", "hi"),
+        ("assistant", "failed", partial),
+    ]
+    assert messages[1]["metadata"]["error"] == error["error"]
