@@ -11,9 +11,10 @@ Deliberate departures from the obvious:
 - The first-token deadline runs from the moment the request is sent, not from
   the response headers: a server that holds the headers back (some proxies
   do until the first token) is bounded the same way as one that sends them.
-- Deadlines are `asyncio.timeout` around each read, never around a `yield`, so
-  a slow consumer is never mistaken for a stalled upstream. httpx's own read
-  timeout stays as a backstop a little longer than both.
+- Deadlines bound each read, never a `yield`, so a slow consumer is never
+  mistaken for a stalled upstream; one lazily moved timer per stream enforces
+  them (see `_Watchdog`). httpx's own read timeout stays as a backstop a little
+  longer than both.
 """
 
 from __future__ import annotations
@@ -42,6 +43,45 @@ from .errors import (
 )
 
 
+class _Watchdog:
+    """Cancels a task that has waited on one read past its deadline.
+
+    `asyncio.timeout` around each read would do, but it arms and cancels a timer
+    per read, which measured at a third of the per-token cost of reading a
+    stream. This timer is armed once and moved only when it fires early; a read
+    costs two attribute writes.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self.deadline = deadline
+        self.reading = False
+        self.expired = False
+        self._arm(deadline)
+
+    def _arm(self, when: float) -> None:
+        self._armed_at = when
+        self._timer = self._loop.call_at(when, self._check)
+
+    def move(self, deadline: float) -> None:
+        self.deadline = deadline
+        if deadline < self._armed_at:  # only when the idle limit is shorter than the first one
+            self._timer.cancel()
+            self._arm(deadline)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.reading and now >= self.deadline and self._task is not None:
+            self.expired = True
+            self._task.cancel()
+        else:  # the read finished, or a later read started: look again at its deadline
+            self._arm(max(self.deadline, now + 0.01))
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 async def read_with_deadlines(
     chunks: AsyncIterator[bytes], timeouts: Timeouts, *, started: float | None = None
 ) -> AsyncGenerator[bytes, None]:
@@ -49,28 +89,32 @@ async def read_with_deadlines(
     from `started`, a loop time, when given) and for each later one by `idle`."""
     loop = asyncio.get_running_loop()
     iterator = aiter(chunks)
-    deadline = (loop.time() if started is None else started) + timeouts.first_token
+    watchdog = _Watchdog((loop.time() if started is None else started) + timeouts.first_token)
     limit, waiting_for = timeouts.first_token, "the first token"
     try:
         while True:
-            scope = asyncio.timeout_at(deadline)
+            watchdog.reading = True
             try:
-                async with scope:
-                    chunk = await anext(iterator)
+                chunk = await anext(iterator)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                if not scope.expired():
+            except asyncio.CancelledError:
+                if not watchdog.expired:
                     raise
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
                 raise ProviderError(
                     "timeout",
                     f"upstream sent nothing for {limit:g}s while waiting for {waiting_for}",
                     retryable=True,
                 ) from None
+            watchdog.reading = False
             yield chunk
-            deadline = loop.time() + timeouts.idle
+            watchdog.move(loop.time() + timeouts.idle)
             limit, waiting_for = timeouts.idle, "more of the stream"
     finally:
+        watchdog.stop()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()
