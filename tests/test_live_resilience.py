@@ -434,3 +434,27 @@ async def test_uvicorn_app_colon_app_serves_from_the_environment(tmp_path: Path)
     finally:
         process.terminate()
         await asyncio.to_thread(process.wait, 10)
+
+
+async def test_a_client_that_stops_reading_slows_neither_the_generation_nor_others(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    piece = "x" * 1000
+    upstream.add(
+        Reply([openai_chunk(piece) for _ in range(8000)] + openai_reply("end"))
+    )  # ~8 MB: past socket buffers
+    accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
+
+    async with httpx.AsyncClient(base_url=str(client.base_url), timeout=10) as other:
+        stalled = other.stream("GET", accepted["stream_url"])
+        await stalled.__aenter__()  # attached, and never reads a byte
+        try:
+            async with client.stream("GET", accepted["stream_url"]) as response:
+                reading = await asyncio.wait_for(read_stream(response), timeout=10)
+            row = await wait_for_status(client, accepted["conversation_id"], "completed")
+        finally:
+            await stalled.__aexit__(None, None, None)
+
+    assert reading.names[-1] == "done"
+    assert reading.text == piece * 8000 + "end"
+    assert row["content"] == reading.text
