@@ -223,7 +223,8 @@ async def cancel(request: Request) -> Response:
     if generation is None or not await app.generations.stop(generation, CANCELLED):
         raise Conflict(f"message {message_id} has already finished", status=message.status)
     stopped = await app.store.get_message(current_user(request), message_id)
-    assert stopped is not None
+    if stopped is None:  # its conversation was deleted meanwhile
+        raise NotFound(f"message {message_id} not found")
     return JSONResponse({"message": stopped.as_json()})
 
 
