@@ -16,12 +16,14 @@ from types import FrameType
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.routing import Mount
+from starlette.requests import Request
+from starlette.responses import FileResponse
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from chat.api import Services, routes
 from chat.config import ConfigError, Settings
-from chat.errors import ApiError, render_api_error, render_http_exception
+from chat.errors import ApiError, render_api_error, render_http_exception, render_internal_error
 from chat.generations import Generations
 from chat.providers import build_providers
 from chat.store import Store
@@ -56,9 +58,20 @@ def create_app(settings: Settings) -> Starlette:
             await client.aclose()
             await store.close()
 
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
     return Starlette(
-        routes=[*routes, Mount("/", StaticFiles(directory=STATIC, html=True), name="static")],
-        exception_handlers={ApiError: render_api_error, HTTPException: render_http_exception},
+        routes=[
+            *routes,
+            Route("/", page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+        ],
+        exception_handlers={
+            ApiError: render_api_error,
+            HTTPException: render_http_exception,
+            Exception: render_internal_error,
+        },
         lifespan=lifespan,
     )
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .bodies import ChatBody, Fields, parse_chat_body, read_json
+from .bodies import ChatBody, Fields, digits, parse_chat_body, read_json
 from .config import Settings
 from .errors import Conflict, InvalidFields, NotFound, ServiceUnavailable
 from .generations import CANCELLED, Generation, Generations
@@ -190,15 +190,15 @@ async def chat(request: Request) -> Response:
 
 
 def path_id(request: Request, name: str) -> int:
-    value: int = request.path_params[name]
-    if value > 2**63 - 1:  # past SQLite's integers: cannot exist
-        raise NotFound(f"{name.split('_')[0]} {value} not found")
-    return value
+    raw: str = request.path_params[name]
+    if not digits(raw) or int(raw) > 2**63 - 1:  # not an id SQLite could hold: cannot exist
+        raise NotFound(f"{name.split('_')[0]} {raw[:40]} not found")
+    return int(raw)
 
 
 def last_event_id(request: Request) -> int:
     raw = request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "0"
-    if not raw.strip().isdigit():
+    if not digits(raw.strip()):
         raise InvalidFields({"last_event_id": "must be a non-negative integer"})
     return int(raw)
 
@@ -240,6 +240,8 @@ def decode_cursor(cursor: str) -> tuple[str, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         updated_at, _, last_id = raw.rpartition("|")
+        if not digits(last_id):
+            raise ValueError(last_id)
         return updated_at, int(last_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidFields({"cursor": "is not a cursor this server gave out"}) from None
@@ -249,7 +251,7 @@ def query_int(request: Request, name: str, default: int, *, low: int, high: int)
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not digits(raw) or not low <= int(raw) <= high:
         raise InvalidFields({name: f"must be an integer between {low} and {high}"})
     return int(raw)
 
@@ -286,7 +288,8 @@ def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, 
 
 async def create_conversation(request: Request) -> Response:
     app = services(request)
-    changes = parse_conversation_fields(await read_json(request, app.settings.max_body_bytes), app)
+    body = await read_json(request, app.settings.max_body_bytes, optional=True)
+    changes = parse_conversation_fields(body, app)
     conversation = await app.store.create_conversation(current_user(request), **changes)
     return JSONResponse({"conversation": conversation.as_json()}, status_code=201)
 
@@ -352,14 +355,14 @@ async def healthz(request: Request) -> Response:
 routes = [
     Route("/api/chat/stream", chat_stream, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
-    Route("/api/messages/{message_id:int}/stream", attach, methods=["GET"]),
-    Route("/api/messages/{message_id:int}/cancel", cancel, methods=["POST"]),
+    Route("/api/messages/{message_id}/stream", attach, methods=["GET"]),
+    Route("/api/messages/{message_id}/cancel", cancel, methods=["POST"]),
     Route("/api/conversations", list_conversations, methods=["GET"]),
     Route("/api/conversations", create_conversation, methods=["POST"]),
-    Route("/api/conversations/{conversation_id:int}", get_conversation, methods=["GET"]),
-    Route("/api/conversations/{conversation_id:int}", update_conversation, methods=["PATCH"]),
-    Route("/api/conversations/{conversation_id:int}", delete_conversation, methods=["DELETE"]),
-    Route("/api/conversations/{conversation_id:int}/messages", list_messages, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", get_conversation, methods=["GET"]),
+    Route("/api/conversations/{conversation_id}", update_conversation, methods=["PATCH"]),
+    Route("/api/conversations/{conversation_id}", delete_conversation, methods=["DELETE"]),
+    Route("/api/conversations/{conversation_id}/messages", list_messages, methods=["GET"]),
     Route("/api/providers", list_providers, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
 ]

@@ -16,12 +16,15 @@ from .config import Settings
 from .errors import BadRequest, InvalidFields, PayloadTooLarge, UnsupportedMediaType
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+async def read_json(request: Request, max_bytes: int, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object; an `optional` body may also be left out entirely."""
+    declared = request.headers.get("content-length", "")
+    if optional and declared == "0":
+        return {}
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise UnsupportedMediaType("send the body as JSON with content-type: application/json")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if digits(declared) and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
     body = bytearray()
     async for chunk in request.stream():
@@ -32,9 +35,24 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidFields({"body": "must be a JSON object"})
     return data
+
+
+def digits(raw: str, most: int = 19) -> bool:
+    """Plain ASCII digits, few enough to be an integer SQLite can hold."""
+    return 0 < len(raw) <= most and raw.isascii() and raw.isdigit()
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class Fields:
@@ -58,6 +76,8 @@ class Fields:
             self.problems[name] = "must not be empty"
         elif len(value) > max_chars:
             self.problems[name] = f"must be at most {max_chars} characters"
+        elif not _encodable(value):
+            self.problems[name] = "must be valid Unicode (it holds a lone surrogate)"
         else:
             return value
         return None

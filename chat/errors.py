@@ -101,3 +101,11 @@ async def render_http_exception(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=exc.headers,
     )
+
+
+async def render_internal_error(request: Request, exc: Exception) -> Response:
+    """Anything unforeseen is still a JSON error in our shape (and logged by the server)."""
+    return JSONResponse(
+        {"error": {"type": "internal", "message": "internal error; the server log has the details"}},
+        status_code=500,
+    )

@@ -310,3 +310,51 @@ async def test_the_page_is_served(client: httpx.AsyncClient) -> None:
     response = await client.get("/")
     assert response.status_code == 200
     assert "sidechat" in response.text
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b'{"message": "\\ud800 half an emoji"}', 422),  # a lone surrogate SQLite cannot store
+        (b"[" * 100_000 + b"]" * 100_000, 413),
+        (b"[" * 3000, 400),  # nested past the parser's depth
+        (b'{"message": "hi", "conversation_id": 99999999999999999999999}', 422),
+    ],
+)
+async def test_odd_bodies_get_a_clear_error_not_a_crash(
+    client: httpx.AsyncClient, content: bytes, status: int
+) -> None:
+    response = await client.post(
+        "/api/chat/stream", content=content, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == status
+    error_of(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("GET", "/api/messages/2/stream?last_event_id=²", {}, 422),
+        ("GET", "/api/messages/2/stream", {"last-event-id": "9" * 5000}, 422),
+        ("GET", "/api/conversations?limit=²", {}, 422),
+        ("GET", "/api/conversations/1/messages?after_id=" + "9" * 5000, {}, 422),
+        ("GET", "/api/conversations/" + "9" * 5000, {}, 404),
+        ("GET", "/api/conversations/abc", {}, 404),
+        ("GET", "/api/messages/-1/stream", {}, 404),
+        ("GET", "/api/conversations?cursor=" + "MjAyNnw5OTk5OTk5OTk5OTk5OTk5OTk5OTk5", {}, 422),
+        ("GET", "/api/chat", {}, 405),
+    ],
+)
+async def test_odd_ids_and_parameters_get_a_clear_error_not_a_crash(
+    client: httpx.AsyncClient, method: str, path: str, headers: dict[str, str], status: int
+) -> None:
+    await chat_stream(client, {"message": "hi"})  # message 2 and conversation 1 exist
+    response = await client.request(method, path, headers=headers)
+    assert response.status_code == status
+    error_of(response)
+
+
+async def test_create_conversation_without_a_body(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/conversations")
+    assert response.status_code == 201
+    assert response.json()["conversation"]["title"] is None
