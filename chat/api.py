@@ -22,6 +22,7 @@ from .providers import ProviderInfo
 from .providers.base import ChatRequest
 from .replay import stored_events
 from .responses import EventStreamResponse
+from .sse import encode_event
 from .store import Conversation, Message, Store, title_from
 
 MAX_PAGE = 100
@@ -84,9 +85,9 @@ async def start_chat(request: Request) -> Accepted:
     info = choose_provider(
         app.providers, body.provider or (conversation and conversation.provider) or app.settings.provider
     )
-    model = body.model or (
-        conversation.model if conversation and conversation.provider == info.name else None
-    )
+    # A conversation's model goes with its provider (or with any, if it named none).
+    same_provider = conversation is not None and conversation.provider in (None, info.name)
+    model = body.model or (conversation.model if conversation and same_provider else None)
     model = model or info.default_model
 
     key = request.headers.get("idempotency-key")
@@ -140,14 +141,20 @@ async def start_chat(request: Request) -> Accepted:
     return Accepted(user_message.id, reply, body)
 
 
-async def stream_message(app: Services, message: Message, after: int) -> Response:
+async def stream_message(app: Services, user: str, message: Message, after: int) -> Response:
     """The message's events after id `after`: live while its generation is known, else stored."""
     headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
     generation = app.generations.get(message.id)
     if generation is not None:
         if generation.finished.is_set() and after >= generation.last_event_id:
             return Response(status_code=204)
-        return EventStreamResponse(generation.follow(after, app.settings.heartbeat_seconds), headers)
+        prefix = b""
+        if after > generation.last_event_id:  # ids this generation never sent: start the client over
+            prefix, after = encode_event("reset", {"message_id": message.id}), 0
+        follower = generation.follow(after, app.settings.heartbeat_seconds)
+        return EventStreamResponse(follower, headers, prefix=prefix)
+    if message.status == "streaming":  # its generation ended while we read the row: read it again
+        message = await app.store.get_message(user, message.id) or message
     events = stored_events(message, after)
     if not events:
         return Response(status_code=204)
@@ -160,7 +167,7 @@ async def _once(chunk: bytes) -> AsyncIterator[bytes]:
 
 async def chat_stream(request: Request) -> Response:
     accepted = await start_chat(request)
-    return await stream_message(services(request), accepted.reply, 0)
+    return await stream_message(services(request), current_user(request), accepted.reply, 0)
 
 
 async def chat(request: Request) -> Response:
@@ -210,7 +217,7 @@ async def attach(request: Request) -> Response:
     message = await app.store.get_message(current_user(request), message_id)
     if message is None or message.role != "assistant":
         raise NotFound(f"message {message_id} not found")
-    return await stream_message(app, message, after)
+    return await stream_message(app, current_user(request), message, after)
 
 
 async def cancel(request: Request) -> Response:

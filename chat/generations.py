@@ -305,6 +305,8 @@ class Generations:
     def start(self, generation: Generation) -> Generation:
         self._live[generation.message_id] = generation
         generation.task = asyncio.create_task(self._run(generation))
+        if self.closing:  # accepted while shutdown began: it ends at once, as interrupted
+            generation.stop(SHUTDOWN)
         return generation
 
     async def _run(self, generation: Generation) -> None:
@@ -353,4 +355,6 @@ class Generations:
             await asyncio.wait(waits, timeout=grace)
             for wait in waits:
                 wait.cancel()
+        # Any that slipped in while we waited are ended too.
+        running = [g for g in self._live.values() if not g.finished.is_set()]
         await asyncio.gather(*(self.stop(g, SHUTDOWN) for g in running))

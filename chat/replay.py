@@ -6,6 +6,10 @@ resume from the middle cannot send just the missing tokens. It sends `reset`
 one `token`, so the client replaces what it had. The stored `last_event_id`
 keeps the ids of the terminal event, and the token just before it, the same as
 the live stream had them, so a client that already saw them is answered 204.
+
+A reply cut off by a crash has no stored end: the ids its clients saw are
+unknown. Its replay ends at `UNKNOWN_END`, past any id a stream could have
+reached, so every client gets the stored text once and then a 204.
 """
 
 from __future__ import annotations
@@ -16,11 +20,12 @@ from .sse import encode_event
 from .store import Message
 
 INTERRUPTED = {"type": "shutdown", "message": "the server stopped before this reply was finished"}
+UNKNOWN_END = 2**31 - 1
 
 
 def stored_events(message: Message, after: int) -> list[bytes]:
     """Events after id `after` of a finished message: empty when the client has them all."""
-    last = max(message.last_event_id, 3 if message.content else 2)
+    last = message.last_event_id or UNKNOWN_END
     if after >= last:
         return []
     events = []
@@ -42,7 +47,7 @@ def stored_events(message: Message, after: int) -> list[bytes]:
         )
     elif after < last - 1:
         events.append(encode_event("reset", {"message_id": message.id}))
-    if message.content and after < last - 1:
+    if message.content and after < last - 1 and last - 1 > 1:
         events.append(encode_event("token", {"text": message.content}, last - 1))
     events.append(encode_event(*terminal_event(message), last))
     return events

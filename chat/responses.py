@@ -26,8 +26,9 @@ class Events(Protocol):
 
 
 class EventStreamResponse:
-    def __init__(self, events: Events, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, events: Events, headers: dict[str, str] | None = None, *, prefix: bytes = b"") -> None:
         self.events = events
+        self.prefix = prefix
         self.headers = {
             "content-type": "text/event-stream; charset=utf-8",
             "cache-control": "no-cache, no-transform",
@@ -56,7 +57,7 @@ class EventStreamResponse:
             raise stream.exception()  # type: ignore[misc]
 
     async def _stream(self, send: Send) -> None:
-        await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+        await send({"type": "http.response.body", "body": RETRY + self.prefix, "more_body": True})
         async for chunk in self.events:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

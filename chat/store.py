@@ -32,6 +32,16 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def storable(text: str) -> str:
+    """Text SQLite can hold: a provider may send an emoji's UTF-16 halves in separate
+    chunks (JSON's "\\ud83d" then "\\ude00"); pair them up, and replace any lone half."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def title_from(text: str) -> str:
     title = " ".join(text.split())
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
@@ -268,7 +278,7 @@ class Store:
             {
                 "id": message_id,
                 "status": status,
-                "content": content,
+                "content": storable(content),
                 "metadata": json.dumps(metadata),
                 "last_event_id": last_event_id,
                 "now": now(),
@@ -279,7 +289,7 @@ class Store:
         """The partial text of a reply still being generated (off by default; never per token)."""
         await self._db.execute(
             "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
-            {"id": message_id, "content": content},
+            {"id": message_id, "content": storable(content)},
         )
 
     async def get_message(self, user_id: str, message_id: int) -> Message | None:

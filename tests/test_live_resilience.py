@@ -342,13 +342,19 @@ async def test_sigkill_then_restart_marks_the_reply_interrupted(
 
     _, url = await spawn()
     assert stored_reply(tmp_path)[0] == "interrupted"
+    stream_url = f"/api/messages/{head.events[0].data['message_id']}/stream"
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        async with client.stream(
-            "GET", f"/api/messages/{head.events[0].data['message_id']}/stream"
-        ) as response:
+        async with client.stream("GET", stream_url) as response:
             replay = await read_stream(response)
+        # A client that saw the live events (ids 1 and 2) reconnects: the stored end, then nothing more.
+        async with client.stream("GET", stream_url, headers={"last-event-id": "2"}) as response:
+            resumed = await read_stream(response)
+        after_end = await client.get(stream_url, headers={"last-event-id": resumed.terminal.id or ""})
     assert replay.names == ["start", "error"]
     assert replay.terminal.data["error"]["type"] == "shutdown"
+    assert resumed.names == ["reset", "error"]
+    assert int(resumed.terminal.id or 0) > 2
+    assert after_end.status_code == 204
 
 
 @pytest.mark.parametrize("client", [{"checkpoint_seconds": 0.1}], indirect=True)

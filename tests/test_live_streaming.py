@@ -298,6 +298,11 @@ MISBEHAVIOURS = {
     "stall before the first token": ([Reply([5.0])], "timeout", ""),
     "stall after a token": ([Reply([openai_chunk("so far"), 5.0])], "timeout", "so far"),
     "garbage data": ([Reply([openai_chunk("ok "), b"data: {not json\n\n"])], "protocol", "ok "),
+    "a chunk of the wrong shape": (
+        [Reply([openai_chunk("ok "), b'data: {"choices": {"0": 1}}\n\n'])],
+        "protocol",
+        "ok ",
+    ),
     "captive portal": (
         [Reply([b"<html><body>Log in to the Wi-Fi</body></html>"], headers={"content-type": "text/html"})],
         "protocol",
@@ -337,3 +342,51 @@ async def test_a_misbehaving_provider_ends_in_one_error_and_a_consistent_row(
         ("assistant", "failed", partial),
     ]
     assert messages[1]["metadata"]["error"] == error["error"]
+
+
+async def test_an_emoji_sent_as_two_utf16_halves_is_stored_whole(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    # Some OpenAI-compatible servers cut a JSON string between a surrogate pair's halves.
+    halves = [b'data: {"choices": [{"index": 0, "delta": {"content": "hi \\ud83d"}}]}\n\n']
+    halves += [b'data: {"choices": [{"index": 0, "delta": {"content": "\\ude00!"}}]}\n\n']
+    upstream.add(Reply([*halves, *openai_reply()]))
+
+    transcript = await chat_stream(client, {"message": "hi"})
+
+    assert transcript.names == ["start", "token", "token", "done"]
+    assert transcript.text.encode("utf-16", "surrogatepass").decode("utf-16") == "hi 😀!"
+    messages = (
+        await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")
+    ).json()["messages"]
+    assert (messages[1]["status"], messages[1]["content"]) == ("completed", "hi 😀!")
+
+
+async def test_resume_past_the_end_of_a_running_generation_starts_the_client_over(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    gate = asyncio.Event()
+    upstream.add(Reply([openai_chunk("a"), gate, *openai_reply("b")]))
+    accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
+    await asyncio.sleep(0.2)
+
+    async with client.stream("GET", accepted["stream_url"], headers={"last-event-id": "50"}) as response:
+        reader = EventReader(response)
+        head = await reader.read(until=3)
+        gate.set()
+        rest = await reader.read()
+
+    assert head.names == ["reset", "start", "token"]
+    assert head.events[1].id == "1"
+    assert rest.names == ["token", "done"]
+
+
+async def test_a_conversation_keeps_its_model(client: httpx.AsyncClient, upstream: FakeUpstream) -> None:
+    upstream.add(Reply(openai_reply("ok")))
+    created = await client.post("/api/conversations", json={"model": "gpt-custom"})
+    conversation_id = created.json()["conversation"]["id"]
+
+    transcript = await chat_stream(client, {"message": "hi", "conversation_id": conversation_id})
+
+    assert transcript.events[0].data["model"] == "gpt-custom"
+    assert upstream.requests[0].json()["model"] == "gpt-custom"

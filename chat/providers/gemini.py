@@ -141,7 +141,7 @@ class GeminiProvider(HTTPProvider):
                         raise protocol_error(name, "a data line that is not JSON", data) from None
                     try:
                         text, finish = parse_event(payload, name)
-                    except (AttributeError, TypeError):
+                    except (AttributeError, TypeError, IndexError, KeyError):
                         raise protocol_error(name, "a malformed chunk", data) from None
                     if text:
                         yield text

@@ -132,7 +132,7 @@ class OpenAIProvider(HTTPProvider):
                         raise error_from_event(payload, name)
                     try:
                         text, finish, found = parse_event(payload, name)
-                    except (AttributeError, TypeError, IndexError):
+                    except (AttributeError, TypeError, IndexError, KeyError):
                         raise protocol_error(name, "a malformed chunk", data) from None
                     if text:
                         yield text
