@@ -337,6 +337,8 @@ async def delete_conversation(request: Request) -> Response:
     conversation = await owned_conversation(request)
     await app.generations.stop_conversation(conversation.id)
     await app.store.delete_conversation(current_user(request), conversation.id)
+    # A turn stored while the first stop waited has no row left, but may still be running.
+    await app.generations.stop_conversation(conversation.id)
     return Response(status_code=204)
 
 
