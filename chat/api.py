@@ -1,39 +1,29 @@
-"""The HTTP API: thin endpoints over the store and the running generations."""
+"""The HTTP API: thin endpoints over the turns, the store and the running generations.
+
+A handler parses what it was sent, calls one module that does the work, and
+answers; errors are `chat.errors` types, rendered by the app.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import sqlite3
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .bodies import ChatBody, Fields, digits, parse_chat_body, read_json
-from .config import Settings
-from .errors import Conflict, InvalidFields, NotFound, ServiceUnavailable
-from .generations import CANCELLED, Generation, Generations
-from .history import build_turns
-from .providers import ProviderInfo
-from .providers.base import ChatRequest
-from .replay import stored_events
+from .attach import reply_events
+from .bodies import Fields, digits, idempotency_key, parse_chat_body, read_json
+from .errors import Conflict, InvalidFields, NotFound
+from .generations import CANCELLED
+from .records import Conversation, Message
 from .responses import EventStreamResponse
-from .sse import encode_event
-from .store import Conversation, Message, Store, title_from
+from .services import Services
+from .turns import AcceptedTurn, accept_turn, choose_provider
 
 MAX_PAGE = 100
-
-
-@dataclass(slots=True)
-class Services:
-    settings: Settings
-    store: Store
-    generations: Generations
-    providers: dict[str, ProviderInfo]
 
 
 def services(request: Request) -> Services:
@@ -44,144 +34,42 @@ def current_user(request: Request) -> str:
     return "local"
 
 
-def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderInfo:
-    info = providers.get(name)
-    if info is None:
-        known = ", ".join(providers)
-        raise InvalidFields({"provider": f"unknown provider {name!r}; known: {known}"})
-    if not info.available:
-        raise InvalidFields(
-            {"provider": f"provider {name!r} is not configured: set {info.key_variable}"},
-        )
-    return info
-
-
 # -- chat --------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Accepted:
-    """A chat request's turn: new, or the first one a retry with the same Idempotency-Key made."""
-
-    user_message_id: int
-    reply: Message  # as it was stored when accepted
-    body: ChatBody
-
-
-async def start_chat(request: Request) -> Accepted:
-    """Validate, store the turn and start its generation (or find the one a retry asks for)."""
+async def start_turn(request: Request) -> tuple[AcceptedTurn, bool]:
+    """The turn a chat request asks for, and whether to wait for its reply."""
     app = services(request)
-    user = current_user(request)
-    if app.generations.closing:
-        raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
     body = parse_chat_body(await read_json(request, app.settings.max_body_bytes), app.settings)
-
-    conversation: Conversation | None = None
-    if body.conversation_id is not None:
-        conversation = await app.store.get_conversation(user, body.conversation_id)
-        if conversation is None:
-            raise NotFound(f"conversation {body.conversation_id} not found")
-
-    info = choose_provider(
-        app.providers, body.provider or (conversation and conversation.provider) or app.settings.provider
-    )
-    # A conversation's model goes with its provider (or with any, if it named none).
-    same_provider = conversation is not None and conversation.provider in (None, info.name)
-    model = body.model or (conversation.model if conversation and same_provider else None)
-    model = model or info.default_model
-
-    key = request.headers.get("idempotency-key")
-    scoped_key = f"{user}:{key}" if key else None
-    if scoped_key and (first := await app.store.find_turn(user, scoped_key)):
-        return Accepted(first[0].id, first[1], body)
-
-    if conversation is None:
-        conversation = await app.store.create_conversation(
-            user, title=title_from(body.message), system=body.system, provider=info.name, model=body.model
-        )
-        earlier = []
-    else:
-        if conversation.title is None:
-            await app.store.update_conversation(user, conversation.id, {"title": title_from(body.message)})
-        earlier = await app.store.recent_messages(
-            conversation.id, before_id=2**62, limit=app.settings.history_messages
-        )
-    try:
-        user_message, reply = await app.store.start_turn(
-            conversation.id,
-            body.message,
-            metadata={"provider": info.name, "model": model},
-            idempotency_key=scoped_key,
-        )
-    except sqlite3.IntegrityError:
-        # The conversation was deleted meanwhile, or a twin request with this key won the race.
-        twin = await app.store.find_turn(user, scoped_key) if scoped_key else None
-        if twin is None:
-            raise NotFound(f"conversation {conversation.id} not found") from None
-        return Accepted(twin[0].id, twin[1], body)
-
-    assert info.provider is not None
-    chat = ChatRequest(
-        model=model,
-        turns=build_turns(earlier, body.message, limit=app.settings.history_messages),
-        system=body.system if body.system is not None else conversation.system,
-        temperature=body.temperature,
-        max_tokens=body.max_tokens,
-    )
-    app.generations.start(
-        Generation(
-            info.provider,
-            chat,
-            conversation_id=conversation.id,
-            user_message_id=user_message.id,
-            message_id=reply.id,
-            stop_when_abandoned=app.settings.on_disconnect == "cancel",
-        )
-    )
-    return Accepted(user_message.id, reply, body)
+    key = idempotency_key(request.headers.get("idempotency-key"))
+    return await accept_turn(app, body.ask(current_user(request), key)), body.wait
 
 
-async def stream_message(app: Services, user: str, message: Message, after: int) -> Response:
-    """The message's events after id `after`: live while its generation is known, else stored."""
-    headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
-    generation = app.generations.get(message.id)
-    if generation is not None:
-        if generation.finished.is_set() and after >= generation.last_event_id:
-            return Response(status_code=204)
-        prefix = b""
-        if after > generation.last_event_id:  # ids this generation never sent: start the client over
-            prefix, after = encode_event("reset", {"message_id": message.id}), 0
-        follower = generation.follow(after, app.settings.heartbeat_seconds)
-        return EventStreamResponse(follower, headers, prefix=prefix)
-    if message.status == "streaming":  # its generation ended while we read the row: read it again
-        message = await app.store.get_message(user, message.id) or message
-    events = stored_events(message, after)
-    if not events:
+async def stream_reply(request: Request, message: Message, after: int) -> Response:
+    events = await reply_events(services(request), current_user(request), message, after)
+    if events is None:
         return Response(status_code=204)
-    return EventStreamResponse(_once(b"".join(events)), headers)
-
-
-async def _once(chunk: bytes) -> AsyncIterator[bytes]:
-    yield chunk
+    headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
+    return EventStreamResponse(events, headers)
 
 
 async def chat_stream(request: Request) -> Response:
-    accepted = await start_chat(request)
-    return await stream_message(services(request), current_user(request), accepted.reply, 0)
+    accepted, _ = await start_turn(request)
+    return await stream_reply(request, accepted.reply, 0)
 
 
 async def chat(request: Request) -> Response:
     app = services(request)
-    accepted = await start_chat(request)
-    if accepted.body.wait:
-        generation = app.generations.get(accepted.reply.id)
+    accepted, wait = await start_turn(request)
+    reply = accepted.reply
+    if wait:
+        generation = app.generations.get(reply.id)
         if generation is not None:
             await generation.finished.wait()
-        message = await app.store.get_message(current_user(request), accepted.reply.id)
+        message = await app.store.get_message(current_user(request), reply.id)
         if message is None:  # deleted in the meantime
-            raise NotFound(f"message {accepted.reply.id} not found")
+            raise NotFound(f"message {reply.id} not found")
         return JSONResponse({"message": message.as_json()})
-    reply = accepted.reply
     return JSONResponse(
         {
             "conversation_id": reply.conversation_id,
@@ -210,22 +98,23 @@ def last_event_id(request: Request) -> int:
     return int(raw)
 
 
-async def attach(request: Request) -> Response:
-    app = services(request)
+async def reply_of(request: Request) -> Message:
     message_id = path_id(request, "message_id")
-    after = last_event_id(request)
-    message = await app.store.get_message(current_user(request), message_id)
+    message = await services(request).store.get_message(current_user(request), message_id)
     if message is None or message.role != "assistant":
         raise NotFound(f"message {message_id} not found")
-    return await stream_message(app, current_user(request), message, after)
+    return message
+
+
+async def attach(request: Request) -> Response:
+    after = last_event_id(request)
+    return await stream_reply(request, await reply_of(request), after)
 
 
 async def cancel(request: Request) -> Response:
     app = services(request)
-    message_id = path_id(request, "message_id")
-    message = await app.store.get_message(current_user(request), message_id)
-    if message is None or message.role != "assistant":
-        raise NotFound(f"message {message_id} not found")
+    message = await reply_of(request)
+    message_id = message.id
     generation = app.generations.get(message_id)
     if generation is None or not await app.generations.stop(generation, CANCELLED):
         raise Conflict(f"message {message_id} has already finished", status=message.status)

@@ -14,6 +14,9 @@ from starlette.requests import Request
 
 from .config import Settings
 from .errors import BadRequest, InvalidFields, PayloadTooLarge, UnsupportedMediaType
+from .turns import TurnRequest
+
+MAX_KEY_CHARS = 200  # an Idempotency-Key
 
 
 async def read_json(request: Request, max_bytes: int, *, optional: bool = False) -> dict[str, Any]:
@@ -129,6 +132,19 @@ class ChatBody:
     system: str | None
     wait: bool
 
+    def ask(self, user: str, idempotency_key: str | None) -> TurnRequest:
+        return TurnRequest(
+            user=user,
+            message=self.message,
+            conversation_id=self.conversation_id,
+            provider=self.provider,
+            model=self.model,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            system=self.system,
+            idempotency_key=idempotency_key,
+        )
+
 
 def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
     fields = Fields(data)
@@ -144,3 +160,12 @@ def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
     )
     fields.check()
     return body
+
+
+def idempotency_key(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    key = raw.strip()
+    if not key or len(key) > MAX_KEY_CHARS:
+        raise InvalidFields({"idempotency_key": f"must be 1 to {MAX_KEY_CHARS} characters"})
+    return key

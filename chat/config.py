@@ -39,6 +39,7 @@ class Settings:
     gemini_base_url: str = "https://generativelanguage.googleapis.com"
     ollama_base_url: str = "http://127.0.0.1:11434"
     demo_delay: float = 0.03
+    ca_bundle: str | None = None  # CA certificates (a PEM file or a directory) to trust upstream
 
     heartbeat_seconds: float = 15.0
     connect_timeout: float = 10.0
@@ -133,6 +134,12 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError("expected a port number from 1 to 65535")
+    return int(raw)
+
+
 def _fallback(raw: str) -> tuple[tuple[str, str], ...]:
     """`anthropic:claude-sonnet-4-5,openai` -> (("anthropic", "claude-sonnet-4-5"), ("openai", "")).
 
@@ -152,6 +159,8 @@ def _fallback(raw: str) -> tuple[tuple[str, str], ...]:
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db": ("SIDECHAT_DB", _text),
+    "host": ("SIDECHAT_HOST", _text),
+    "port": ("SIDECHAT_PORT", _port),
     "provider": ("SIDECHAT_PROVIDER", _choice(*PROVIDER_NAMES)),
     "model": ("SIDECHAT_MODEL", _text),
     "openai_api_key": ("OPENAI_API_KEY", _text),
@@ -162,6 +171,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "gemini_base_url": ("GEMINI_BASE_URL", _url),
     "ollama_base_url": ("OLLAMA_BASE_URL", _url),
     "demo_delay": ("SIDECHAT_DEMO_DELAY", _non_negative_float),
+    "ca_bundle": ("SIDECHAT_CA_BUNDLE", _text),
     "heartbeat_seconds": ("SIDECHAT_HEARTBEAT_SECONDS", _positive_float),
     "connect_timeout": ("SIDECHAT_UPSTREAM_CONNECT_TIMEOUT", _positive_float),
     "first_token_timeout": ("SIDECHAT_UPSTREAM_FIRST_TOKEN_TIMEOUT", _positive_float),
@@ -170,6 +180,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "on_disconnect": ("SIDECHAT_ON_DISCONNECT", _choice(*ON_DISCONNECT)),
     "history_messages": ("SIDECHAT_HISTORY_MESSAGES", _positive_int),
     "max_body_bytes": ("SIDECHAT_MAX_BODY_BYTES", _positive_int),
+    "max_message_chars": ("SIDECHAT_MAX_MESSAGE_CHARS", _positive_int),
     "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
     "checkpoint_seconds": ("SIDECHAT_CHECKPOINT_SECONDS", _non_negative_float),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),

@@ -1,6 +1,7 @@
-"""Errors the API answers with, rendered as `{"error": {"type", "message", ...}}`.
+"""Errors sidechat answers with, rendered as `{"error": {"type", "message", ...}}`.
 
-    ApiError                    status, type, message, extra fields
+    ApiError                    status, type, message, extra fields; a `retry_after`
+    │                           adds the field and a Retry-After header
     ├── BadRequest              400 invalid_json
     ├── Unauthorized            401 unauthorized
     ├── NotFound                404 not_found
@@ -8,8 +9,11 @@
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
-    ├── RateLimited             429 rate_limited (`retry_after`, and a Retry-After header)
-    └── ServiceUnavailable      503 shutting_down (`retry_after`, and a Retry-After header)
+    ├── KeyReused               422 idempotency_key_reused
+    ├── RateLimited             429 rate_limited
+    └── ServiceUnavailable      503 shutting_down
+
+    StartupError                the service cannot start; its message is the one line that says why
 
 Upstream trouble is not an ApiError: once a stream has started it is reported as
 an `error` event (see `chat.providers.base.ProviderError`).
@@ -29,13 +33,16 @@ class ApiError(Exception):
     status = 500
     type = "internal"
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.extra = extra
+        self.retry_after = retry_after
+        self.extra = extra if retry_after is None else {**extra, "retry_after": retry_after}
 
     def headers(self) -> dict[str, str]:
-        return {}
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(math.ceil(self.retry_after))}
 
     def as_dict(self) -> dict[str, Any]:
         return {"error": {"type": self.type, "message": self.message, **self.extra}}
@@ -72,19 +79,21 @@ class InvalidFields(ApiError):
         super().__init__(message or "; ".join(f"{k}: {v}" for k, v in fields.items()), fields=fields)
 
 
+class KeyReused(ApiError):
+    status, type = 422, "idempotency_key_reused"
+
+
 class RateLimited(ApiError):
     status, type = 429, "rate_limited"
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.retry_after = retry_after
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(math.ceil(self.retry_after))}
-
-
-class ServiceUnavailable(RateLimited):
+class ServiceUnavailable(ApiError):
     status, type = 503, "shutting_down"
+
+
+class StartupError(Exception):
+    """Start-up cannot go on: a database that is not one, a directory we cannot write, a
+    missing file of the installation. The message is meant to be the whole story."""
 
 
 async def render_api_error(request: Request, exc: Exception) -> Response:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .providers.base import Turn
-from .store import Message
+from .records import Message
 
 
 def build_turns(earlier: Iterable[Message], text: str, *, limit: int) -> list[Turn]:

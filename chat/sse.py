@@ -1,8 +1,9 @@
 """The Server-Sent Events wire format, both ways.
 
-Upstream we decode provider streams with `SSEDecoder` (or `aiter_sse`);
-downstream we write our own events with `encode_event`, `PING` and
-`retry_field`. The decoder follows the WHATWG event-stream rules:
+Upstream we decode provider streams with `SSEDecoder` (or `aiter_sse`), and
+newline-delimited streams with the `LineDecoder` it is built on; downstream we
+write our own events with `encode_event`, `PING` and `retry_field`. The decoder
+follows the WHATWG event-stream rules:
 https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
 
 Deliberate departures from the obvious:
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "PING",
+    "LineDecoder",
     "ServerSentEvent",
     "SSEDecoder",
     "aiter_sse",
@@ -56,14 +58,51 @@ class ServerSentEvent:
     retry: int | None = None  # only if this event's block carried a valid retry
 
 
+class LineDecoder:
+    """Incremental line splitter over bytes: CRLF, LF and a lone CR end a line."""
+
+    def __init__(self) -> None:
+        self._cr_pending = False  # the last read ended in CR; skip a leading LF
+        self._tail: list[bytes] = []  # pieces of the line not yet ended
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The lines this chunk completes, without their line ends."""
+        if self._cr_pending and chunk:
+            self._cr_pending = False
+            if chunk[0] == 0x0A:
+                chunk = chunk[1:]
+        if b"\n" not in chunk and b"\r" not in chunk:
+            if chunk:
+                self._tail.append(chunk)
+            return []
+        if self._tail:
+            self._tail.append(chunk)
+            chunk = b"".join(self._tail)
+            self._tail.clear()
+        if b"\r" in chunk:
+            self._cr_pending = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if rest:
+            self._tail.append(rest)
+        return lines
+
+    def close(self) -> list[bytes]:
+        """The last line, if the stream ended without ending it."""
+        rest = b"".join(self._tail)
+        self._tail.clear()
+        self._cr_pending = False
+        return [rest] if rest else []
+
+
 class SSEDecoder:
     """Incremental WHATWG event-stream decoder over bytes."""
 
     def __init__(self) -> None:
         self._head = b""  # the first bytes of the stream, while they may be a BOM
         self._started = False
-        self._cr_pending = False  # the last read ended in CR; skip a leading LF
-        self._tail: list[bytes] = []  # pieces of the line not yet ended
+        self._lines = LineDecoder()
         self._event = ""
         self._data: list[bytes] = []
         self._block_retry: int | None = None
@@ -80,6 +119,7 @@ class SSEDecoder:
         return self._retry
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        """The events this chunk completes."""
         if not self._started:
             chunk = self._head + chunk
             if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
@@ -89,30 +129,8 @@ class SSEDecoder:
             if chunk.startswith(_BOM):
                 chunk = chunk[len(_BOM) :]
 
-        if self._cr_pending and chunk:
-            self._cr_pending = False
-            if chunk[0] == 0x0A:
-                chunk = chunk[1:]
-
-        if b"\n" not in chunk and b"\r" not in chunk:
-            if chunk:
-                self._tail.append(chunk)
-            return []
-        if self._tail:
-            self._tail.append(chunk)
-            chunk = b"".join(self._tail)
-            self._tail.clear()
-        if b"\r" in chunk:
-            self._cr_pending = chunk.endswith(b"\r")
-            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-
-        lines = chunk.split(b"\n")
-        rest = lines.pop()
-        if rest:
-            self._tail.append(rest)
-
         events: list[ServerSentEvent] = []
-        for line in lines:
+        for line in self._lines.feed(chunk):
             if not line:
                 event = self._dispatch()
                 if event is not None:
@@ -136,9 +154,9 @@ class SSEDecoder:
         return events
 
     def close(self) -> list[ServerSentEvent]:
-        # Whatever has not ended by now is discarded; see the module docstring.
-        self._head, self._started, self._cr_pending = b"", False, False
-        self._tail.clear()
+        """Nothing: whatever has not ended by now is discarded (see the module docstring)."""
+        self._head, self._started = b"", False
+        self._lines.close()
         self._event, self._block_retry = "", None
         self._data.clear()
         return []

@@ -9,23 +9,34 @@ Deliberate choices:
   schema keep a conversation's activity time. Each aiosqlite call is a thread
   round trip (measured at ~70 us here), so a generation costs two calls when it
   is accepted and one when it ends -- and nothing per token.
-- WAL mode, so readers (other tools, backups) never block the writer, and
-  `synchronous=NORMAL`, which in WAL mode is still safe against corruption.
+- The store speaks in its own errors (`ConversationGone`, `KeyTaken`; opening it,
+  a `StartupError`), never in sqlite3's, so callers need not know SQL.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
-TITLE_CHARS = 50
+from .database import connect
+from .records import Conversation, Message
+
+
+class StoreError(Exception):
+    """A write the store could not make, in its own terms."""
+
+
+class ConversationGone(StoreError):
+    """The conversation a write needs was deleted meanwhile."""
+
+
+class KeyTaken(StoreError):
+    """Another turn holds this idempotency key already (a twin request won the race)."""
 
 
 def now() -> str:
@@ -42,66 +53,10 @@ def storable(text: str) -> str:
     return text
 
 
-def title_from(text: str) -> str:
-    title = " ".join(text.split())
-    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
-
-
-@dataclass(slots=True)
-class Conversation:
-    id: int
-    user_id: str
-    title: str | None
-    system: str | None
-    provider: str | None
-    model: str | None
-    created_at: str
-    updated_at: str
-    message_count: int = 0
-    last_message_at: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "title": self.title,
-            "system": self.system,
-            "provider": self.provider,
-            "model": self.model,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "message_count": self.message_count,
-            "last_message_at": self.last_message_at,
-        }
-
-
-@dataclass(slots=True)
-class Message:
-    id: int
-    conversation_id: int
-    role: str
-    content: str
-    status: str
-    metadata: dict[str, Any]
-    last_event_id: int
-    created_at: str
-    completed_at: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "conversation_id": self.conversation_id,
-            "role": self.role,
-            "content": self.content,
-            "status": self.status,
-            "created_at": self.created_at,
-            "completed_at": self.completed_at,
-            "metadata": self.metadata,
-        }
-
-
 _MESSAGE_COLUMNS = (
     "id, conversation_id, role, content, status, metadata, last_event_id, created_at, completed_at"
 )
+_M_MESSAGE_COLUMNS = ", ".join("m." + column for column in _MESSAGE_COLUMNS.split(", "))
 _CONVERSATION_COLUMNS = """
     c.id, c.user_id, c.title, c.system, c.provider, c.model, c.created_at, c.updated_at,
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count,
@@ -125,32 +80,31 @@ class Store:
 
     @classmethod
     async def open(cls, path: str) -> Store:
-        db = await aiosqlite.connect(path, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        await db.executescript(SCHEMA.read_text())
-        return cls(db)
+        return cls(await connect(path))
 
     async def close(self) -> None:
         await self._db.close()
 
+    async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
+        rows: Iterable[sqlite3.Row] = await self._db.execute_fetchall(sql, parameters)
+        return list(rows)
+
     async def ping(self) -> bool:
         try:
-            rows = list(await self._db.execute_fetchall("SELECT 1"))
+            rows = await self._rows("SELECT 1", {})
         except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
             return False
         return len(rows) == 1 and rows[0][0] == 1
 
     # -- recovery ---------------------------------------------------------------------
 
-    async def interrupt_streaming(self) -> int:
-        """Rows a previous process left mid-generation become `interrupted`."""
+    async def interrupt_streaming(self, error: dict[str, Any]) -> int:
+        """Rows a previous process left mid-generation become `interrupted`, with `error`."""
         cursor = await self._db.execute(
-            "UPDATE messages SET status = 'interrupted', completed_at = :now WHERE status = 'streaming'",
-            {"now": now()},
+            "UPDATE messages SET status = 'interrupted', completed_at = :now,"
+            " metadata = json_set(metadata, '$.error', json(:error))"
+            " WHERE status = 'streaming'",
+            {"now": now(), "error": json.dumps(error)},
         )
         return cursor.rowcount
 
@@ -165,7 +119,7 @@ class Store:
         provider: str | None = None,
         model: str | None = None,
     ) -> Conversation:
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             "INSERT INTO conversations"
             " (user_id, title, system, provider, model, created_at, updated_at)"
             " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)"
@@ -179,10 +133,10 @@ class Store:
                 "now": now(),
             },
         )
-        return _conversation(list(rows)[0])
+        return _conversation(rows[0])
 
     async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = :id AND c.user_id = :user_id",
             {"id": conversation_id, "user_id": user_id},
         )
@@ -192,18 +146,13 @@ class Store:
         self, user_id: str, *, limit: int, before: tuple[str, int] | None = None
     ) -> list[Conversation]:
         """Newest activity first; `before` is the (updated_at, id) of the last row seen."""
-        updated_at, last_id = before or ("\uffff", 0)
-        rows = await self._db.execute_fetchall(
+        updated_at, last_id = before or ("\uffff", 2**62)
+        rows = await self._rows(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
             " WHERE c.user_id = :user_id"
             " AND (c.updated_at < :updated_at OR (c.updated_at = :updated_at AND c.id < :id))"
             " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit",
-            {
-                "user_id": user_id,
-                "updated_at": updated_at,
-                "id": last_id if before else 2**62,
-                "limit": limit,
-            },
+            {"user_id": user_id, "updated_at": updated_at, "id": last_id, "limit": limit},
         )
         return [_conversation(row) for row in rows]
 
@@ -236,28 +185,37 @@ class Store:
         *,
         metadata: dict[str, Any],
         idempotency_key: str | None = None,
+        request_hash: str | None = None,
     ) -> tuple[Message, Message]:
         """Store a user message and its assistant reply-to-be (status `streaming`).
 
-        One statement, so atomic on its own; a trigger marks the conversation's activity."""
+        One statement, so atomic on its own; a trigger marks the conversation's activity.
+        A turn stored under an idempotency key keeps the hash of what was asked with it."""
         stamp = now()
-        rows = await self._db.execute_fetchall(
-            "INSERT INTO messages"
-            " (conversation_id, role, content, status, metadata, idempotency_key, created_at, completed_at)"
-            " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :now, :now),"
-            " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, :now, NULL)"
-            " RETURNING id",
-            {
-                "conversation_id": conversation_id,
-                "text": text,
-                "metadata": json.dumps(metadata),
-                "key": idempotency_key,
-                "now": stamp,
-            },
-        )
+        asked = {"request_hash": request_hash} if request_hash else {}
+        try:
+            rows = await self._rows(
+                "INSERT INTO messages (conversation_id, role, content, status, metadata,"
+                " idempotency_key, created_at, completed_at)"
+                " VALUES (:conversation_id, 'user', :text, 'completed', :asked, :key, :now, :now),"
+                " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, :now, NULL)"
+                " RETURNING id",
+                {
+                    "conversation_id": conversation_id,
+                    "text": text,
+                    "asked": json.dumps(asked),
+                    "metadata": json.dumps(metadata),
+                    "key": idempotency_key,
+                    "now": stamp,
+                },
+            )
+        except sqlite3.IntegrityError as exc:
+            if "idempotency_key" in str(exc):
+                raise KeyTaken(idempotency_key) from None
+            raise ConversationGone(conversation_id) from None  # the foreign key
         user_id, assistant_id = sorted(row[0] for row in rows)
         return (
-            Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp),
+            Message(user_id, conversation_id, "user", text, "completed", asked, 0, stamp, stamp),
             Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),
         )
 
@@ -293,8 +251,8 @@ class Store:
         )
 
     async def get_message(self, user_id: str, message_id: int) -> Message | None:
-        rows = await self._db.execute_fetchall(
-            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
+        rows = await self._rows(
+            f"SELECT {_M_MESSAGE_COLUMNS}"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
             " WHERE m.id = :id AND c.user_id = :user_id",
             {"id": message_id, "user_id": user_id},
@@ -302,20 +260,19 @@ class Store:
         return _message(rows[0]) if rows else None
 
     async def list_messages(self, conversation_id: int, *, after_id: int = 0) -> list[Message]:
-        rows = await self._db.execute_fetchall(
+        rows = await self._rows(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
             " WHERE conversation_id = :conversation_id AND id > :after_id ORDER BY id",
             {"conversation_id": conversation_id, "after_id": after_id},
         )
         return [_message(row) for row in rows]
 
-    async def recent_messages(self, conversation_id: int, *, before_id: int, limit: int) -> list[Message]:
-        """The last `limit` messages before `before_id`, oldest first: history for a new turn."""
-        rows = await self._db.execute_fetchall(
+    async def recent_messages(self, conversation_id: int, *, limit: int) -> list[Message]:
+        """The conversation's last `limit` messages, oldest first: history for a new turn."""
+        rows = await self._rows(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE conversation_id = :conversation_id AND id < :before_id"
-            " ORDER BY id DESC LIMIT :limit",
-            {"conversation_id": conversation_id, "before_id": before_id, "limit": limit},
+            " WHERE conversation_id = :conversation_id ORDER BY id DESC LIMIT :limit",
+            {"conversation_id": conversation_id, "limit": limit},
         )
         return [_message(row) for row in reversed(rows)]
 
@@ -323,13 +280,11 @@ class Store:
         """The user message stored under this key and the assistant message that answers it.
 
         Keys are stored as given: callers scope them by user."""
-        rows = await self._db.execute_fetchall(
-            f"SELECT {', '.join('m.' + c for c in _MESSAGE_COLUMNS.split(', '))}"
-            " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            " WHERE c.user_id = :user_id AND m.id >= ("
-            "   SELECT id FROM messages WHERE idempotency_key = :key)"
-            " AND m.conversation_id = ("
-            "   SELECT conversation_id FROM messages WHERE idempotency_key = :key)"
+        rows = await self._rows(
+            f"SELECT {_M_MESSAGE_COLUMNS}"
+            " FROM messages k JOIN conversations c ON c.id = k.conversation_id"
+            " JOIN messages m ON m.conversation_id = k.conversation_id AND m.id >= k.id"
+            " WHERE k.idempotency_key = :key AND c.user_id = :user_id"
             " ORDER BY m.id LIMIT 2",
             {"user_id": user_id, "key": idempotency_key},
         )

@@ -1,36 +1,52 @@
-"""httpx, carried over aiohttp's connection pool and C HTTP parser.
+"""The one upstream HTTP client: httpx, carried over aiohttp by the httpx-aiohttp package.
 
 httpx stays the HTTP API everywhere (adapters, tests, respx); only the transport
-under the app's one shared client changes. Measured in bench/: with httpx's
-default transport, reading a provider's stream (httpcore + h11 + anyio, with a
-cancel scope per read) was half of the relay's CPU per token, and its pool scans
-every queued request on every change, which stalled thousands of open streams.
+under the shared client changes. Measured in bench/: with httpx's default
+transport, reading a provider's stream (httpcore + h11 + anyio, with a cancel
+scope per read) was half of the relay's CPU per token, and its pool scans every
+queued request on every change, which stalled thousands of open streams.
 aiohttp parses in C and reads whatever has arrived in one call. The OpenAI SDK
-offers the same pluggable-transport route.
+offers the same transport (`DefaultAioHttpClient`).
 
 Deliberate choices:
-- No connection limit by default: aiohttp's default of 100 would queue the
-  101st concurrent generation behind the others.
-- A response closed before its end closes its connection (never back to the
-  pool half-read); one read to its end is released for reuse.
-- aiohttp's exceptions become httpx's, so adapters translate one family only.
+- No connection limit: aiohttp's default of 100 would queue the 101st
+  concurrent generation behind the others.
+- The aiohttp session is ours, made with `trust_env`: aiohttp then takes
+  proxies from `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (and their lower-case
+  forms) for every request. Certificates are checked against
+  `SIDECHAT_CA_BUNDLE` when it is set, else `SSL_CERT_FILE` or `SSL_CERT_DIR`,
+  else certifi's roots, as httpx would.
+- aiohttp's exceptions are translated here, most specific first, before the
+  package's own table sees them: it turns a refused connection (and a server
+  that hangs up mid-stream) into `ConnectTimeout`, which would make "could not
+  connect" read as "timed out". A connection error's message is the OS's
+  reason ("Connection refused"), not aiohttp's internals.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
+import ssl
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport as PackageTransport
+
+from .errors import StartupError
+from .providers.deadlines import Timeouts
+
+KEEPALIVE_SECONDS = 15.0
 
 # Most specific first: the first match wins.
 _EXCEPTIONS: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
     (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
     (aiohttp.SocketTimeoutError, httpx.ReadTimeout),
     (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
-    (asyncio.TimeoutError, httpx.ReadTimeout),
+    (TimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientProxyConnectionError, httpx.ProxyError),
+    (aiohttp.ClientHttpProxyError, httpx.ProxyError),
     (aiohttp.ClientConnectorError, httpx.ConnectError),
     (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
     (aiohttp.ClientPayloadError, httpx.RemoteProtocolError),
@@ -40,76 +56,95 @@ _EXCEPTIONS: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
 ]
 
 
+def _describe(exc: BaseException) -> str:
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        return str(exc) or type(exc).__name__
+    reason = exc.os_error
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"its certificate is not trusted ({reason.verify_message}); SIDECHAT_CA_BUNDLE can name the CA"
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS failed ({reason.reason or reason})"
+    if reason.errno is not None and reason.errno > 0:  # "Connection refused", not the call that failed
+        return os.strerror(reason.errno)
+    return reason.strerror or str(reason) or type(reason).__name__
+
+
+def _translated(exc: BaseException, request: httpx.Request) -> httpx.TransportError | None:
+    for source, target in _EXCEPTIONS:
+        if isinstance(exc, source):
+            return target(_describe(exc), request=request)
+    return None
+
+
 @contextmanager
 def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
     try:
         yield
     except (TimeoutError, aiohttp.ClientError) as exc:
-        for source, target in _EXCEPTIONS:
-            if isinstance(exc, source):
-                raise target(str(exc) or type(exc).__name__, request=request) from exc
-        raise
+        translated = _translated(exc, request)
+        if translated is None:
+            raise
+        raise translated from exc
+    except httpx.TransportError as exc:  # the package's own translation, of what it caught first
+        translated = _translated(exc.__cause__, request) if exc.__cause__ is not None else None
+        if translated is None:
+            raise
+        raise translated from exc.__cause__
 
 
 class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
-        self._response = response
+    def __init__(self, inner: httpx.AsyncByteStream, request: httpx.Request) -> None:
+        self._inner = inner
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
         with _as_httpx_errors(self._request):
-            while chunk := await content.readany():
+            async for chunk in self._inner:
                 yield chunk
 
     async def aclose(self) -> None:
-        if self._response.content.at_eof():
-            self._response.release()  # read to its end: the connection can serve another request
-        else:
-            self._response.close()
+        await self._inner.aclose()  # a body left before its end closes its connection
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, *, max_connections: int = 0, keepalive_expiry: float = 15.0) -> None:
-        self._max_connections = max_connections
-        self._keepalive_expiry = keepalive_expiry
-        self._session: aiohttp.ClientSession | None = None
+class AiohttpTransport(PackageTransport):
+    """The package's transport, on our session and with our exception translation."""
 
-    def _open(self) -> aiohttp.ClientSession:
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        super().__init__(verify=ssl_context, client=self._session)
+        self._ssl_context = ssl_context
+
+    def _session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop, as aiohttp requires.
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            keepalive_timeout=self._keepalive_expiry,
-            ssl=httpx.create_ssl_context(),  # certifi's roots, as httpx would use
-        )
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
-        return self._session
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS, ssl=self._ssl_context)
+        return aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        session = self._session or self._open()
-        timeout = request.extensions.get("timeout", {})
         with _as_httpx_errors(request):
-            response = await session.request(
-                request.method,
-                str(request.url),
-                headers=request.headers.multi_items(),
-                data=await request.aread() or None,
-                allow_redirects=False,
-                compress=None,
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
-            )
-        return httpx.Response(
-            status_code=response.status,
-            headers=response.raw_headers,
-            stream=_Body(response, request),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": (response.reason or "").encode()},
-        )
+            response = await super().handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Body(response.stream, request)
+        return response
 
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+
+def ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Trust `ca_bundle` (a PEM file, or a directory of them) when given, else what httpx would."""
+    if ca_bundle is None:
+        return httpx.create_ssl_context()
+    try:
+        if os.path.isdir(ca_bundle):
+            return ssl.create_default_context(capath=ca_bundle)
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"SIDECHAT_CA_BUNDLE={ca_bundle!r}: cannot read certificates from it ({exc})"
+        ) from None
+
+
+@asynccontextmanager
+async def upstream_client(
+    timeouts: Timeouts, *, ca_bundle: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The client every provider adapter shares, open for as long as the block lasts."""
+    transport = AiohttpTransport(ssl_context(ca_bundle))
+    async with httpx.AsyncClient(transport=transport, timeout=timeouts.for_client()) as client:
+        yield client

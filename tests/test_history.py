@@ -4,7 +4,7 @@ import pytest
 
 from chat.history import build_turns
 from chat.providers.base import Turn
-from chat.store import Message
+from chat.records import Message
 
 _ids = iter(range(1, 10_000))
 

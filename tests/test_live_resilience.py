@@ -351,7 +351,7 @@ async def test_sigkill_then_restart_marks_the_reply_interrupted(
             resumed = await read_stream(response)
         after_end = await client.get(stream_url, headers={"last-event-id": resumed.terminal.id or ""})
     assert replay.names == ["start", "error"]
-    assert replay.terminal.data["error"]["type"] == "shutdown"
+    assert replay.terminal.data["error"]["type"] == "interrupted"  # the process running it died
     assert resumed.names == ["reset", "error"]
     assert int(resumed.terminal.id or 0) > 2
     assert after_end.status_code == 204

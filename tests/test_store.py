@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from chat.store import Store, title_from
+from chat import events
+from chat.store import ConversationGone, KeyTaken, Store
 
 pytestmark = pytest.mark.anyio
 
@@ -63,10 +64,12 @@ async def test_rows_left_streaming_become_interrupted(tmp_path: Path) -> None:
     await store.close()
 
     reopened = await Store.open(path)
-    assert await reopened.interrupt_streaming() == 1
+    assert await reopened.interrupt_streaming(events.INTERRUPTED) == 1
     stored = await reopened.get_message("local", reply.id)
     assert stored is not None and stored.status == "interrupted"
-    assert await reopened.interrupt_streaming() == 0
+    assert stored.metadata["error"] == events.INTERRUPTED
+    assert stored.completed_at is not None
+    assert await reopened.interrupt_streaming(events.INTERRUPTED) == 0
     await reopened.close()
 
 
@@ -79,7 +82,7 @@ async def test_delete_cascades_to_messages(store: Store) -> None:
 
 
 async def test_turn_in_a_missing_conversation_is_refused(store: Store) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(ConversationGone):
         await store.start_turn(12345, "hello", metadata={})
     assert await store.list_messages(12345) == []
 
@@ -98,15 +101,24 @@ async def test_idempotency_key_finds_the_first_turn(store: Store) -> None:
     user, reply = await store.start_turn(conversation.id, "hello", metadata={}, idempotency_key="local:k1")
     found = await store.find_turn("local", "local:k1")
     assert found is not None and (found[0].id, found[1].id) == (user.id, reply.id)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(KeyTaken):
         await store.start_turn(conversation.id, "hello", metadata={}, idempotency_key="local:k1")
     assert len(await store.list_messages(conversation.id)) == 2
     assert await store.find_turn("bob", "local:k1") is None
 
 
-@pytest.mark.parametrize(
-    ("text", "title"),
-    [("hi", "hi"), ("  many\n\nlines   here ", "many lines here"), ("x" * 60, "x" * 49 + "…")],
-)
-def test_title_from_first_message(text: str, title: str) -> None:
-    assert title_from(text) == title
+async def test_a_turn_under_a_key_keeps_the_hash_of_what_was_asked(store: Store) -> None:
+    conversation = await store.create_conversation("local")
+    user, _ = await store.start_turn(
+        conversation.id, "hello", metadata={}, idempotency_key="local:k1", request_hash="abc"
+    )
+    found = await store.find_turn("local", "local:k1")
+    assert found is not None and found[0].metadata == user.metadata == {"request_hash": "abc"}
+
+
+async def test_recent_messages_are_the_last_ones_oldest_first(store: Store) -> None:
+    conversation = await store.create_conversation("local")
+    for text in ("one", "two", "three"):
+        await store.start_turn(conversation.id, text, metadata={})
+    recent = await store.recent_messages(conversation.id, limit=3)
+    assert [(m.role, m.content) for m in recent] == [("assistant", ""), ("user", "three"), ("assistant", "")]

@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from chat.transport import AiohttpTransport
+from chat.providers.deadlines import Timeouts
+from chat.transport import upstream_client
+
+TIMEOUTS = Timeouts(connect=5, first_token=5, idle=5)
 
 pytestmark = pytest.mark.anyio
 
@@ -65,7 +68,7 @@ class KeepAliveServer:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5) as http:
+    async with upstream_client(TIMEOUTS) as http:
         yield http
 
 
@@ -102,7 +105,7 @@ async def test_request_body_and_headers_arrive() -> None:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/x"
-    async with httpx.AsyncClient(transport=AiohttpTransport(), timeout=5) as client:
+    async with upstream_client(TIMEOUTS) as client:
         response = await client.post(url, json={"a": 1}, headers={"authorization": "Bearer k"})
     server.close()
     await server.wait_closed()
@@ -118,8 +121,10 @@ async def test_connection_refused_is_httpx_connect_error(client: httpx.AsyncClie
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(httpx.ConnectError):
+    with pytest.raises(httpx.ConnectError) as info:
         await client.get(f"http://127.0.0.1:{port}/")
+    assert not isinstance(info.value, httpx.TimeoutException)  # the package would say ConnectTimeout
+    assert str(info.value) == "Connection refused"
 
 
 async def test_stalled_body_is_httpx_read_timeout(client: httpx.AsyncClient) -> None:

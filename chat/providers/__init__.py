@@ -15,7 +15,8 @@ import httpx
 
 from ..config import Settings
 from .anthropic import AnthropicProvider
-from .base import Provider, Timeouts
+from .base import Provider
+from .deadlines import Timeouts
 from .demo import DemoProvider
 from .fallback import with_fallback
 from .gemini import GeminiProvider
@@ -48,74 +49,63 @@ class ProviderInfo:
         }
 
 
-def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, ProviderInfo]:
-    timeouts = Timeouts(
-        connect=settings.connect_timeout,
-        first_token=settings.first_token_timeout,
-        idle=settings.idle_timeout,
-    )
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    """An adapter as configured, before it is wrapped for retries and fallback."""
 
+    provider: Provider
+    key_variable: str | None = None
+    key_set: bool = False
+    usable: bool = True
+
+
+def build_providers(
+    settings: Settings, client: httpx.AsyncClient, timeouts: Timeouts
+) -> dict[str, ProviderInfo]:
     def model(name: str) -> str | None:
         return settings.model if settings.provider == name else None
 
+    keys = {
+        "openai": settings.openai_api_key,
+        "anthropic": settings.anthropic_api_key,
+        "gemini": settings.gemini_api_key,
+    }
     # An OpenAI-compatible local server (llama.cpp, vLLM, LM Studio, Ollama's /v1) needs no key.
-    openai_usable = bool(settings.openai_api_key) or settings.openai_base_url != Settings.openai_base_url
-    candidates: list[tuple[Provider, str | None, bool, bool]] = [
-        (
-            OpenAIProvider(
+    local_openai = settings.openai_base_url != OpenAIProvider.default_base_url
+    adapters = [
+        Adapter(
+            cls(
                 client,
-                api_key=settings.openai_api_key,
-                base_url=settings.openai_base_url,
-                default_model=model("openai"),
+                api_key=keys[cls.name],
+                base_url=base_url,
+                default_model=model(cls.name),
                 timeouts=timeouts,
             ),
-            "OPENAI_API_KEY",
-            bool(settings.openai_api_key),
-            openai_usable,
-        ),
-        (
-            AnthropicProvider(
-                client,
-                api_key=settings.anthropic_api_key,
-                base_url=settings.anthropic_base_url,
-                default_model=model("anthropic"),
-                timeouts=timeouts,
-            ),
-            "ANTHROPIC_API_KEY",
-            bool(settings.anthropic_api_key),
-            bool(settings.anthropic_api_key),
-        ),
-        (
-            GeminiProvider(
-                client,
-                api_key=settings.gemini_api_key,
-                base_url=settings.gemini_base_url,
-                default_model=model("gemini"),
-                timeouts=timeouts,
-            ),
-            "GEMINI_API_KEY",
-            bool(settings.gemini_api_key),
-            bool(settings.gemini_api_key),
-        ),
-        (
-            OllamaProvider(
-                client,
-                base_url=settings.ollama_base_url,
-                default_model=model("ollama"),
-                timeouts=timeouts,
-            ),
-            None,
-            False,
-            True,
-        ),
-        (DemoProvider(delay=settings.demo_delay, default_model=model("demo")), None, False, True),
-    ]
-    retrying: dict[str, Provider] = {
-        provider.name: RetryingProvider(
-            provider, attempts=settings.retry_attempts, max_seconds=settings.retry_max_seconds
+            key_variable=f"{cls.name.upper()}_API_KEY",
+            key_set=bool(keys[cls.name]),
+            usable=bool(keys[cls.name]) or (cls is OpenAIProvider and local_openai),
         )
-        for provider, _, _, usable in candidates
-        if usable
+        for cls, base_url in (
+            (OpenAIProvider, settings.openai_base_url),
+            (AnthropicProvider, settings.anthropic_base_url),
+            (GeminiProvider, settings.gemini_base_url),
+        )
+    ]
+    adapters.append(
+        Adapter(
+            OllamaProvider(
+                client, base_url=settings.ollama_base_url, default_model=model("ollama"), timeouts=timeouts
+            )
+        )
+    )
+    adapters.append(Adapter(DemoProvider(delay=settings.demo_delay, default_model=model("demo"))))
+
+    retrying: dict[str, Provider] = {
+        a.provider.name: RetryingProvider(
+            a.provider, attempts=settings.retry_attempts, max_seconds=settings.retry_max_seconds
+        )
+        for a in adapters
+        if a.usable
     }
     chain: list[tuple[Provider, str]] = []
     for name, fallback_model in settings.fallback:
@@ -124,12 +114,12 @@ def build_providers(settings: Settings, client: httpx.AsyncClient) -> dict[str, 
         else:
             log.warning("SIDECHAT_FALLBACK names %s, which is not configured: skipped", name)
     return {
-        provider.name: ProviderInfo(
-            name=provider.name,
-            default_model=provider.default_model,
-            key_variable=variable,
-            key_set=key_set,
-            provider=with_fallback(retrying[provider.name], chain) if usable else None,
+        a.provider.name: ProviderInfo(
+            name=a.provider.name,
+            default_model=a.provider.default_model,
+            key_variable=a.key_variable,
+            key_set=a.key_set,
+            provider=with_fallback(retrying[a.provider.name], chain) if a.usable else None,
         )
-        for provider, variable, key_set, usable in candidates
+        for a in adapters
     }

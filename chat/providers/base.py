@@ -17,9 +17,11 @@ that provider's first delta, so the stream can say who really answered.
 
 Around this contract:
 
-- `upstream.py`: opening an HTTP stream and reading it within the deadlines
-  `Timeouts` sets (time to first chunk, then idle between chunks), and
-  `HTTPProvider`, what the HTTP adapters share;
+- `http.py`: `HTTPProvider`, what the HTTP adapters share: opening the stream,
+  and the loop that reads, decodes and parses it, so an adapter is its wire
+  format only (`build_body` and a `Reading`);
+- `deadlines.py`: every upstream timeout, and the one timer per stream that
+  enforces the first-token and idle limits;
 - `errors.py`: turning what upstream sent (statuses, error bodies, mid-stream
   error events, httpx exceptions) into `ProviderError`s, keys redacted;
 - `retry.py`, `fallback.py`: wrappers that are providers themselves, retrying
@@ -31,8 +33,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar
-
-import httpx
 
 Role = Literal["user", "assistant"]
 _T = TypeVar("_T")
@@ -49,7 +49,6 @@ ERROR_TYPES = frozenset(
         "prompt_blocked",
     }
 )
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "cancelled"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +79,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Finish:
-    reason: str  # one of FINISH_REASONS
+    reason: str  # stop, length, tool_calls or content_filter (a stop of ours: cancelled)
     usage: Usage = field(default_factory=Usage)
 
 
@@ -126,8 +125,10 @@ class ProviderError(Exception):
 
 
 class Provider(Protocol):
-    name: str
-    default_model: str
+    @property
+    def name(self) -> str: ...
+    @property
+    def default_model(self) -> str: ...
 
     def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]: ...
 
@@ -146,24 +147,3 @@ async def first_item(stream: AsyncIterator[_T]) -> _T | None:
     except BaseException:
         await close_stream(stream)
         raise
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Seconds: to connect; from sending the request to the first chunk; between chunks."""
-
-    connect: float = 10
-    first_token: float = 120
-    idle: float = 60
-
-    def httpx_timeout(self) -> httpx.Timeout:
-        # Only a backstop: upstream.read_with_deadlines enforces the real limits.
-        return httpx.Timeout(
-            connect=self.connect,
-            read=max(self.first_token, self.idle) + 5,
-            write=self.connect,
-            pool=self.connect,
-        )
-
-
-DEFAULT_TIMEOUTS = Timeouts()

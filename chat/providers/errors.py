@@ -256,15 +256,31 @@ def error_from_event(payload: Mapping[str, Any], provider: str) -> ProviderError
     )
 
 
+def _address(exc: httpx.HTTPError) -> str:
+    try:
+        url = exc.request.url
+    except RuntimeError:  # raised before it had a request
+        return "its address"
+    port = url.port or {"http": 80, "https": 443}.get(url.scheme)
+    return f"{url.host}:{port}" if port else str(url.host)
+
+
 def error_from_transport(exc: Exception, provider: str) -> ProviderError:
     """Translate an httpx exception (connecting, sending or reading)."""
     detail = redact(str(exc)) or type(exc).__name__
+    where = _address(exc) if isinstance(exc, httpx.HTTPError) else "its address"
     if isinstance(exc, httpx.ConnectTimeout):
-        return ProviderError("timeout", f"timed out connecting to {provider}", retryable=True)
+        return ProviderError("timeout", f"timed out connecting to {provider} at {where}", retryable=True)
     if isinstance(exc, httpx.TimeoutException):
         return ProviderError("timeout", f"{provider} timed out: {detail}", retryable=True)
+    if isinstance(exc, httpx.ProxyError):
+        return ProviderError(
+            "upstream_error", f"the proxy failed to reach {provider} at {where}: {detail}", retryable=True
+        )
     if isinstance(exc, httpx.ConnectError):
-        return ProviderError("upstream_error", f"could not connect to {provider}: {detail}", retryable=True)
+        return ProviderError(
+            "upstream_error", f"could not connect to {provider} at {where}: {detail}", retryable=True
+        )
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
         return ProviderError("upstream_error", f"bad request to {provider}: {detail}")
     if isinstance(exc, httpx.DecodingError):

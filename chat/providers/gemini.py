@@ -17,19 +17,12 @@ Deliberate departures from the obvious:
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from ..sse import SSEDecoder
-from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
-from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import HTTPProvider
-
-DEFAULT_MODEL = "gemini-2.5-flash"
+from .base import ChatRequest, Finish, ProviderError, Usage
+from .errors import error_from_event, truncated_error
+from .http import HTTPProvider
 
 _FINISH_REASONS = {"STOP": "stop", "MAX_TOKENS": "length"}
 _BLOCKED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY"})
@@ -66,86 +59,60 @@ def _usage(payload: dict[str, Any]) -> Usage:
     return Usage(meta.get("promptTokenCount"), output)
 
 
-def parse_event(payload: Any, provider: str = "gemini") -> tuple[str, Finish | None]:
-    """The text one response chunk carries, and the `Finish` if it is the last."""
-    if not isinstance(payload, dict):
-        raise ProviderError("protocol", f"{provider} sent a chunk that is not an object")
-    if payload.get("error"):
-        raise error_from_event(payload, provider)
-    candidates = payload.get("candidates")
-    if not candidates:
-        blocked = (payload.get("promptFeedback") or {}).get("blockReason")
-        if blocked:
+class GeminiReading:
+    """Each chunk is a whole response: its text, and a `Finish` on the one with a finishReason."""
+
+    __slots__ = ("provider",)
+
+    def __init__(self, provider: str = "gemini") -> None:
+        self.provider = provider
+
+    def feed(self, payload: Any) -> tuple[str, Finish | None]:
+        provider = self.provider
+        if payload.get("error"):
+            raise error_from_event(payload, provider)
+        candidates = payload.get("candidates")
+        if not candidates:
+            blocked = (payload.get("promptFeedback") or {}).get("blockReason")
+            if blocked:
+                raise ProviderError(
+                    "prompt_blocked", f"{provider} blocked the prompt ({blocked})", provider_code=blocked
+                )
+            return "", None
+        candidate = candidates[0]
+        text = ""
+        content = candidate.get("content")
+        if content:
+            for part in content.get("parts") or ():
+                piece = part.get("text")
+                if piece and not part.get("thought"):
+                    if piece.__class__ is not str:
+                        raise TypeError("text is not a string")
+                    text = piece if not text else text + piece
+        reason = candidate.get("finishReason")
+        if not reason:
+            return text, None
+        if reason in _BLOCKED:
             raise ProviderError(
-                "prompt_blocked",
-                f"{provider} blocked the prompt ({blocked})",
-                provider_code=blocked,
+                "prompt_blocked", f"{provider} stopped the answer ({reason})", provider_code=reason
             )
-        return "", None
-    candidate = candidates[0]
-    text = ""
-    content = candidate.get("content")
-    if content:
-        for part in content.get("parts") or ():
-            piece = part.get("text")
-            if piece and not part.get("thought"):
-                if piece.__class__ is not str:
-                    raise TypeError("text is not a string")
-                text = piece if not text else text + piece
-    reason = candidate.get("finishReason")
-    if not reason:
-        return text, None
-    if reason in _BLOCKED:
-        raise ProviderError(
-            "prompt_blocked",
-            f"{provider} stopped the answer ({reason})",
-            provider_code=reason,
-        )
-    return text, Finish(_FINISH_REASONS.get(reason, "stop"), _usage(payload))
+        return text, Finish(_FINISH_REASONS.get(reason, "stop"), _usage(payload))
+
+    def end(self) -> Finish:
+        raise truncated_error(self.provider, "a finishReason")
 
 
 class GeminiProvider(HTTPProvider):
+    name = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
+    default_model = "gemini-2.5-flash"
     path = "/v1beta/models"
+    key_header = ("x-goog-api-key", "{}")  # a header, not `?key=`, so it never lands in a logged URL
     build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
-
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        api_key: str | None,
-        base_url: str = "https://generativelanguage.googleapis.com",
-        default_model: str | None = None,
-        timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        name: str = "gemini",
-    ) -> None:
-        headers = {"accept": "text/event-stream"}
-        if api_key:  # a header, not `?key=`, so it never lands in a logged URL
-            headers["x-goog-api-key"] = api_key
-        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
 
     def url(self, model: str) -> str:
         model = model.removeprefix("models/")
         return f"{self._url}/{quote(model, safe='')}:streamGenerateContent?alt=sse"
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        name = self.name
-        async with self.open(request) as chunks:
-            decoder = SSEDecoder()
-            async for chunk in chunks:
-                for event in decoder.feed(chunk):
-                    data = event.data
-                    try:
-                        payload = json.loads(data)
-                    except ValueError:
-                        raise protocol_error(name, "a data line that is not JSON", data) from None
-                    try:
-                        text, finish = parse_event(payload, name)
-                    except (AttributeError, TypeError, IndexError, KeyError):
-                        raise protocol_error(name, "a malformed chunk", data) from None
-                    if text:
-                        yield text
-                    if finish is not None:
-                        yield finish
-                        return
-        raise truncated_error(name, "a finishReason")
+    def reading(self) -> GeminiReading:
+        return GeminiReading(self.name)

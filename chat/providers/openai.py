@@ -19,18 +19,11 @@ We stop at `[DONE]` instead of waiting for the server to close the body.
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from ..sse import SSEDecoder
-from .base import DEFAULT_TIMEOUTS, ChatRequest, Finish, ProviderError, Timeouts, Usage
-from .errors import error_from_event, protocol_error, truncated_error
-from .upstream import HTTPProvider
-
-DEFAULT_MODEL = "gpt-4o-mini"
+from .base import ChatRequest, Finish, Usage
+from .errors import error_from_event, truncated_error
+from .http import HTTPProvider
 
 _FINISH_REASONS = {
     "stop": "stop",
@@ -59,87 +52,55 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def parse_event(payload: Any, provider: str = "openai") -> tuple[str, str | None, Usage | None]:
-    """The text, finish reason (ours) and usage one chunk carries."""
-    if not isinstance(payload, dict):
-        raise ProviderError("protocol", f"{provider} sent a chunk that is not an object")
-    if "error" in payload and payload["error"]:
-        raise error_from_event(payload, provider)
-    text = ""
-    reason = None
-    choices = payload.get("choices")
-    if choices:
-        choice = choices[0]
-        delta = choice.get("delta")
-        if delta:
-            content = delta.get("content")
-            if content:
-                text = content
-            refusal = delta.get("refusal")
-            if refusal:
-                text += refusal
-            if text.__class__ is not str:
-                raise TypeError("content is not a string")
-        finish = choice.get("finish_reason")
-        if finish:
-            reason = _FINISH_REASONS.get(finish, "stop")
-    usage = None
-    raw = payload.get("usage")
-    if raw:
-        usage = Usage(raw.get("prompt_tokens"), raw.get("completion_tokens"))
-    return text, reason, usage
+class OpenAIReading:
+    """A chunk's text goes out at once; the finish reason and usage wait for the end."""
+
+    __slots__ = ("provider", "reason", "usage")
+
+    def __init__(self, provider: str = "openai") -> None:
+        self.provider = provider
+        self.reason: str | None = None
+        self.usage = Usage()
+
+    def feed(self, payload: Any) -> tuple[str, Finish | None]:
+        if payload.get("error"):
+            raise error_from_event(payload, self.provider)
+        text = ""
+        choices = payload.get("choices")
+        if choices:
+            choice = choices[0]
+            delta = choice.get("delta")
+            if delta:
+                content = delta.get("content")
+                if content:
+                    text = content
+                refusal = delta.get("refusal")
+                if refusal:
+                    text += refusal
+                if text.__class__ is not str:
+                    raise TypeError("content is not a string")
+            finish = choice.get("finish_reason")
+            if finish:
+                self.reason = _FINISH_REASONS.get(finish, "stop")
+        usage = payload.get("usage")
+        if usage:
+            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+        return text, None
+
+    def end(self) -> Finish:
+        if self.reason is None:
+            raise truncated_error(self.provider, "a finish_reason")
+        return Finish(self.reason, self.usage)
 
 
 class OpenAIProvider(HTTPProvider):
+    name = "openai"
+    default_base_url = "https://api.openai.com/v1"
+    default_model = "gpt-4o-mini"
     path = "/chat/completions"
+    key_header = ("authorization", "Bearer {}")
+    done_data = "[DONE]"
     build_body = staticmethod(build_body)
-    parse_event = staticmethod(parse_event)
 
-    def __init__(
-        self,
-        client: httpx.AsyncClient,
-        *,
-        api_key: str | None,
-        base_url: str = "https://api.openai.com/v1",
-        default_model: str | None = None,
-        timeouts: Timeouts = DEFAULT_TIMEOUTS,
-        name: str = "openai",
-    ) -> None:
-        headers = {"accept": "text/event-stream"}
-        if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
-        super().__init__(client, name, default_model or DEFAULT_MODEL, base_url, timeouts, headers)
-
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        name = self.name
-        reason: str | None = None
-        usage: Usage | None = None
-        async with self.open(request) as chunks:
-            decoder = SSEDecoder()
-            async for chunk in chunks:
-                for event in decoder.feed(chunk):
-                    data = event.data
-                    if data == "[DONE]":
-                        if reason is None:
-                            raise truncated_error(name, "any finish_reason ([DONE] came first)")
-                        yield Finish(reason, usage or Usage())
-                        return
-                    try:
-                        payload = json.loads(data)
-                    except ValueError:
-                        raise protocol_error(name, "a data line that is not JSON", data) from None
-                    if event.event == "error" and isinstance(payload, dict):
-                        raise error_from_event(payload, name)
-                    try:
-                        text, finish, found = parse_event(payload, name)
-                    except (AttributeError, TypeError, IndexError, KeyError):
-                        raise protocol_error(name, "a malformed chunk", data) from None
-                    if text:
-                        yield text
-                    if finish is not None:
-                        reason = finish
-                    if found is not None:
-                        usage = found
-        if reason is None:
-            raise truncated_error(name, "a finish_reason")
-        yield Finish(reason, usage or Usage())
+    def reading(self) -> OpenAIReading:
+        return OpenAIReading(self.name)

@@ -8,13 +8,9 @@ import httpx
 import pytest
 import respx
 
-from chat.providers.anthropic import (
-    AnthropicProvider,
-    StreamState,
-    build_body,
-    parse_event,
-)
-from chat.providers.base import Finish, ProviderError, Timeouts, Turn, Usage
+from chat.providers.anthropic import AnthropicProvider, AnthropicReading, build_body
+from chat.providers.base import Finish, ProviderError, Turn, Usage
+from chat.providers.deadlines import Timeouts
 
 from .conftest import Framing
 from .fakes import FakeBody, chat_request, collect, event_stream
@@ -182,9 +178,9 @@ async def test_body_ending_before_message_stop_is_truncated(
     ],
 )
 def test_stop_reasons_are_mapped(raw: str, reason: str) -> None:
-    state = StreamState()
-    parse_event(json.loads(message_delta(raw, 3).split(b"data: ")[1]), state)
-    assert state.finish() == Finish(reason, Usage(None, 3))
+    reading = AnthropicReading()
+    assert reading.feed(json.loads(message_delta(raw, 3).split(b"data: ")[1])) == ("", None)
+    assert reading.feed({"type": "message_stop"}) == ("", Finish(reason, Usage(None, 3)))
 
 
 async def test_token_holding_an_sse_event_and_an_emoji_split(
@@ -295,11 +291,11 @@ def test_build_body_passes_max_tokens() -> None:
 
 
 def test_message_start_counts_cached_input_tokens() -> None:
-    state = StreamState()
+    reading = AnthropicReading()
     start = json.loads(MESSAGE_START.split(b"data: ")[1])
     start["message"]["usage"].update(cache_read_input_tokens=100, cache_creation_input_tokens=10)
-    assert parse_event(start, state) is None
-    assert (state.input_tokens, state.output_tokens) == (135, 1)
+    assert reading.feed(start) == ("", None)
+    assert reading.feed({"type": "message_stop"}) == ("", Finish("stop", Usage(135, 1)))
 
 
 async def test_stops_at_message_stop_without_waiting_for_close(

@@ -9,6 +9,7 @@ import respx
 from chat.config import Settings
 from chat.providers import build_providers
 from chat.providers.base import Answerer, ChatRequest, Finish, ProviderError, Usage
+from chat.providers.deadlines import Timeouts
 from chat.providers.fallback import FallbackProvider, with_fallback
 from chat.providers.retry import RetryingProvider
 
@@ -218,7 +219,7 @@ async def test_build_providers_wires_retries_and_the_fallback_chain(
             "SIDECHAT_FALLBACK": "gemini:gemini-2.5-flash,anthropic:claude-haiku-4-5",  # gemini has no key
         }
     )
-    providers = build_providers(settings, client)
+    providers = build_providers(settings, client, Timeouts())
     provider = providers["openai"].provider
     assert provider is not None and providers["gemini"].provider is None
 
@@ -244,7 +245,7 @@ async def test_build_providers_retries_without_a_chain(
         ]
     )
     settings = Settings.from_env({"OPENAI_API_KEY": "sk-test", "SIDECHAT_RETRY_ATTEMPTS": "2"})
-    provider = build_providers(settings, client)["openai"].provider
+    provider = build_providers(settings, client, Timeouts())["openai"].provider
     assert provider is not None
     assert isinstance(provider, RetryingProvider) and provider.attempts == 2
     provider.base_delay = 0.001  # keep the real wait short

@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from chat.providers.base import Finish, ProviderError, Turn, Usage
-from chat.providers.gemini import GeminiProvider, build_body, parse_event
+from chat.providers.gemini import GeminiProvider, GeminiReading, build_body
 
 from .conftest import Framing
 from .fakes import FakeBody, chat_request, collect, event_stream
@@ -197,7 +197,7 @@ def test_build_body_minimal() -> None:
 
 def test_parse_event_joins_parts() -> None:
     payload = json.loads(response([{"text": "a"}, {"text": "b", "thought": True}, {"text": "c"}])[6:])
-    assert parse_event(payload) == ("ac", None)
+    assert GeminiReading().feed(payload) == ("ac", None)
 
 
 async def test_stops_at_finish_reason_without_waiting_for_close(

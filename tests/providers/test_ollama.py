@@ -8,8 +8,9 @@ import httpx
 import pytest
 import respx
 
-from chat.providers.base import Finish, ProviderError, Timeouts, Turn, Usage
-from chat.providers.ollama import OllamaProvider, build_body, parse_event
+from chat.providers.base import Finish, ProviderError, Turn, Usage
+from chat.providers.deadlines import Timeouts
+from chat.providers.ollama import OllamaProvider, OllamaReading, build_body
 
 from .conftest import Framing
 from .fakes import FakeBody, chat_request, collect
@@ -166,9 +167,9 @@ def test_build_body_without_options() -> None:
     }
 
 
-def test_parse_event() -> None:
-    assert parse_event(json.loads(line("Hi"))) == ("Hi", None)
-    assert parse_event(json.loads(done("length"))) == ("", Finish("length", Usage(26, 282)))
+def test_reading_a_line_and_the_done_line() -> None:
+    assert OllamaReading().feed(json.loads(line("Hi"))) == ("Hi", None)
+    assert OllamaReading().feed(json.loads(done("length"))) == ("", Finish("length", Usage(26, 282)))
 
 
 async def test_stops_at_done_without_waiting_for_close(

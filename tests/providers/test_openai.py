@@ -8,8 +8,9 @@ import httpx
 import pytest
 import respx
 
-from chat.providers.base import Finish, ProviderError, Timeouts, Turn, Usage
-from chat.providers.openai import OpenAIProvider, build_body, parse_event
+from chat.providers.base import Finish, ProviderError, Turn, Usage
+from chat.providers.deadlines import Timeouts
+from chat.providers.openai import OpenAIProvider, OpenAIReading, build_body
 
 from .conftest import Framing
 from .fakes import FakeBody, chat_request, collect, event_stream
@@ -190,7 +191,7 @@ async def test_openrouter_comments_and_event_lines_are_tolerated(
         + DONE
     )
     serve(router, FakeBody(framing(data)), url="https://openrouter.ai/api/v1/chat/completions")
-    p = provider(client, base_url="https://openrouter.ai/api/v1/", name="openrouter")
+    p = provider(client, base_url="https://openrouter.ai/api/v1/")
     texts, finish = await collect(p.stream(chat_request()))
     assert texts == ["Hi"]
     assert finish == Finish("stop", Usage(12, 3))
@@ -432,10 +433,19 @@ def test_build_body_leaves_out_unset_options() -> None:
     }
 
 
-def test_parse_event_reads_text_finish_and_usage() -> None:
-    payload = json.loads(chunk({"content": "Hi"}, "length", usage=USAGE)[6:])
-    assert parse_event(payload) == ("Hi", "length", Usage(12, 3))
-    assert parse_event(json.loads(USAGE_CHUNK[6:])) == ("", None, Usage(12, 3))
+def test_reading_keeps_the_finish_reason_and_usage_for_the_end() -> None:
+    reading = OpenAIReading()
+    assert reading.feed(json.loads(chunk({"content": "Hi"}, "length")[6:])) == ("Hi", None)
+    assert reading.feed(json.loads(USAGE_CHUNK[6:])) == ("", None)
+    assert reading.end() == Finish("length", Usage(12, 3))
+
+
+def test_reading_ended_without_a_finish_reason_is_truncated() -> None:
+    reading = OpenAIReading()
+    reading.feed(json.loads(chunk({"content": "Hi"})[6:]))
+    with pytest.raises(ProviderError) as info:
+        reading.end()
+    assert info.value.type == "truncated"
 
 
 async def test_stops_at_done_without_waiting_for_the_body_to_close(

@@ -1,0 +1,48 @@
+"""Attaching a client to a reply: live from its topic while the broker keeps it, else
+told again from its stored row (`chat.replay`)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager, nullcontext
+
+from . import events
+from .generations import topic_name
+from .records import Message
+from .replay import stored_events
+from .responses import Events
+from .services import Services
+from .sse import encode_event
+
+
+async def reply_events(app: Services, user: str, message: Message, after: int) -> Events | None:
+    """The events of `message` after id `after`; None when the client has them all."""
+    heartbeat = app.settings.heartbeat_seconds
+    topic = app.broker.get(topic_name(message.id))
+    if topic is not None:
+        if topic.closed and after >= topic.last_id:
+            return None
+        if after > topic.last_id:  # ids this generation never sent: start the client over
+            reset = encode_event("reset", events.reset(message.id))
+            return _first(reset, app.broker.subscribe(topic, 0, heartbeat))
+        return app.broker.subscribe(topic, after, heartbeat)
+    if message.status == "streaming":  # its topic ended while we read the row: read it again
+        message = await app.store.get_message(user, message.id) or message
+    told = stored_events(message, after)
+    return nullcontext(_once(b"".join(told))) if told else None
+
+
+async def _once(chunk: bytes) -> AsyncIterator[bytes]:
+    yield chunk
+
+
+@asynccontextmanager
+async def _first(chunk: bytes, subscription: Events) -> AsyncIterator[AsyncIterable[bytes]]:
+    async with subscription as rest:
+        yield _then(chunk, rest)
+
+
+async def _then(chunk: bytes, rest: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    yield chunk
+    async for more in rest:
+        yield more

@@ -1,0 +1,170 @@
+"""Fan-out: numbered events on named topics, followed by any number of subscribers.
+
+A topic is one stream of events (today, one generation's), numbered from 1 and
+kept encoded in an in-memory log. A subscriber reads the log by position, so each
+gets every event exactly once and in order, a slow one never holds up the
+publisher or the others, and resuming after `Last-Event-ID` is starting at that
+position. `Broker` is the interface a shared broker (Redis, for several
+processes) stands behind: `open`, `get` and `subscribe`, and a topic's `publish`
+and `close`.
+
+Deliberate choices:
+- A closed topic stays `retention` seconds, so a client that reconnects just
+  after the end still resumes exactly; later, the reply is told again from its
+  row (`chat.replay`). Closed topics expire lazily, in the order they closed,
+  whenever a topic is opened or looked up: no timer per topic.
+- A subscriber counts from the moment `subscribe` is entered, not from its first
+  read, so a client that just attached is never mistaken for no client at all.
+- The heartbeat is one timer per subscriber that is moved only when it fires: a
+  stream with tokens flowing costs no timer work per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .sse import PING, encode_event
+
+
+class Topic:
+    def __init__(self, name: str, on_close: Callable[[Topic], None]) -> None:
+        self.name = name
+        self.events: list[bytes] = []  # the log, encoded; only `publish` appends to it
+        self.closed = False
+        self.subscribers = 0
+        self.on_abandoned: Callable[[], object] | None = None  # called when the last subscriber leaves
+        self._on_close = on_close
+        self._waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def last_id(self) -> int:
+        return len(self.events)
+
+    def publish(self, event: str, data: dict[str, Any]) -> int:
+        """Append an event and wake the subscribers; its id."""
+        assert not self.closed, self.name
+        self.events.append(encode_event(event, data, len(self.events) + 1))
+        self._wake()
+        return len(self.events)
+
+    def close(self) -> None:
+        """No more events: subscribers end once they have read the log."""
+        if not self.closed:
+            self.closed = True
+            self._wake()
+            self._on_close(self)
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future that is done at the next `publish` or `close`."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class Subscription:
+    """One subscriber's view of a topic: the encoded events after a position, and a
+    ping whenever `heartbeat` seconds passed with nothing sent, until the topic closes."""
+
+    def __init__(self, topic: Topic, after: int, heartbeat: float) -> None:
+        self._topic = topic
+        self._position = after
+        self._heartbeat = heartbeat
+        self._loop = asyncio.get_running_loop()
+        self._last_sent = self._loop.time()
+        self._ping_due = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer = self._loop.call_at(self._last_sent + heartbeat, self._tick)
+
+    def _tick(self) -> None:
+        due = self._last_sent + self._heartbeat
+        if self._loop.time() < due:  # something was sent since this timer was set
+            self._timer = self._loop.call_at(due, self._tick)
+            return
+        self._ping_due = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> bytes:
+        topic = self._topic
+        events = topic.events
+        while True:
+            position, end = self._position, len(events)
+            if position < end:
+                self._position = end
+                self._last_sent = self._loop.time()
+                if self._ping_due:  # the events go instead of the ping that was due
+                    self._ping_due = False
+                    self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
+                # Events that queued up while this client was busy go out in one write.
+                return events[position] if end == position + 1 else b"".join(events[position:end])
+            if topic.closed:
+                raise StopAsyncIteration
+            if self._ping_due:
+                self._ping_due = False
+                self._last_sent = self._loop.time()
+                self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
+                return PING
+            self._waiter = topic.changed()
+            await self._waiter
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+class Broker:
+    """The topics of this process."""
+
+    def __init__(self, *, retention: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.retention = retention
+        self._clock = clock
+        self._topics: dict[str, Topic] = {}
+        self._closed: deque[tuple[float, Topic]] = deque()  # (when it expires, topic), in order
+
+    def open(self, name: str) -> Topic:
+        """A new topic; one that is still open under this name is a bug."""
+        self._expire()
+        assert name not in self._topics or self._topics[name].closed, name
+        topic = self._topics[name] = Topic(name, self._closing)
+        return topic
+
+    def get(self, name: str) -> Topic | None:
+        """The topic, open or closed within the retention time; None once it is gone."""
+        self._expire()
+        return self._topics.get(name)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: Topic, after: int, heartbeat: float) -> AsyncIterator[Subscription]:
+        """Follow `topic` from after event `after` for as long as the block lasts."""
+        topic.subscribers += 1
+        subscription = Subscription(topic, after, heartbeat)
+        try:
+            yield subscription
+        finally:
+            subscription.close()
+            topic.subscribers -= 1
+            if topic.subscribers == 0 and topic.on_abandoned is not None:
+                topic.on_abandoned()
+
+    def _closing(self, topic: Topic) -> None:
+        self._closed.append((self._clock() + self.retention, topic))
+
+    def _expire(self) -> None:
+        closed, now = self._closed, self._clock()
+        while closed and closed[0][0] <= now:
+            topic = closed.popleft()[1]
+            if self._topics.get(topic.name) is topic:
+                del self._topics[topic.name]

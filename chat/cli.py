@@ -1,0 +1,71 @@
+"""The command line: `sidechat` (the console script), `python -m chat`, and `python app.py`.
+
+    sidechat serve [--host HOST] [--port PORT] [--db PATH]
+    sidechat --version
+
+Each command is a function taking the parsed arguments and returning the exit
+status; `main` parses and dispatches, so commands to come (prune, export, stats)
+are one function and one subparser each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from .config import ConfigError, Settings
+
+
+def package_version() -> str:
+    try:
+        return version("sidechat")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+    from .errors import StartupError
+
+    try:
+        settings = Settings.from_env().override(host=args.host, port=args.port, db=args.db)
+        app = create_app(settings)
+    except (ConfigError, StartupError) as exc:
+        print(f"sidechat cannot start: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
+    logging.getLogger("sidechat").info("provider %s; database %s", settings.provider, settings.db)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    server.run()
+    return 0 if server.started else 1  # not started: the lifespan said why
+
+
+def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser("serve", help="serve the API and the page", description="Serve sidechat.")
+    parser.add_argument("--host", help="interface to listen on (default $SIDECHAT_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default $SIDECHAT_PORT or 8000)")
+    parser.add_argument("--db", help="SQLite database path (default $SIDECHAT_DB or ./sidechat.db)")
+    parser.set_defaults(command=serve)
+
+
+def parser(prog: str = "sidechat") -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=prog, description="A small, fast streaming-chat service.")
+    top.add_argument("--version", action="version", version=f"sidechat {package_version()}")
+    commands = top.add_subparsers(title="commands", metavar="COMMAND")
+    add_serve(commands)
+    return top
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "sidechat") -> int:
+    args = parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    command: Callable[[argparse.Namespace], int] | None = getattr(args, "command", None)
+    if command is None:
+        parser(prog).print_help(sys.stderr)
+        return 2
+    return command(args)

@@ -1,0 +1,254 @@
+"""What the HTTP adapters share: opening a provider's stream, and the loop that reads it.
+
+`open_stream` sends the request, checks the status and the content type,
+translates httpx's exceptions wherever they surface, and hands over the body as
+chunks bounded by the stream's deadlines (`deadlines.py`). `HTTPProvider` is the
+rest: who an adapter is, where it posts, with which headers, and `stream()`,
+which reads the body, decodes it (Server-Sent Events, or one JSON object per
+line) and asks the adapter's `Reading` what each event means. An adapter is then
+its wire format only: `build_body`, and a `Reading`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
+from dataclasses import replace
+from typing import Any, ClassVar, Protocol
+
+import httpx
+
+from ..sse import LineDecoder, ServerSentEvent, SSEDecoder
+from .base import ChatRequest, Finish, ProviderError
+from .deadlines import DEFAULT_TIMEOUTS, Deadline, Timeouts, read_within
+from .errors import (
+    error_from_event,
+    error_from_response,
+    error_from_transport,
+    excerpt,
+    loads_or_none,
+    protocol_error,
+    truncated_error,
+)
+
+_ERROR_BODY_LIMIT = 64 * 1024
+# What a payload of the wrong shape raises while an adapter reads it.
+_MALFORMED = (AttributeError, IndexError, KeyError, TypeError)
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    body: dict[str, Any],
+    headers: Mapping[str, str],
+    timeouts: Timeouts,
+    provider: str,
+    json_ok: bool = False,
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """POST `body` and yield the response body as deadline-bounded chunks.
+
+    A non-2xx answer, an HTML page, or (unless `json_ok`) a plain JSON document
+    where a stream was expected raises `ProviderError`; so does every httpx
+    exception, wherever it surfaces, including while the caller reads. Leaving
+    the block closes the response at once, without draining it.
+    """
+    deadline = Deadline(asyncio.get_running_loop().time() + timeouts.first_token)
+    try:
+        async with AsyncExitStack() as stack:
+            deadline.waiting = True
+            try:
+                response = await stack.enter_async_context(
+                    # Compression would hold tokens back in the compressor's buffer.
+                    client.stream("POST", url, json=body, headers={"accept-encoding": "identity", **headers})
+                )
+            except asyncio.CancelledError as exc:
+                raise deadline.timed_out(
+                    exc, f"{provider} sent no response for {timeouts.first_token:g}s"
+                ) from None
+            deadline.waiting = False
+            status = response.status_code
+            if not 200 <= status < 300:
+                raw = await _read_limited(response, deadline, timeouts, provider)
+                raise error_from_response(status, response.headers, raw, provider)
+            media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type == "text/html":
+                raw = await _read_limited(response, deadline, timeouts, provider)
+                raise ProviderError(
+                    "protocol",
+                    f"{provider} answered with an HTML page instead of a stream "
+                    f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
+                    status=status,
+                )
+            if media_type == "application/json" and not json_ok:
+                raw = await _read_limited(response, deadline, timeouts, provider)
+                payload = loads_or_none(raw)
+                if isinstance(payload, dict) and "error" in payload:
+                    raise error_from_event(payload, provider)
+                raise ProviderError(
+                    "protocol",
+                    f"{provider} answered with a JSON document instead of a stream: {excerpt(raw)}",
+                    status=status,
+                )
+            async with aclosing(read_within(response.aiter_bytes(), deadline, timeouts, provider)) as chunks:
+                yield chunks
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise error_from_transport(exc, provider) from exc
+    finally:
+        deadline.stop()
+
+
+async def _read_limited(
+    response: httpx.Response, deadline: Deadline, timeouts: Timeouts, provider: str
+) -> bytes:
+    # An error body is read best-effort: a stall or a broken connection while
+    # reading it must not hide the status we already have.
+    parts: list[bytes] = []
+    size = 0
+    with suppress(ProviderError, httpx.HTTPError):  # keep what arrived; the status is the news
+        async with aclosing(read_within(response.aiter_bytes(), deadline, timeouts, provider)) as chunks:
+            async for chunk in chunks:
+                parts.append(chunk)
+                size += len(chunk)
+                if size >= _ERROR_BODY_LIMIT:
+                    break
+    return b"".join(parts)[:_ERROR_BODY_LIMIT]
+
+
+class Reading(Protocol):
+    """One stream's parse: what each payload means, given those before it."""
+
+    def feed(self, payload: Any) -> tuple[str, Finish | None]:
+        """The text one event's JSON carries, and the `Finish` if it is the end marker."""
+        ...
+
+    def end(self) -> Finish:
+        """The body ended, or (OpenAI) its `[DONE]` came: the `Finish`, or raise `truncated`."""
+        ...
+
+
+class HTTPProvider:
+    """An adapter over HTTP; a subclass names itself and its format.
+
+    It sets `name`, `default_model` (and `default_base_url`), `path` (appended
+    to the base URL; Gemini's `url` adds the model), its `headers` and how the
+    key is sent (`key_header`, `{}` standing for the key), `build_body`, and
+    `reading()`. `framing` is
+    `sse` or `ndjson`; `done_data` is a data line that ends the stream (OpenAI's
+    `[DONE]`).
+    """
+
+    name: ClassVar[str]
+    default_base_url: ClassVar[str]
+    default_model: str
+    path: ClassVar[str] = ""
+    headers: ClassVar[Mapping[str, str]] = {"accept": "text/event-stream"}
+    key_header: ClassVar[tuple[str, str] | None] = None
+    framing: ClassVar[str] = "sse"
+    done_data: ClassVar[str | None] = None
+    json_ok: ClassVar[bool] = False  # see open_stream
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        default_model: str | None = None,
+        timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    ) -> None:
+        self.default_model = default_model or type(self).default_model
+        self._client = client
+        self._url = (base_url or self.default_base_url).rstrip("/") + self.path
+        self._timeouts = timeouts
+        self._headers = dict(self.headers)
+        if api_key and self.key_header is not None:
+            header, template = self.key_header
+            self._headers[header] = template.format(api_key)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._url!r})"
+
+    @staticmethod
+    def build_body(request: ChatRequest) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def reading(self) -> Reading:
+        raise NotImplementedError
+
+    def url(self, model: str) -> str:
+        return self._url
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+        if not request.model:
+            request = replace(request, model=self.default_model)
+        name, reading, done_data = self.name, self.reading(), self.done_data
+        decoder = NDJSONDecoder() if self.framing == "ndjson" else SSEDecoder()
+        async with open_stream(
+            self._client,
+            self.url(request.model),
+            body=self.build_body(request),
+            headers=self._headers,
+            timeouts=self._timeouts,
+            provider=name,
+            json_ok=self.json_ok,
+        ) as chunks:
+            async for chunk in chunks:
+                for event in decoder.feed(chunk):
+                    if event.data == done_data:
+                        yield reading.end()
+                        return
+                    text, finish = _parse(reading, event, name)
+                    if text:
+                        yield text
+                    if finish is not None:
+                        yield finish
+                        return
+        for event in decoder.close():  # a last line the body's end cut off, or ended
+            try:
+                text, finish = _parse(reading, event, name)
+            except ProviderError as exc:
+                if exc.type != "protocol":
+                    raise
+                raise truncated_error(name, "its end marker (the last line was cut)") from None
+            if text:
+                yield text
+            if finish is not None:
+                yield finish
+                return
+        yield reading.end()
+
+
+class NDJSONDecoder:
+    """One JSON document per line, as events: blank lines are skipped, and the body's end
+    ends its last line too (only JSON can tell whether it was whole)."""
+
+    def __init__(self) -> None:
+        self._lines = LineDecoder()
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        return [_line_event(line) for line in self._lines.feed(chunk) if line.strip()]
+
+    def close(self) -> list[ServerSentEvent]:
+        return [_line_event(line) for line in self._lines.close() if line.strip()]
+
+
+def _line_event(line: bytes) -> ServerSentEvent:
+    return ServerSentEvent(data=line.decode("utf-8", "replace"))
+
+
+def _parse(reading: Reading, event: ServerSentEvent, provider: str) -> tuple[str, Finish | None]:
+    data = event.data
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise protocol_error(provider, "data that is not JSON", data) from None
+    if event.event == "error" and isinstance(payload, dict):
+        raise error_from_event(payload, provider)
+    try:
+        return reading.feed(payload)
+    except _MALFORMED:
+        raise protocol_error(provider, "a malformed event", data) from None

@@ -1,0 +1,59 @@
+"""What a running sidechat holds, opened in order at start-up and closed in reverse.
+
+The lifespan (`chat.app`) owns one `Services`: the store, the broker, the running
+generations, the providers and the one upstream HTTP client they share. Nothing
+else opens any of them, so a test or a script can run the whole service by
+entering `open_services(settings)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from . import events
+from .broker import Broker
+from .config import Settings
+from .generations import Generations
+from .providers import ProviderInfo, build_providers
+from .providers.deadlines import Timeouts
+from .store import Store
+from .transport import upstream_client
+
+log = logging.getLogger("sidechat")
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    broker: Broker
+    generations: Generations
+    providers: dict[str, ProviderInfo]
+
+
+@asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Everything the routes need; on the way out, running generations get the grace period."""
+    store = await Store.open(settings.db)
+    try:
+        interrupted = await store.interrupt_streaming(events.INTERRUPTED)
+        if interrupted:
+            log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
+        timeouts = Timeouts(
+            connect=settings.connect_timeout,
+            first_token=settings.first_token_timeout,
+            idle=settings.idle_timeout,
+        )
+        async with upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client:
+            broker = Broker(retention=settings.replay_seconds)
+            generations = Generations(store, broker, checkpoint_seconds=settings.checkpoint_seconds)
+            providers = build_providers(settings, client, timeouts)
+            try:
+                yield Services(settings, store, broker, generations, providers)
+            finally:
+                await generations.begin_shutdown(settings.shutdown_grace_seconds)
+    finally:
+        await store.close()

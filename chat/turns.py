@@ -1,0 +1,153 @@
+"""Accepting a turn: what a chat request becomes before any stream starts.
+
+A turn is the user's message and the assistant reply-to-be. Accepting one picks
+the provider and model, honours an idempotency key, creates (and titles) the
+conversation or continues it with its history, stores both rows in one write and
+starts the generation. It knows nothing of HTTP: the chat routes call it, and so
+can any other front door.
+
+Deliberate choices:
+- An idempotency key is scoped by user and remembered with a hash of what was
+  asked, so a retry attaches to the first turn (never a second paid call) and a
+  key reused for a different request is refused rather than answered wrongly.
+- A conversation's model goes with its provider: a turn that names another
+  provider gets that provider's default model, not the conversation's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable
+from .history import build_turns
+from .providers import ProviderInfo
+from .providers.base import ChatRequest
+from .records import Conversation, Message
+from .services import Services
+from .store import ConversationGone, KeyTaken
+
+TITLE_CHARS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """What a user asks for, from whichever front door."""
+
+    user: str
+    message: str
+    conversation_id: int | None = None
+    provider: str | None = None
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """The same for the same request, whoever sends it again and under which key."""
+        asked = {k: v for k, v in asdict(self).items() if k not in ("user", "idempotency_key")}
+        return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTurn:
+    """A stored turn whose generation runs: new, or the first of a retry with the same key."""
+
+    user_message_id: int
+    reply: Message  # as stored when accepted
+
+    @property
+    def conversation_id(self) -> int:
+        return self.reply.conversation_id
+
+
+def title_from(text: str) -> str:
+    title = " ".join(text.split())
+    return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderInfo:
+    info = providers.get(name)
+    if info is None:
+        known = ", ".join(providers)
+        raise InvalidFields({"provider": f"unknown provider {name!r}; known: {known}"})
+    if info.provider is None:
+        raise InvalidFields({"provider": f"provider {name!r} is not configured: set {info.key_variable}"})
+    return info
+
+
+async def accept_turn(app: Services, ask: TurnRequest) -> AcceptedTurn:
+    """Store the turn and start its generation, or find the one a retry asks for."""
+    if app.generations.closing:
+        raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
+    store = app.store
+    conversation: Conversation | None = None
+    if ask.conversation_id is not None:
+        conversation = await store.get_conversation(ask.user, ask.conversation_id)
+        if conversation is None:
+            raise NotFound(f"conversation {ask.conversation_id} not found")
+
+    info = choose_provider(
+        app.providers, ask.provider or (conversation and conversation.provider) or app.settings.provider
+    )
+    same_provider = conversation is not None and conversation.provider in (None, info.name)
+    model = (
+        ask.model or (conversation.model if conversation and same_provider else None) or info.default_model
+    )
+
+    key = f"{ask.user}:{ask.idempotency_key}" if ask.idempotency_key else None
+    fingerprint = ask.fingerprint() if key else None
+    if key and (first := await store.find_turn(ask.user, key)):
+        return _retried(first, fingerprint)
+
+    if conversation is None:
+        conversation = await store.create_conversation(
+            ask.user, title=title_from(ask.message), system=ask.system, provider=info.name, model=ask.model
+        )
+        earlier = []
+    else:
+        if conversation.title is None:
+            await store.update_conversation(ask.user, conversation.id, {"title": title_from(ask.message)})
+        earlier = await store.recent_messages(conversation.id, limit=app.settings.history_messages)
+    try:
+        user_message, reply = await store.start_turn(
+            conversation.id,
+            ask.message,
+            metadata={"provider": info.name, "model": model},
+            idempotency_key=key,
+            request_hash=fingerprint,
+        )
+    except ConversationGone:
+        raise NotFound(f"conversation {conversation.id} not found") from None
+    except KeyTaken:  # a twin request with this key won the race
+        twin = await store.find_turn(ask.user, key or "")
+        if twin is None:  # and its conversation is gone already
+            raise NotFound(f"conversation {conversation.id} not found") from None
+        return _retried(twin, fingerprint)
+
+    assert info.provider is not None
+    request = ChatRequest(
+        model=model,
+        turns=build_turns(earlier, ask.message, limit=app.settings.history_messages),
+        system=ask.system if ask.system is not None else conversation.system,
+        temperature=ask.temperature,
+        max_tokens=ask.max_tokens,
+    )
+    app.generations.start(
+        info.provider,
+        request,
+        reply,
+        user_message_id=user_message.id,
+        stop_when_abandoned=app.settings.on_disconnect == "cancel",
+    )
+    return AcceptedTurn(user_message.id, reply)
+
+
+def _retried(first: tuple[Message, Message], fingerprint: str | None) -> AcceptedTurn:
+    asked, reply = first
+    stored = asked.metadata.get("request_hash")
+    if stored is not None and stored != fingerprint:
+        raise KeyReused("this Idempotency-Key was already used for a different request; use a new key")
+    return AcceptedTurn(asked.id, reply)
