@@ -1,14 +1,20 @@
 from __future__ import annotations
 
+import asyncio
+import ssl
+import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
 from chat.config import Settings
 from tests.fakeupstream import FakeUpstream
-from tests.live import serve
+from tests.live import serve, until
+from tests.processes import free_port
 
 
 @pytest.fixture
@@ -45,3 +51,59 @@ async def client(
     async with serve(settings_for(upstream, tmp_path, **getattr(request, "param", {}))) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield http
+
+
+@dataclass
+class Proxy:
+    url: str
+    log: Path
+
+    def connections_to(self, port: int) -> int:
+        """How many times the proxy opened a connection to `port` for a client."""
+        said = self.log.read_text(errors="replace")
+        return sum(said.count(f"opening connection to {host}:{port}") for host in ("localhost", "127.0.0.1"))
+
+
+@pytest.fixture
+async def proxy(tmp_path: Path) -> AsyncIterator[Proxy]:
+    """A real forward proxy (Debian's tinyproxy) on a loopback port, logging what it opens."""
+    port = free_port()
+    config = tmp_path / "tinyproxy.conf"
+    config.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 60\nLogLevel Info\n")
+    log = tmp_path / "tinyproxy.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            ["tinyproxy", "-d", "-c", str(config)], stdout=output, stderr=subprocess.STDOUT
+        )
+
+    async def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"tinyproxy exited: {log.read_text()}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return False
+        writer.close()
+        return True
+
+    try:
+        await until(listening, what="tinyproxy to listen")
+        yield Proxy(f"http://127.0.0.1:{port}", log)
+    finally:
+        process.terminate()
+        await asyncio.to_thread(process.wait, 10)
+
+
+@pytest.fixture(scope="session")
+def authority() -> trustme.CA:
+    """A certificate authority no system trusts, for upstreams served over TLS."""
+    return trustme.CA()
+
+
+@pytest.fixture
+async def tls_upstream(authority: trustme.CA) -> AsyncIterator[FakeUpstream]:
+    """The fake provider over HTTPS, as `localhost`, with a certificate from `authority`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+    async with FakeUpstream(tls=context) as fake:
+        yield fake

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,12 +38,16 @@ class Seen:
 
 
 class FakeUpstream:
-    def __init__(self, *replies: Reply) -> None:
+    """Plain HTTP on 127.0.0.1, or HTTPS as `localhost` when given a server `tls` context."""
+
+    def __init__(self, *replies: Reply, tls: ssl.SSLContext | None = None) -> None:
+        self.tls = tls
         self.replies = list(replies)
         self.requests: list[Seen] = []
         self.hangups = 0  # replies the client closed before they were finished
         self.hung_up = asyncio.Event()
         self.url = ""
+        self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
@@ -50,9 +55,9 @@ class FakeUpstream:
         self.replies.extend(replies)
 
     async def __aenter__(self) -> FakeUpstream:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.url = f"https://localhost:{self.port}" if self.tls else f"http://127.0.0.1:{self.port}"
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -66,7 +71,7 @@ class FakeUpstream:
         self._writers.add(writer)
         try:
             await self._answer(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             self._hung_up()
         finally:
             self._writers.discard(writer)

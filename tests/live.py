@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,16 +29,32 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
         uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # start-up failed: raise its error
-        await asyncio.sleep(0.005)
+    await until(lambda: server.started or task.done(), what="the server to start")
+    if not server.started:
+        task.result()  # start-up failed: raise its error
+        raise AssertionError("the server did not start; its log says why")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+async def until(check: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> Any:
+    """Wait for an observable fact: poll `check()` (it may be async) until it is truthy, and
+    answer it. The fact, not the time, is what a test waits for; the timeout only ends a
+    wait that would never end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.005)
 
 
 @dataclass

@@ -358,3 +358,23 @@ async def test_create_conversation_without_a_body(client: httpx.AsyncClient) -> 
     response = await client.post("/api/conversations")
     assert response.status_code == 201
     assert response.json()["conversation"]["title"] is None
+
+
+async def test_an_idempotency_key_reused_with_another_body_is_422(client: httpx.AsyncClient) -> None:
+    headers = {"idempotency-key": "order-1"}
+    first = await client.post("/api/chat", json={"message": "hi"}, headers=headers)
+    again = await client.post("/api/chat", json={"message": "hi"}, headers=headers)
+    other = await client.post("/api/chat/stream", json={"message": "something else"}, headers=headers)
+    assert first.status_code == again.status_code == 202
+    assert again.json()["message_id"] == first.json()["message_id"]
+    assert other.status_code == 422
+    assert error_of(other)["type"] == "idempotency_key_reused"
+    conversations = (await client.get("/api/conversations")).json()["conversations"]
+    assert [c["message_count"] for c in conversations] == [2]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201])
+async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(client: httpx.AsyncClient, key: str) -> None:
+    response = await client.post("/api/chat", json={"message": "hi"}, headers={"idempotency-key": key})
+    assert response.status_code == 422
+    assert "idempotency_key" in error_of(response)["fields"]  # type: ignore[operator]

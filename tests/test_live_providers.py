@@ -14,8 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 
 from chat.config import Settings
+from tests.conftest import Proxy
 from tests.fakeupstream import (
     FakeUpstream,
     Reply,
@@ -25,6 +27,7 @@ from tests.fakeupstream import (
     sse,
 )
 from tests.live import chat_stream, serve
+from tests.processes import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -343,3 +346,49 @@ async def test_without_a_fallback_the_done_event_is_unchanged(upstream: FakeUpst
 
     assert set(transcript.terminal.data) == {"message_id", "finish_reason", "usage", "duration_ms", "ttft_ms"}
     assert "requested" not in row["metadata"]
+
+
+# --- reaching the provider ------------------------------------------------------------------
+
+
+async def test_an_unreachable_provider_is_named_with_its_address(db: str) -> None:
+    port = free_port()  # nothing listens there
+    settings = Settings(
+        db=db, provider="ollama", ollama_base_url=f"http://127.0.0.1:{port}", retry_attempts=1
+    )
+
+    transcript, row = await talk(settings, {"message": "hi"})
+
+    assert transcript.names == ["start", "error"]
+    error = transcript.terminal.data["error"]
+    assert error["type"] == "upstream_error"
+    assert error["message"] == f"could not connect to ollama at 127.0.0.1:{port}: Connection refused"
+    assert row["metadata"]["error"] == error
+
+
+async def test_a_provider_over_tls_through_a_proxy_with_a_private_ca(
+    tls_upstream: FakeUpstream,
+    proxy: Proxy,
+    authority: trustme.CA,
+    db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tls_upstream.add(Reply(openai_reply("Hel", "lo")))
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    settings = Settings.from_env(
+        {
+            "SIDECHAT_DB": db,
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": tls_upstream.url,
+            "SIDECHAT_CA_BUNDLE": str(bundle),
+        }
+    )
+
+    transcript, row = await talk(settings, {"message": "hi"})
+
+    assert transcript.names == ["start", "token", "token", "done"]
+    assert (row["status"], row["content"]) == ("completed", "Hello")
+    assert proxy.connections_to(tls_upstream.port) == 1

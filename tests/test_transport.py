@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
+import trustme
 
+from chat.errors import StartupError
 from chat.providers.deadlines import Timeouts
-from chat.transport import upstream_client
+from chat.transport import ssl_context, upstream_client
+from tests.conftest import Proxy
+from tests.fakeupstream import FakeUpstream, Reply
 
 TIMEOUTS = Timeouts(connect=5, first_token=5, idle=5)
 
@@ -138,3 +144,81 @@ async def test_stalled_body_is_httpx_read_timeout(client: httpx.AsyncClient) -> 
 async def test_unsupported_url_is_an_httpx_error(client: httpx.AsyncClient) -> None:
     with pytest.raises(httpx.HTTPError):
         await client.get("ftp://127.0.0.1/")
+
+
+# -- proxies from the environment, and certificates --------------------------------------
+
+
+async def read_reply(client: httpx.AsyncClient, url: str) -> bytes:
+    async with client.stream("POST", url, json={}) as response:
+        return b"".join([chunk async for chunk in response.aiter_bytes()])
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_requests_go_through_the_proxy_the_environment_names(
+    tls: bool,
+    upstream: FakeUpstream,
+    tls_upstream: FakeUpstream,
+    proxy: Proxy,
+    authority: trustme.CA,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = tls_upstream if tls else upstream
+    target.add(Reply([b"through the proxy"], headers={"content-type": "text/plain"}))
+    monkeypatch.setenv("HTTPS_PROXY" if tls else "HTTP_PROXY", proxy.url)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    async with upstream_client(TIMEOUTS, ca_bundle=str(bundle)) as client:
+        assert await read_reply(client, target.url + "/v1/x") == b"through the proxy"
+    assert proxy.connections_to(target.port) == 1
+    assert target.requests[0].path == "/v1/x"
+
+
+async def test_no_proxy_goes_around_it(
+    upstream: FakeUpstream, proxy: Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.add(Reply([b"direct"], headers={"content-type": "text/plain"}))
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    async with upstream_client(TIMEOUTS) as client:
+        assert await read_reply(client, upstream.url) == b"direct"
+    assert proxy.connections_to(upstream.port) == 0
+
+
+async def test_a_certificate_from_an_unknown_authority_is_refused_and_named(
+    tls_upstream: FakeUpstream,
+) -> None:
+    async with upstream_client(TIMEOUTS) as client:
+        with pytest.raises(httpx.ConnectError) as info:
+            await client.get(tls_upstream.url)
+    assert "certificate is not trusted" in str(info.value) and "SIDECHAT_CA_BUNDLE" in str(info.value)
+    assert tls_upstream.requests == []
+
+
+@pytest.mark.parametrize("form", ["file", "directory"])
+async def test_a_ca_bundle_makes_its_authority_trusted(
+    form: str, tls_upstream: FakeUpstream, authority: trustme.CA, tmp_path: Path
+) -> None:
+    tls_upstream.add(Reply([b"trusted"], headers={"content-type": "text/plain"}))
+    if form == "file":
+        bundle = tmp_path / "ca.pem"
+        authority.cert_pem.write_to_path(str(bundle))
+    else:  # OpenSSL finds a CA in a directory by the hash of its subject
+        bundle = tmp_path / "certs"
+        bundle.mkdir()
+        pem = authority.cert_pem.bytes()
+        subject_hash = (
+            subprocess.run(["openssl", "x509", "-hash", "-noout"], input=pem, capture_output=True, check=True)
+            .stdout.decode()
+            .strip()
+        )
+        (bundle / f"{subject_hash}.0").write_bytes(pem)
+    async with upstream_client(TIMEOUTS, ca_bundle=str(bundle)) as client:
+        assert await read_reply(client, tls_upstream.url) == b"trusted"
+
+
+def test_a_ca_bundle_that_cannot_be_read_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(StartupError) as info:
+        ssl_context(str(tmp_path / "missing.pem"))
+    assert "SIDECHAT_CA_BUNDLE" in str(info.value)

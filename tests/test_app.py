@@ -1,0 +1,186 @@
+"""The app as servers run it: `uvicorn app:app`, `uvicorn chat.app:app`, its start-up, and stop
+signals (SIGTERM, Ctrl-C once and twice, SIGKILL and a restart), against whole processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sqlite3
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from chat.app import create_app
+from chat.config import Settings
+from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
+from tests.live import EventReader, chat_stream, read_stream, until
+from tests.processes import PYTHON, Server, free_port, running
+
+pytestmark = pytest.mark.anyio
+
+Spawn = Callable[..., AbstractAsyncContextManager[Server]]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path, upstream: FakeUpstream) -> Spawn:
+    """`python app.py` on a free port, its database in tmp_path, the fake upstream as OpenAI."""
+
+    def start(**env: str) -> AbstractAsyncContextManager[Server]:
+        port = free_port()
+        environment = {
+            "SIDECHAT_PROVIDER": "openai",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": upstream.url,
+            "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0.5",
+            **env,
+        }
+        command = [PYTHON, "app.py", "--port", str(port), "--db", str(tmp_path / "chat.db")]
+        return running(command, port=port, env=environment, log=tmp_path / f"server-{port}.log")
+
+    return start
+
+
+def stored_reply(tmp_path: Path) -> tuple[str, str]:
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        row = db.execute(
+            "SELECT status, content FROM messages WHERE role = 'assistant' ORDER BY id DESC"
+        ).fetchone()
+    return row[0], row[1]
+
+
+async def exit_status(server: Server) -> int:
+    return await asyncio.to_thread(server.process.wait, 10)
+
+
+# uvicorn re-raises the signal once it has shut down cleanly, so the exit is "killed by" it.
+CLEAN = {0, -signal.SIGTERM, -signal.SIGINT}
+
+
+async def test_sigterm_mid_stream_ends_clients_with_shutdown_and_rows_interrupted(
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.add(Reply([openai_chunk("cut short")], finish=False))
+    async with spawn() as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
+            reader = EventReader(response)
+            await reader.read(until=2)
+            server.process.send_signal(signal.SIGTERM)
+            rest = await asyncio.wait_for(reader.read(), timeout=5)
+        assert await exit_status(server) in CLEAN
+
+    assert rest.names == ["error"]
+    assert rest.terminal.data["error"]["type"] == "shutdown"
+    assert rest.terminal.data["partial"] is True
+    assert stored_reply(tmp_path) == ("interrupted", "cut short")
+
+
+async def test_sigterm_lets_a_generation_finish_within_the_grace_period(
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+    upstream.add(Reply([openai_chunk("nearly"), gate, *openai_reply(" done")]))
+    async with spawn(SIDECHAT_SHUTDOWN_GRACE_SECONDS="30") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
+                reader = EventReader(response)
+                await reader.read(until=2)
+                server.process.send_signal(signal.SIGTERM)
+                await until(lambda: "shutting down" in server.output(), what="the server to hear SIGTERM")
+                gate.set()
+                rest = await asyncio.wait_for(reader.read(), timeout=5)
+        assert await exit_status(server) in CLEAN
+
+    assert rest.names[-1] == "done"
+    assert "press Ctrl-C again" in server.output()
+    assert stored_reply(tmp_path) == ("completed", "nearly done")
+
+
+async def test_a_second_ctrl_c_ends_running_replies_at_once(
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.add(Reply([openai_chunk("so far")], finish=False))
+    async with spawn(SIDECHAT_SHUTDOWN_GRACE_SECONDS="600") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
+                reader = EventReader(response)
+                await reader.read(until=2)
+                server.process.send_signal(signal.SIGINT)
+                await until(lambda: "press Ctrl-C again" in server.output(), what="the hint after Ctrl-C")
+                server.process.send_signal(signal.SIGINT)
+                rest = await asyncio.wait_for(reader.read(), timeout=5)  # not the 600 s of grace
+        assert await exit_status(server) in CLEAN
+
+    assert rest.names == ["error"]
+    assert rest.terminal.data["error"]["type"] == "shutdown"
+    assert stored_reply(tmp_path) == ("interrupted", "so far")
+
+
+async def test_sigkill_then_restart_marks_the_reply_interrupted(
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.add(Reply([openai_chunk("lost")], finish=False))
+    async with spawn() as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
+            head = await EventReader(response).read(until=2)
+            server.process.kill()
+        await exit_status(server)
+    assert stored_reply(tmp_path)[0] == "streaming"
+
+    async with spawn() as server, httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        assert stored_reply(tmp_path)[0] == "interrupted"
+        stream_url = f"/api/messages/{head.events[0].data['message_id']}/stream"
+        async with client.stream("GET", stream_url) as response:
+            replay = await read_stream(response)
+        # A client that saw the live events (ids 1 and 2) reconnects: the stored end, then nothing more.
+        async with client.stream("GET", stream_url, headers={"last-event-id": "2"}) as response:
+            resumed = await read_stream(response)
+        after_end = await client.get(stream_url, headers={"last-event-id": resumed.terminal.id or ""})
+    assert replay.names == ["start", "error"]
+    assert replay.terminal.data["error"]["type"] == "interrupted"  # the process running it died
+    assert resumed.names == ["reset", "error"]
+    assert int(resumed.terminal.id or 0) > 2
+    assert after_end.status_code == 204
+
+
+@pytest.mark.parametrize("target", ["app:app", "chat.app:app"])
+async def test_uvicorn_serves_the_app_the_environment_configures(tmp_path: Path, target: str) -> None:
+    port = free_port()
+    env = {"SIDECHAT_DB": str(tmp_path / "chat.db"), "SIDECHAT_DEMO_DELAY": "0"}
+    command = [PYTHON, "-m", "uvicorn", target, "--port", str(port)]
+    async with running(command, port=port, env=env, log=tmp_path / "server.log") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            transcript = await chat_stream(client, {"message": "hi"})
+    assert transcript.names[0] == "start" and transcript.names[-1] == "done"
+    assert (tmp_path / "chat.db").exists()
+
+
+class Said(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+async def test_a_failed_start_up_is_one_line_that_says_why(tmp_path: Path) -> None:
+    corrupt = tmp_path / "chat.db"
+    corrupt.write_bytes(b"not a database, only text " * 100)
+    server = uvicorn.Server(uvicorn.Config(create_app(Settings(db=str(corrupt))), port=0, lifespan="on"))
+    said = Said()
+    logging.getLogger("uvicorn.error").addHandler(said)
+    try:
+        with contextlib.suppress(SystemExit):  # uvicorn exits with 3 when start-up fails
+            await server.serve()
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(said)
+    assert not server.started
+    reason = f"sidechat cannot start: the database {corrupt} (SIDECHAT_DB or --db) is not a SQLite database"
+    assert [line for line in said.lines if "cannot start" in line] == [reason]
+    assert not any("Traceback" in line for line in said.lines)

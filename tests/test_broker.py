@@ -1,0 +1,107 @@
+"""The fan-out: topics numbered from 1, subscribers by position, pings, retention."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from chat.broker import Broker
+from chat.sse import PING, encode_event
+
+pytestmark = pytest.mark.anyio
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_events_are_numbered_from_one_and_read_from_any_position() -> None:
+    broker = Broker(retention=30)
+    topic = broker.open("t")
+    assert [topic.publish("token", {"n": n}) for n in range(3)] == [1, 2, 3]
+    topic.close()
+    for after in range(4):
+        async with broker.subscribe(topic, after, 60) as subscription:
+            got = b"".join([chunk async for chunk in subscription])
+        assert got == b"".join(encode_event("token", {"n": n}, n + 1) for n in range(after, 3))
+
+
+async def test_a_subscriber_waits_for_the_next_event_and_ends_at_close() -> None:
+    broker = Broker(retention=30)
+    topic = broker.open("t")
+    async with broker.subscribe(topic, 0, 60) as subscription:
+        pending = asyncio.ensure_future(anext(subscription))
+        await asyncio.sleep(0)  # the subscriber is waiting now
+        assert not pending.done()
+        topic.publish("token", {"text": "a"})
+        assert await pending == encode_event("token", {"text": "a"}, 1)
+        topic.close()
+        assert [chunk async for chunk in subscription] == []
+
+
+async def test_events_that_queued_up_go_out_as_one_chunk() -> None:
+    broker = Broker(retention=30)
+    topic = broker.open("t")
+    async with broker.subscribe(topic, 0, 60) as subscription:
+        topic.publish("a", {})
+        topic.publish("b", {})
+        assert await anext(subscription) == encode_event("a", {}, 1) + encode_event("b", {}, 2)
+
+
+async def test_a_quiet_topic_sends_pings_and_a_busy_one_none() -> None:
+    broker = Broker(retention=30)
+    topic = broker.open("t")
+    async with broker.subscribe(topic, 0, 0.02) as subscription:
+        assert await asyncio.wait_for(anext(subscription), 5) == PING
+        topic.publish("token", {})
+        assert await anext(subscription) == encode_event("token", {}, 1)  # not a ping, though one was due
+
+
+async def test_the_last_subscriber_leaving_calls_on_abandoned_once() -> None:
+    broker = Broker(retention=30)
+    topic = broker.open("t")
+    left: list[int] = []
+    topic.on_abandoned = lambda: left.append(topic.subscribers)
+    async with broker.subscribe(topic, 0, 60):
+        async with broker.subscribe(topic, 0, 60):
+            assert topic.subscribers == 2
+        assert left == []
+    assert left == [0]
+
+
+async def test_a_closed_topic_is_kept_for_the_retention_time_then_dropped() -> None:
+    clock = Clock()
+    broker = Broker(retention=10, clock=clock)
+    first, second = broker.open("a"), broker.open("b")
+    first.close()
+    clock.now = 5
+    second.close()
+    clock.now = 9.9
+    assert broker.get("a") is first and broker.get("b") is second
+    clock.now = 10
+    assert broker.get("a") is None and broker.get("b") is second
+    clock.now = 15
+    assert broker.get("b") is None
+
+
+async def test_an_open_topic_never_expires() -> None:
+    clock = Clock()
+    broker = Broker(retention=0, clock=clock)
+    topic = broker.open("t")
+    clock.now = 10**9
+    assert broker.get("t") is topic
+
+
+async def test_a_name_can_be_opened_again_once_its_topic_closed() -> None:
+    clock = Clock()
+    broker = Broker(retention=10, clock=clock)
+    old = broker.open("t")
+    old.close()
+    new = broker.open("t")
+    clock.now = 10  # the old topic's expiry must not drop the new one
+    assert broker.get("t") is new
