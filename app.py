@@ -11,9 +11,9 @@ import sys
 
 import chat.app
 from chat.app import Sidechat, create_app
-from chat.cli import main
+from chat.cli import serve_main
 
-__all__ = ["create_app", "main"]
+__all__ = ["create_app"]
 
 
 def __getattr__(name: str) -> Sidechat:
@@ -23,4 +23,4 @@ def __getattr__(name: str) -> Sidechat:
 
 
 if __name__ == "__main__":
-    sys.exit(main(["serve", *sys.argv[1:]], prog="python app.py"))
+    sys.exit(serve_main(sys.argv[1:], prog="python app.py"))

@@ -1,4 +1,4 @@
-"""The command line: `sidechat` (the console script), `python -m chat`, and `python app.py`.
+"""The command line: `sidechat` (the console script), `python -m chat`, and `python app.py` (`serve` alone).
 
     sidechat serve [--host HOST] [--port PORT] [--db PATH]
     sidechat --version
@@ -46,19 +46,28 @@ def serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1  # not started: the lifespan said why
 
 
-def add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser("serve", help="serve the API and the page", description="Serve sidechat.")
+def serve_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--host", help="interface to listen on (default $SIDECHAT_HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default $SIDECHAT_PORT or 8000)")
     parser.add_argument("--db", help="SQLite database path (default $SIDECHAT_DB or ./sidechat.db)")
     parser.set_defaults(command=serve)
+    return parser
+
+
+def serve_main(argv: Sequence[str], *, prog: str) -> int:
+    """`serve` as a program of its own: `python app.py [--host] [--port] [--db]`."""
+    return serve(
+        serve_arguments(argparse.ArgumentParser(prog=prog, description="Serve sidechat.")).parse_args(argv)
+    )
 
 
 def parser(prog: str = "sidechat") -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=prog, description="A small, fast streaming-chat service.")
     top.add_argument("--version", action="version", version=f"sidechat {package_version()}")
     commands = top.add_subparsers(title="commands", metavar="COMMAND")
-    add_serve(commands)
+    serve_arguments(
+        commands.add_parser("serve", help="serve the API and the page", description="Serve sidechat.")
+    )
     return top
 
 

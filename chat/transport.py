@@ -57,16 +57,19 @@ _EXCEPTIONS: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
 
 
 def _describe(exc: BaseException) -> str:
-    if not isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        reason: BaseException = exc.certificate_error
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error
+    else:
         return str(exc) or type(exc).__name__
-    reason = exc.os_error
     if isinstance(reason, ssl.SSLCertVerificationError):
         return f"its certificate is not trusted ({reason.verify_message}); SIDECHAT_CA_BUNDLE can name the CA"
     if isinstance(reason, ssl.SSLError):
         return f"TLS failed ({reason.reason or reason})"
-    if reason.errno is not None and reason.errno > 0:  # "Connection refused", not the call that failed
-        return os.strerror(reason.errno)
-    return reason.strerror or str(reason) or type(reason).__name__
+    if isinstance(reason, OSError) and reason.errno is not None and reason.errno > 0:
+        return os.strerror(reason.errno)  # "Connection refused", not the call that failed
+    return getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
 
 
 def _translated(exc: BaseException, request: httpx.Request) -> httpx.TransportError | None:

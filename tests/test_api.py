@@ -374,7 +374,9 @@ async def test_an_idempotency_key_reused_with_another_body_is_422(client: httpx.
 
 
 @pytest.mark.parametrize("key", ["", "k" * 201])
-async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(client: httpx.AsyncClient, key: str) -> None:
+async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(
+    client: httpx.AsyncClient, key: str
+) -> None:
     response = await client.post("/api/chat", json={"message": "hi"}, headers={"idempotency-key": key})
     assert response.status_code == 422
     assert "idempotency_key" in error_of(response)["fields"]  # type: ignore[operator]

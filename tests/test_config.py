@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from chat.config import ConfigError, Settings
+from chat.config import _VARIABLES, ConfigError, Settings
 
 
 def test_defaults_with_an_empty_environment() -> None:
@@ -113,3 +115,15 @@ def test_fallback_chain_is_parsed(value: str, chain: tuple[tuple[str, str], ...]
 def test_unknown_fallback_provider_is_named() -> None:
     with pytest.raises(ConfigError, match=r"SIDECHAT_FALLBACK=.*unknown provider 'azure'"):
         Settings.from_env({"SIDECHAT_FALLBACK": "openai:gpt-4o,azure:gpt-4o"})
+
+
+def test_the_readme_documents_every_variable_read() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Providers")]
+    missing = [var for var, _ in _VARIABLES.values() if f"`{var}`" not in table]
+    assert missing == []
+
+
+def test_host_and_port_come_from_the_environment() -> None:
+    settings = Settings.from_env({"SIDECHAT_HOST": "0.0.0.0", "SIDECHAT_PORT": "9001"})
+    assert (settings.host, settings.port) == ("0.0.0.0", 9001)
