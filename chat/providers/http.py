@@ -165,7 +165,9 @@ class HTTPProvider:
         self._url = (base_url or self.default_base_url).rstrip("/") + self.path
         self._timeouts = timeouts
         self._headers = dict(self.headers)
-        if api_key and self.key_header is not None:
+        if api_key:
+            if self.key_header is None:
+                raise TypeError(f"{self.name} takes no API key")
             header, template = self.key_header
             self._headers[header] = template.format(api_key)
 

@@ -191,3 +191,8 @@ async def test_stall_times_out(client: httpx.AsyncClient, router: respx.MockRout
         with pytest.raises(ProviderError) as info:
             await collect(p.stream(chat_request()))
     assert info.value.type == "timeout"
+
+
+async def test_ollama_takes_no_api_key(client: httpx.AsyncClient) -> None:
+    with pytest.raises(TypeError):
+        OllamaProvider(client, api_key="sk-not-for-ollama")
