@@ -74,9 +74,14 @@ class Sidechat:
             await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
             raise
         self.router.state.services = services
-        on_stop_signal(lambda: _stop(services))
+        on_stop_signal(lambda count: _stop(services, count))
         await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
+        try:
+            await receive()  # lifespan.shutdown
+        except BaseException:  # cancelled: the server was made to quit without shutting us down
+            services.generations.hurry()
+            await opening.__aexit__(None, None, None)
+            raise
         try:
             await opening.__aexit__(None, None, None)
         except BaseException:
@@ -89,32 +94,43 @@ def create_app(settings: Settings) -> Sidechat:
     return Sidechat(settings)
 
 
-def _stop(services: Services) -> None:
+def _stop(services: Services, count: int) -> None:
     """The first stop signal gives running replies the grace period; the second ends them now."""
     generations, grace = services.generations, services.settings.shutdown_grace_seconds
-    if generations.closing:
-        if generations.running:
-            log.warning("ending %d running replies now, with the text they have", generations.running)
-    elif generations.running and grace > 0:
-        log.warning(
-            "shutting down: %d running replies get up to %gs to finish (press Ctrl-C again to end them now)",
-            generations.running,
-            grace,
-        )
-    generations.begin_shutdown(grace)
+    if count == 1:
+        if generations.running and grace > 0:
+            log.warning(
+                "shutting down: %d running replies get up to %gs to finish (Ctrl-C again ends them now)",
+                generations.running,
+                grace,
+            )
+        generations.begin_shutdown(grace)
+    elif count == 2:
+        log.warning("ending %d running replies now, with the text they have", generations.running)
+        generations.hurry()
+    else:
+        log.warning("quitting without waiting for open connections")
 
 
-def on_stop_signal(callback: Callable[[], object]) -> None:
-    """Call `callback` on the loop when SIGTERM or SIGINT arrives, then the server's own handler."""
+def on_stop_signal(callback: Callable[[int], object]) -> None:
+    """Call `callback(count)` on the loop for each SIGTERM or SIGINT, `count` the signals so far.
+
+    The server's own handler hears the first (it stops listening and waits for open
+    connections) and any after the second, which makes it quit at once; the second is
+    ours alone, so ending the replies lets the server go on shutting down in order.
+    """
     if threading.current_thread() is not threading.main_thread():
         return  # signals only reach the main thread
     loop = asyncio.get_running_loop()
+    count = 0
     for sig in (signal.SIGTERM, signal.SIGINT):
         previous = signal.getsignal(sig)
 
         def handler(signum: int, frame: FrameType | None, previous: object = previous) -> None:
-            loop.call_soon_threadsafe(callback)
-            if callable(previous):
+            nonlocal count
+            count += 1
+            loop.call_soon_threadsafe(callback, count)
+            if count != 2 and callable(previous):
                 previous(signum, frame)
 
         signal.signal(sig, handler)

@@ -15,19 +15,19 @@ from .services import Services
 from .sse import encode_event
 
 
-async def reply_events(app: Services, user: str, message: Message, after: int) -> Events | None:
+async def reply_events(services: Services, user: str, message: Message, after: int) -> Events | None:
     """The events of `message` after id `after`; None when the client has them all."""
-    heartbeat = app.settings.heartbeat_seconds
-    topic = app.broker.get(topic_name(message.id))
+    heartbeat = services.settings.heartbeat_seconds
+    topic = services.broker.get(topic_name(message.id))
     if topic is not None:
         if topic.closed and after >= topic.last_id:
             return None
         if after > topic.last_id:  # ids this generation never sent: start the client over
             reset = encode_event("reset", events.reset(message.id))
-            return _first(reset, app.broker.subscribe(topic, 0, heartbeat))
-        return app.broker.subscribe(topic, after, heartbeat)
+            return _first(reset, services.broker.subscribe(topic, 0, heartbeat))
+        return services.broker.subscribe(topic, after, heartbeat)
     if message.status == "streaming":  # its topic ended while we read the row: read it again
-        message = await app.store.get_message(user, message.id) or message
+        message = await services.store.get_message(user, message.id) or message
     told = stored_events(message, after)
     return nullcontext(_once(b"".join(told))) if told else None
 

@@ -35,41 +35,37 @@ class Topic:
     def __init__(self, name: str, on_close: Callable[[Topic], None]) -> None:
         self.name = name
         self.events: list[bytes] = []  # the log, encoded; only `publish` appends to it
+        self.waiters: list[asyncio.Future[None]] = []  # woken at the next publish or close
         self.closed = False
         self.subscribers = 0
         self.on_abandoned: Callable[[], object] | None = None  # called when the last subscriber leaves
         self._on_close = on_close
-        self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def last_id(self) -> int:
         return len(self.events)
 
     def publish(self, event: str, data: dict[str, Any]) -> int:
-        """Append an event and wake the subscribers; its id."""
-        assert not self.closed, self.name
-        self.events.append(encode_event(event, data, len(self.events) + 1))
-        self._wake()
-        return len(self.events)
+        """Append an event and wake the subscribers; its id. (The hot path: one call per token.)"""
+        events = self.events
+        events.append(encode_event(event, data, len(events) + 1))
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+        return len(events)
 
     def close(self) -> None:
         """No more events: subscribers end once they have read the log."""
-        if not self.closed:
-            self.closed = True
-            self._wake()
-            self._on_close(self)
-
-    def changed(self) -> asyncio.Future[None]:
-        """A future that is done at the next `publish` or `close`."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return waiter
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
+        if self.closed:
+            return
+        self.closed = True
+        waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+        self._on_close(self)
 
 
 class Subscription:
@@ -118,8 +114,9 @@ class Subscription:
                 self._last_sent = self._loop.time()
                 self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
                 return PING
-            self._waiter = topic.changed()
-            await self._waiter
+            self._waiter = waiter = self._loop.create_future()
+            topic.waiters.append(waiter)
+            await waiter
 
     def close(self) -> None:
         self._timer.cancel()

@@ -42,7 +42,10 @@ def serve(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
     logging.getLogger("sidechat").info("provider %s; database %s", settings.provider, settings.db)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down in order
+        return 130
     return 0 if server.started else 1  # not started: the lifespan said why
 
 

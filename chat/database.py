@@ -3,6 +3,9 @@
 Deliberate choices:
 - WAL mode, so readers (other tools, backups) never block the writer, and
   `synchronous=NORMAL`, which in WAL mode is still safe against corruption.
+- `schema.sql` is the whole schema of a new database. SQLite's `CREATE TABLE IF
+  NOT EXISTS` leaves an older table as it was, so a column added since is also
+  listed in `ADDED_COLUMNS` and added to an older database at start-up.
 - A connection whose set-up fails is closed before the error goes up: aiosqlite
   runs each connection on a thread of its own, and a thread left running keeps
   the process from ever exiting.
@@ -17,6 +20,9 @@ import aiosqlite
 
 from .errors import StartupError
 from .resources import resource
+
+# (table, column, declaration) for each column added to the schema after its table was.
+ADDED_COLUMNS = [("messages", "request_hash", "TEXT")]
 
 
 async def connect(path: str) -> aiosqlite.Connection:
@@ -33,6 +39,10 @@ async def connect(path: str) -> aiosqlite.Connection:
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA busy_timeout = 5000")
         await db.executescript(schema)
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}
+            if column not in present:
+                await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
     except BaseException as exc:
         await db.close()
         if isinstance(exc, sqlite3.Error):

@@ -1,8 +1,9 @@
-"""The payloads of a reply's events: built here only, whether the reply is live or told again.
+"""The payloads of a reply's events, whether the reply is live or told again.
 
 A running generation (`chat.generations`) and a finished reply replayed from its row
-(`chat.replay`) send the same events; both build them from a message's ids and its
-stored `metadata`, so they cannot drift.
+(`chat.replay`) send the same events; both build them here from a message's ids and
+its stored `metadata`, so they cannot drift. The one exception is `token`'s,
+`{"text": ...}`, written where it is sent: that is the per-token path.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ def terminal(
 ) -> tuple[str, dict[str, Any]]:
     """The event a reply that ended with `status` ends its stream with, and its payload."""
     if status in ("completed", "cancelled"):
+        if not metadata.get("finish_reason"):  # a row stored before finish reasons were
+            metadata = {**metadata, "finish_reason": "stop" if status == "completed" else "cancelled"}
         return "done", done(message_id, metadata)
     return "error", error(message_id, metadata.get("error") or INTERRUPTED, partial=partial)
 

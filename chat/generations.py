@@ -12,8 +12,9 @@ Deliberate choices:
 - Stopping is task cancellation: it reaches the provider adapter wherever it is
   waiting, and the adapter's `async with client.stream(...)` closes the upstream
   response at once instead of returning it to the pool half-read.
-- Shutdown gives running generations a grace period; asking again ends them at
-  once (a second Ctrl-C), each with its partial text stored.
+- Shutdown gives running generations a grace period, whether or not a client
+  still follows them; `hurry` (a second Ctrl-C) ends them at once, each with its
+  partial text stored.
 """
 
 from __future__ import annotations
@@ -252,13 +253,15 @@ class Generations:
 
     def begin_shutdown(self, grace: float) -> asyncio.Task[None]:
         """Refuse new generations; let running ones finish for `grace` seconds, then end the rest.
-        Asked again, end them now."""
+        Asked again, the same shutdown."""
         if self._shutdown is None:
             self.closing = True
             self._shutdown = asyncio.create_task(self._end_all(grace))
-        else:
-            self._now.set()
         return self._shutdown
+
+    def hurry(self) -> None:
+        """End the running generations now rather than at the end of the grace period."""
+        self._now.set()
 
     @property
     def running(self) -> int:
@@ -273,5 +276,6 @@ class Generations:
             await asyncio.wait((finished, hurry), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
             finished.cancel()
             hurry.cancel()
+            await asyncio.gather(finished, hurry, return_exceptions=True)
         # Any that slipped in while we waited are ended too.
         await asyncio.gather(*(self.stop(g, SHUTDOWN) for g in list(self._running.values())))

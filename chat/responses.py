@@ -3,7 +3,7 @@
 Starlette's StreamingResponse stops listening for `http.disconnect` once the
 server speaks ASGI 2.4 and then only notices a gone client when a write fails,
 which on a quiet stream is up to one heartbeat later. We always listen, so a
-closed tab releases its follower (and, with `on_disconnect=cancel`, the upstream
+closed tab releases its subscription (and, with `on_disconnect=cancel`, the upstream
 call) at once.
 """
 

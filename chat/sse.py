@@ -1,6 +1,6 @@
 """The Server-Sent Events wire format, both ways.
 
-Upstream we decode provider streams with `SSEDecoder` (or `aiter_sse`), and
+Upstream we decode provider streams with `SSEDecoder`, and
 newline-delimited streams with the `LineDecoder` it is built on; downstream we
 write our own events with `encode_event`, `PING` and `retry_field`. The decoder
 follows the WHATWG event-stream rules:
@@ -34,7 +34,6 @@ Deliberate departures from the obvious:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "LineDecoder",
     "ServerSentEvent",
     "SSEDecoder",
-    "aiter_sse",
     "encode_event",
     "retry_field",
 ]
@@ -173,15 +171,6 @@ class SSEDecoder:
             self._data.clear()
         self._event, self._block_retry = "", None
         return event
-
-
-async def aiter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
-    decoder = SSEDecoder()
-    async for chunk in chunks:
-        for event in decoder.feed(chunk):
-            yield event
-    for event in decoder.close():
-        yield event
 
 
 PING: bytes = b": ping\n\n"

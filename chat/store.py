@@ -9,8 +9,9 @@ Deliberate choices:
   schema keep a conversation's activity time. Each aiosqlite call is a thread
   round trip (measured at ~70 us here), so a generation costs two calls when it
   is accepted and one when it ends -- and nothing per token.
-- The store speaks in its own errors (`ConversationGone`, `KeyTaken`; opening it,
-  a `StartupError`), never in sqlite3's, so callers need not know SQL.
+- The conflicts a caller must handle come in the store's own terms
+  (`ConversationGone`, `KeyTaken`; opening it, a `StartupError`), not as
+  sqlite3's errors, so callers need not know SQL.
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def storable(text: str) -> str:
 _MESSAGE_COLUMNS = (
     "id, conversation_id, role, content, status, metadata, last_event_id, created_at, completed_at"
 )
-_M_MESSAGE_COLUMNS = ", ".join("m." + column for column in _MESSAGE_COLUMNS.split(", "))
+_MESSAGE_FIELDS = _MESSAGE_COLUMNS.split(", ")
+_M_MESSAGE_COLUMNS = ", ".join("m." + column for column in _MESSAGE_FIELDS)
 _CONVERSATION_COLUMNS = """
     c.id, c.user_id, c.title, c.system, c.provider, c.model, c.created_at, c.updated_at,
     (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count,
@@ -65,7 +67,7 @@ _CONVERSATION_COLUMNS = """
 
 
 def _message(row: sqlite3.Row) -> Message:
-    values = dict(row)
+    values = {name: row[name] for name in _MESSAGE_FIELDS}
     values["metadata"] = json.loads(values["metadata"])
     return Message(**values)
 
@@ -192,30 +194,31 @@ class Store:
         One statement, so atomic on its own; a trigger marks the conversation's activity.
         A turn stored under an idempotency key keeps the hash of what was asked with it."""
         stamp = now()
-        asked = {"request_hash": request_hash} if request_hash else {}
         try:
             rows = await self._rows(
                 "INSERT INTO messages (conversation_id, role, content, status, metadata,"
-                " idempotency_key, created_at, completed_at)"
-                " VALUES (:conversation_id, 'user', :text, 'completed', :asked, :key, :now, :now),"
-                " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, :now, NULL)"
+                " idempotency_key, request_hash, created_at, completed_at)"
+                " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now),"
+                " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, NULL, :now, NULL)"
                 " RETURNING id",
                 {
                     "conversation_id": conversation_id,
                     "text": text,
-                    "asked": json.dumps(asked),
                     "metadata": json.dumps(metadata),
                     "key": idempotency_key,
+                    "hash": request_hash,
                     "now": stamp,
                 },
             )
         except sqlite3.IntegrityError as exc:
-            if "idempotency_key" in str(exc):
+            if "messages.idempotency_key" in str(exc):
                 raise KeyTaken(idempotency_key) from None
-            raise ConversationGone(conversation_id) from None  # the foreign key
+            if "FOREIGN KEY" in str(exc):
+                raise ConversationGone(conversation_id) from None
+            raise
         user_id, assistant_id = sorted(row[0] for row in rows)
         return (
-            Message(user_id, conversation_id, "user", text, "completed", asked, 0, stamp, stamp),
+            Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp),
             Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),
         )
 
@@ -276,12 +279,13 @@ class Store:
         )
         return [_message(row) for row in reversed(rows)]
 
-    async def find_turn(self, user_id: str, idempotency_key: str) -> tuple[Message, Message] | None:
-        """The user message stored under this key and the assistant message that answers it.
-
-        Keys are stored as given: callers scope them by user."""
+    async def find_turn(
+        self, user_id: str, idempotency_key: str
+    ) -> tuple[Message, Message, str | None] | None:
+        """The user message stored under this key, the assistant message that answers it, and
+        the hash of what was asked with the key. Keys are stored as given: callers scope them."""
         rows = await self._rows(
-            f"SELECT {_M_MESSAGE_COLUMNS}"
+            f"SELECT {_M_MESSAGE_COLUMNS}, k.request_hash"
             " FROM messages k JOIN conversations c ON c.id = k.conversation_id"
             " JOIN messages m ON m.conversation_id = k.conversation_id AND m.id >= k.id"
             " WHERE k.idempotency_key = :key AND c.user_id = :user_id"
@@ -290,4 +294,5 @@ class Store:
         )
         if len(rows) < 2:
             return None
-        return _message(rows[0]), _message(rows[1])
+        request_hash: str | None = rows[0]["request_hash"]
+        return _message(rows[0]), _message(rows[1]), request_hash

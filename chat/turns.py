@@ -73,25 +73,24 @@ def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderIn
     if info is None:
         known = ", ".join(providers)
         raise InvalidFields({"provider": f"unknown provider {name!r}; known: {known}"})
-    if info.provider is None:
+    if not info.available:
         raise InvalidFields({"provider": f"provider {name!r} is not configured: set {info.key_variable}"})
     return info
 
 
-async def accept_turn(app: Services, ask: TurnRequest) -> AcceptedTurn:
+async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
     """Store the turn and start its generation, or find the one a retry asks for."""
-    if app.generations.closing:
+    if services.generations.closing:
         raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
-    store = app.store
+    store = services.store
     conversation: Conversation | None = None
     if ask.conversation_id is not None:
         conversation = await store.get_conversation(ask.user, ask.conversation_id)
         if conversation is None:
             raise NotFound(f"conversation {ask.conversation_id} not found")
 
-    info = choose_provider(
-        app.providers, ask.provider or (conversation and conversation.provider) or app.settings.provider
-    )
+    asked = ask.provider or (conversation and conversation.provider) or services.settings.provider
+    info = choose_provider(services.providers, asked)
     same_provider = conversation is not None and conversation.provider in (None, info.name)
     model = (
         ask.model or (conversation.model if conversation and same_provider else None) or info.default_model
@@ -110,7 +109,7 @@ async def accept_turn(app: Services, ask: TurnRequest) -> AcceptedTurn:
     else:
         if conversation.title is None:
             await store.update_conversation(ask.user, conversation.id, {"title": title_from(ask.message)})
-        earlier = await store.recent_messages(conversation.id, limit=app.settings.history_messages)
+        earlier = await store.recent_messages(conversation.id, limit=services.settings.history_messages)
     try:
         user_message, reply = await store.start_turn(
             conversation.id,
@@ -130,24 +129,23 @@ async def accept_turn(app: Services, ask: TurnRequest) -> AcceptedTurn:
     assert info.provider is not None
     request = ChatRequest(
         model=model,
-        turns=build_turns(earlier, ask.message, limit=app.settings.history_messages),
+        turns=build_turns(earlier, ask.message, limit=services.settings.history_messages),
         system=ask.system if ask.system is not None else conversation.system,
         temperature=ask.temperature,
         max_tokens=ask.max_tokens,
     )
-    app.generations.start(
+    services.generations.start(
         info.provider,
         request,
         reply,
         user_message_id=user_message.id,
-        stop_when_abandoned=app.settings.on_disconnect == "cancel",
+        stop_when_abandoned=services.settings.on_disconnect == "cancel",
     )
     return AcceptedTurn(user_message.id, reply)
 
 
-def _retried(first: tuple[Message, Message], fingerprint: str | None) -> AcceptedTurn:
-    asked, reply = first
-    stored = asked.metadata.get("request_hash")
+def _retried(first: tuple[Message, Message, str | None], fingerprint: str | None) -> AcceptedTurn:
+    asked, reply, stored = first
     if stored is not None and stored != fingerprint:
         raise KeyReused("this Idempotency-Key was already used for a different request; use a new key")
     return AcceptedTurn(asked.id, reply)

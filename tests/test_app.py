@@ -58,8 +58,9 @@ async def exit_status(server: Server) -> int:
     return await asyncio.to_thread(server.process.wait, 10)
 
 
-# uvicorn re-raises the signal once it has shut down cleanly, so the exit is "killed by" it.
-CLEAN = {0, -signal.SIGTERM, -signal.SIGINT}
+# uvicorn raises the signal again once it has shut down in order: SIGTERM kills, and
+# Ctrl-C (a KeyboardInterrupt) is exit status 130.
+CLEAN = {0, -signal.SIGTERM, 130}
 
 
 async def test_sigterm_mid_stream_ends_clients_with_shutdown_and_rows_interrupted(
@@ -97,7 +98,7 @@ async def test_sigterm_lets_a_generation_finish_within_the_grace_period(
         assert await exit_status(server) in CLEAN
 
     assert rest.names[-1] == "done"
-    assert "press Ctrl-C again" in server.output()
+    assert "Ctrl-C again ends them now" in server.output()
     assert stored_reply(tmp_path) == ("completed", "nearly done")
 
 
@@ -111,7 +112,9 @@ async def test_a_second_ctrl_c_ends_running_replies_at_once(
                 reader = EventReader(response)
                 await reader.read(until=2)
                 server.process.send_signal(signal.SIGINT)
-                await until(lambda: "press Ctrl-C again" in server.output(), what="the hint after Ctrl-C")
+                await until(
+                    lambda: "Ctrl-C again ends them now" in server.output(), what="the hint after Ctrl-C"
+                )
                 server.process.send_signal(signal.SIGINT)
                 rest = await asyncio.wait_for(reader.read(), timeout=5)  # not the 600 s of grace
         assert await exit_status(server) in CLEAN
@@ -119,6 +122,27 @@ async def test_a_second_ctrl_c_ends_running_replies_at_once(
     assert rest.names == ["error"]
     assert rest.terminal.data["error"]["type"] == "shutdown"
     assert stored_reply(tmp_path) == ("interrupted", "so far")
+    said = server.output()
+    assert "ending 1 running replies now" in said
+    assert "Application shutdown complete" in said  # the store and the upstream client were closed
+    for trouble in ("Traceback", "never retrieved", "Event loop is closed", "was destroyed"):
+        assert trouble not in said
+
+
+async def test_sigterm_gives_a_reply_no_client_follows_the_grace_period_too(
+    spawn: Spawn, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    gate = asyncio.Event()
+    upstream.add(Reply([openai_chunk("unwatched"), gate, *openai_reply(" but kept")]))
+    async with spawn(SIDECHAT_SHUTDOWN_GRACE_SECONDS="30") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+            assert (await client.post("/api/chat", json={"message": "hi"})).status_code == 202
+        await until(lambda: upstream.requests, what="the generation to ask the provider")
+        server.process.send_signal(signal.SIGTERM)
+        await until(lambda: "shutting down: 1 running" in server.output(), what="the server to hear SIGTERM")
+        gate.set()
+        assert await exit_status(server) in CLEAN
+    assert stored_reply(tmp_path) == ("completed", "unwatched but kept")
 
 
 async def test_sigkill_then_restart_marks_the_reply_interrupted(

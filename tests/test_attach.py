@@ -15,21 +15,15 @@ from chat.records import Message
 from chat.services import Services
 from chat.sse import SSEDecoder
 from chat.store import Store
+from tests.providers.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
 async def app(tmp_path: Path) -> AsyncIterator[Services]:
     store = await Store.open(str(tmp_path / "chat.db"))
-    broker = Broker(retention=30, clock=Clock())
+    broker = Broker(retention=30, clock=FakeClock())
     yield Services(Settings(db=str(tmp_path / "chat.db")), store, broker, Generations(store, broker), {})
     await store.close()
 

@@ -8,16 +8,9 @@ import pytest
 
 from chat.broker import Broker
 from chat.sse import PING, encode_event
+from tests.providers.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_events_are_numbered_from_one_and_read_from_any_position() -> None:
@@ -36,8 +29,8 @@ async def test_a_subscriber_waits_for_the_next_event_and_ends_at_close() -> None
     topic = broker.open("t")
     async with broker.subscribe(topic, 0, 60) as subscription:
         pending = asyncio.ensure_future(anext(subscription))
-        await asyncio.sleep(0)  # the subscriber is waiting now
-        assert not pending.done()
+        await asyncio.sleep(0)  # one step of the subscriber's task: it reads, finds nothing, waits
+        assert len(topic.waiters) == 1 and not pending.done()
         topic.publish("token", {"text": "a"})
         assert await pending == encode_event("token", {"text": "a"}, 1)
         topic.close()
@@ -53,13 +46,14 @@ async def test_events_that_queued_up_go_out_as_one_chunk() -> None:
         assert await anext(subscription) == encode_event("a", {}, 1) + encode_event("b", {}, 2)
 
 
-async def test_a_quiet_topic_sends_pings_and_a_busy_one_none() -> None:
+async def test_a_quiet_topic_sends_a_ping_each_heartbeat_between_events() -> None:
     broker = Broker(retention=30)
     topic = broker.open("t")
     async with broker.subscribe(topic, 0, 0.02) as subscription:
         assert await asyncio.wait_for(anext(subscription), 5) == PING
         topic.publish("token", {})
-        assert await anext(subscription) == encode_event("token", {}, 1)  # not a ping, though one was due
+        assert await anext(subscription) == encode_event("token", {}, 1)
+        assert await asyncio.wait_for(anext(subscription), 5) == PING
 
 
 async def test_the_last_subscriber_leaving_calls_on_abandoned_once() -> None:
@@ -75,7 +69,7 @@ async def test_the_last_subscriber_leaving_calls_on_abandoned_once() -> None:
 
 
 async def test_a_closed_topic_is_kept_for_the_retention_time_then_dropped() -> None:
-    clock = Clock()
+    clock = FakeClock()
     broker = Broker(retention=10, clock=clock)
     first, second = broker.open("a"), broker.open("b")
     first.close()
@@ -90,7 +84,7 @@ async def test_a_closed_topic_is_kept_for_the_retention_time_then_dropped() -> N
 
 
 async def test_an_open_topic_never_expires() -> None:
-    clock = Clock()
+    clock = FakeClock()
     broker = Broker(retention=0, clock=clock)
     topic = broker.open("t")
     clock.now = 10**9
@@ -98,7 +92,7 @@ async def test_an_open_topic_never_expires() -> None:
 
 
 async def test_a_name_can_be_opened_again_once_its_topic_closed() -> None:
-    clock = Clock()
+    clock = FakeClock()
     broker = Broker(retention=10, clock=clock)
     old = broker.open("t")
     old.close()

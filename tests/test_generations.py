@@ -23,6 +23,7 @@ from chat.records import Message
 from chat.replay import stored_events
 from chat.sse import SSEDecoder
 from chat.store import Store
+from tests.providers.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -104,14 +105,6 @@ class Ticker:
         await self.sleeping.wait()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await Store.open(str(tmp_path / "chat.db"))
@@ -120,12 +113,12 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def broker(clock: Clock) -> Broker:
+def broker(clock: FakeClock) -> Broker:
     return Broker(retention=30, clock=clock)
 
 
@@ -302,10 +295,18 @@ async def test_asking_twice_ends_running_replies_now_with_their_text(
         provider.hand("partial")
         await reader.read(2)
         shutdown = generations.begin_shutdown(grace=3600)
-        assert generations.begin_shutdown(grace=3600) is shutdown  # the second Ctrl-C
-        await shutdown
+        assert generations.begin_shutdown(grace=3600) is shutdown  # the same shutdown
+        generations.hurry()  # the second Ctrl-C
+        await asyncio.wait_for(shutdown, timeout=5)  # not the hour of grace
         terminal = (await reader.rest())[-1]
-    assert terminal[1:] == ("error", events.error(generation.message_id, events.SHUTDOWN, partial=True))
+    assert terminal[1:] == (
+        "error",
+        {
+            "message_id": generation.message_id,
+            "error": {"type": "shutdown", "message": "the server shut down before this reply was finished"},
+            "partial": True,
+        },
+    )
     stored = await row(store, generation)
     assert (stored.status, stored.content, stored.metadata["error"]) == (
         "interrupted",
@@ -343,7 +344,7 @@ async def test_checkpoints_save_the_partial_text_while_it_runs(store: Store, bro
 
 
 async def test_a_finished_topic_stays_for_the_replay_window_then_goes(
-    store: Store, generations: Generations, broker: Broker, clock: Clock
+    store: Store, generations: Generations, broker: Broker, clock: FakeClock
 ) -> None:
     provider = Puppet()
     generation = await start(store, generations, provider)

@@ -29,11 +29,38 @@ def told(message: Message, after: int) -> list[tuple[str | None, str, dict[str, 
 
 
 def test_from_the_start_it_is_start_the_whole_text_and_the_end() -> None:
-    assert told(reply(), 0) == [
-        ("1", "start", events.start(3, 7, META)),
+    message = reply(usage={"input_tokens": 4, "output_tokens": 2}, duration_ms=80, ttft_ms=20)
+    assert told(message, 0) == [
+        (
+            "1",
+            "start",
+            {
+                "conversation_id": 3,
+                "message_id": 7,
+                "user_message_id": 6,
+                "provider": "openai",
+                "model": "gpt-4o-mini",
+            },
+        ),
         ("8", "token", {"text": "Hello!"}),
-        ("9", "done", events.done(7, META)),
+        (
+            "9",
+            "done",
+            {
+                "message_id": 7,
+                "finish_reason": "stop",
+                "usage": {"input_tokens": 4, "output_tokens": 2},
+                "duration_ms": 80,
+                "ttft_ms": 20,
+            },
+        ),
     ]
+
+
+@pytest.mark.parametrize(("status", "reason"), [("completed", "stop"), ("cancelled", "cancelled")])
+def test_a_row_stored_without_a_finish_reason_still_ends_with_one(status: str, reason: str) -> None:
+    end = told(reply(status, finish_reason=None), 0)[-1]
+    assert end[2]["finish_reason"] == reason
 
 
 @pytest.mark.parametrize("after", range(1, 8))
@@ -58,7 +85,7 @@ def test_a_fallback_is_told_as_it_was_live() -> None:
 def test_a_failed_reply_ends_with_its_error_and_says_it_is_partial() -> None:
     error = {"type": "overloaded", "message": "busy"}
     end = told(reply("failed", content="Hel", error=error), 0)[-1]
-    assert end == ("9", "error", events.error(7, error, partial=True))
+    assert end == ("9", "error", {"message_id": 7, "error": error, "partial": True})
 
 
 def test_a_reply_a_crash_cut_off_ends_past_any_id_it_reached() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -12,7 +12,6 @@ from chat.sse import (
     PING,
     ServerSentEvent,
     SSEDecoder,
-    aiter_sse,
     encode_event,
     retry_field,
 )
@@ -241,20 +240,6 @@ def test_one_read_carries_many_events_and_one_event_spans_many_reads() -> None:
     assert decoder.feed(b"56") == []
     assert decoder.feed(b"\n") == []
     assert decoder.feed(b"\n") == [Event(data="3456")]
-
-
-@pytest.mark.anyio
-async def test_aiter_sse_yields_events_from_async_chunks() -> None:
-    async def chunks() -> AsyncIterator[bytes]:
-        yield BOM + b"retry: 5\n\nevent: token\nid: 1\r"
-        yield b'\ndata: {"text": "h'
-        yield b'i"}\r\n\r\n: ping\n\ndata: [DONE]\n\ndata: cut off'
-
-    events = [event async for event in aiter_sse(chunks())]
-    assert events == [
-        Event(event="token", data='{"text": "hi"}', id="1"),
-        Event(data="[DONE]", id="1"),
-    ]
 
 
 # Encoder

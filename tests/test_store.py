@@ -109,11 +109,37 @@ async def test_idempotency_key_finds_the_first_turn(store: Store) -> None:
 
 async def test_a_turn_under_a_key_keeps_the_hash_of_what_was_asked(store: Store) -> None:
     conversation = await store.create_conversation("local")
-    user, _ = await store.start_turn(
+    user, reply = await store.start_turn(
         conversation.id, "hello", metadata={}, idempotency_key="local:k1", request_hash="abc"
     )
     found = await store.find_turn("local", "local:k1")
-    assert found is not None and found[0].metadata == user.metadata == {"request_hash": "abc"}
+    assert found is not None and (found[0].id, found[1].id, found[2]) == (user.id, reply.id, "abc")
+    assert found[0].metadata == {}  # the hash is not part of the message a client sees
+
+
+async def test_an_older_database_gains_the_columns_added_since(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # a messages table from before request_hash
+        db.execute(
+            "CREATE TABLE conversations (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL DEFAULT 'local',"
+            " title TEXT, system TEXT, provider TEXT, model TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL"
+            " REFERENCES conversations (id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL DEFAULT '',"
+            " status TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', last_event_id INTEGER NOT NULL DEFAULT 0,"
+            " idempotency_key TEXT, created_at TEXT NOT NULL, completed_at TEXT)"
+        )
+    store = await Store.open(str(path))
+    try:
+        conversation = await store.create_conversation("local")
+        await store.start_turn(
+            conversation.id, "hi", metadata={}, idempotency_key="local:k", request_hash="h"
+        )
+        found = await store.find_turn("local", "local:k")
+        assert found is not None and found[2] == "h"
+    finally:
+        await store.close()
 
 
 async def test_recent_messages_are_the_last_ones_oldest_first(store: Store) -> None:

@@ -60,7 +60,9 @@ async def app(tmp_path: Path, providers: Providers) -> AsyncIterator[Services]:
     settings = Settings(db=str(tmp_path / "chat.db"), provider="openai")
     store = await Store.open(settings.db)
     broker = Broker(retention=30)
-    yield Services(settings, store, broker, Generations(store, broker), providers.registry())
+    generations = Generations(store, broker)
+    yield Services(settings, store, broker, generations, providers.registry())
+    await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
     await store.close()
 
 

@@ -59,7 +59,9 @@ DEFAULT_TIMEOUTS = Timeouts()
 
 
 class Deadline:
-    """Cancels the task that made it when one wait (`waiting` is true) runs past `when`."""
+    """Cancels the task that made it when one wait (`waiting` is true) runs past `when`.
+
+    Its timer runs until `stop`, which leaving a `with Deadline(...)` block calls."""
 
     def __init__(self, when: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -99,6 +101,12 @@ class Deadline:
     def stop(self) -> None:
         self._timer.cancel()
 
+    def __enter__(self) -> Deadline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 async def read_within(
     chunks: AsyncIterator[bytes], deadline: Deadline, timeouts: Timeouts, provider: str
@@ -123,7 +131,6 @@ async def read_within(
             deadline.move(loop.time() + timeouts.idle)
             limit, waiting_for = timeouts.idle, "more of its stream"
     finally:
-        deadline.stop()
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             await aclose()

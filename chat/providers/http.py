@@ -56,49 +56,58 @@ async def open_stream(
     exception, wherever it surfaces, including while the caller reads. Leaving
     the block closes the response at once, without draining it.
     """
-    deadline = Deadline(asyncio.get_running_loop().time() + timeouts.first_token)
-    try:
-        async with AsyncExitStack() as stack:
-            deadline.waiting = True
-            try:
-                response = await stack.enter_async_context(
-                    # Compression would hold tokens back in the compressor's buffer.
-                    client.stream("POST", url, json=body, headers={"accept-encoding": "identity", **headers})
-                )
-            except asyncio.CancelledError as exc:
-                raise deadline.timed_out(
-                    exc, f"{provider} sent no response for {timeouts.first_token:g}s"
-                ) from None
-            deadline.waiting = False
-            status = response.status_code
-            if not 200 <= status < 300:
-                raw = await _read_limited(response, deadline, timeouts, provider)
-                raise error_from_response(status, response.headers, raw, provider)
-            media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-            if media_type == "text/html":
-                raw = await _read_limited(response, deadline, timeouts, provider)
-                raise ProviderError(
-                    "protocol",
-                    f"{provider} answered with an HTML page instead of a stream "
-                    f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
-                    status=status,
-                )
-            if media_type == "application/json" and not json_ok:
-                raw = await _read_limited(response, deadline, timeouts, provider)
-                payload = loads_or_none(raw)
-                if isinstance(payload, dict) and "error" in payload:
-                    raise error_from_event(payload, provider)
-                raise ProviderError(
-                    "protocol",
-                    f"{provider} answered with a JSON document instead of a stream: {excerpt(raw)}",
-                    status=status,
-                )
-            async with aclosing(read_within(response.aiter_bytes(), deadline, timeouts, provider)) as chunks:
-                yield chunks
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise error_from_transport(exc, provider) from exc
-    finally:
-        deadline.stop()
+    with Deadline(asyncio.get_running_loop().time() + timeouts.first_token) as deadline:
+        try:
+            async with AsyncExitStack() as stack:
+                deadline.waiting = True
+                try:
+                    response = await stack.enter_async_context(
+                        # Compression would hold tokens back in the compressor's buffer.
+                        client.stream(
+                            "POST", url, json=body, headers={"accept-encoding": "identity", **headers}
+                        )
+                    )
+                except asyncio.CancelledError as exc:
+                    raise deadline.timed_out(
+                        exc, f"{provider} sent no response for {timeouts.first_token:g}s"
+                    ) from None
+                deadline.waiting = False
+                await _refuse_unless_a_stream(response, deadline, timeouts, provider, json_ok)
+                async with aclosing(
+                    read_within(response.aiter_bytes(), deadline, timeouts, provider)
+                ) as chunks:
+                    yield chunks
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise error_from_transport(exc, provider) from exc
+
+
+async def _refuse_unless_a_stream(
+    response: httpx.Response, deadline: Deadline, timeouts: Timeouts, provider: str, json_ok: bool
+) -> None:
+    """Raise the `ProviderError` for an answer that is an error, a page or a document."""
+    status = response.status_code
+    if not 200 <= status < 300:
+        raw = await _read_limited(response, deadline, timeouts, provider)
+        raise error_from_response(status, response.headers, raw, provider)
+    media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "text/html":
+        raw = await _read_limited(response, deadline, timeouts, provider)
+        raise ProviderError(
+            "protocol",
+            f"{provider} answered with an HTML page instead of a stream "
+            f"(a captive portal or proxy?): {excerpt(raw, page=True)}",
+            status=status,
+        )
+    if media_type == "application/json" and not json_ok:
+        raw = await _read_limited(response, deadline, timeouts, provider)
+        payload = loads_or_none(raw)
+        if isinstance(payload, dict) and "error" in payload:
+            raise error_from_event(payload, provider)
+        raise ProviderError(
+            "protocol",
+            f"{provider} answered with a JSON document instead of a stream: {excerpt(raw)}",
+            status=status,
+        )
 
 
 async def _read_limited(
@@ -209,7 +218,8 @@ class HTTPProvider:
                     if finish is not None:
                         yield finish
                         return
-        for event in decoder.close():  # a last line the body's end cut off, or ended
+        # SSE drops an event the body's end cut off; in NDJSON, the end ends the last line.
+        for event in decoder.close():
             try:
                 text, finish = _parse(reading, event, name)
             except ProviderError as exc:

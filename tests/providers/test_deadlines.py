@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import pytest
 
@@ -11,13 +12,15 @@ from chat.providers.base import ProviderError
 from chat.providers.deadlines import Deadline, Timeouts, read_within
 
 
-def read_with_deadlines(
+async def read_with_deadlines(
     chunks: AsyncIterator[bytes], timeouts: Timeouts, *, started: float | None = None
 ) -> AsyncIterator[bytes]:
     """`read_within` with a deadline of its own, `first_token` after `started` (or now)."""
     loop = asyncio.get_running_loop()
-    deadline = Deadline((loop.time() if started is None else started) + timeouts.first_token)
-    return read_within(chunks, deadline, timeouts, "p")
+    with Deadline((loop.time() if started is None else started) + timeouts.first_token) as deadline:
+        async with aclosing(read_within(chunks, deadline, timeouts, "p")) as inner:
+            async for chunk in inner:
+                yield chunk
 
 
 class Source:

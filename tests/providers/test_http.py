@@ -94,3 +94,44 @@ async def test_error_body_that_stalls_still_reports_the_status(
                 raise AssertionError("unreachable")
     assert (info.value.type, info.value.status) == ("overloaded", 503)
     assert body.closed
+
+
+@pytest.mark.anyio
+async def test_headers_held_back_past_the_first_token_deadline_time_out() -> None:
+    released = asyncio.Event()
+
+    async def hold(request: httpx.Request) -> httpx.Response:
+        await released.wait()  # a proxy that sends nothing until the first token
+        return httpx.Response(200)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hold)) as client:
+        async with asyncio.timeout(2):
+            with pytest.raises(ProviderError) as info:
+                async with open_stream(
+                    client, URL, body={}, headers={}, timeouts=Timeouts(first_token=0.05), provider="p"
+                ):
+                    raise AssertionError("unreachable")
+    assert (info.value.type, info.value.retryable) == ("timeout", True)
+    assert info.value.message == "p sent no response for 0.05s"
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_that_is_not_the_deadline_goes_through() -> None:
+    waiting = asyncio.Event()
+
+    async def hold(request: httpx.Request) -> httpx.Response:
+        waiting.set()
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(hold)) as client:
+
+        async def open_it() -> None:
+            async with open_stream(client, URL, body={}, headers={}, timeouts=Timeouts(), provider="p"):
+                pass
+
+        task = asyncio.create_task(open_it())
+        await waiting.wait()  # it is waiting for the response now
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
