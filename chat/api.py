@@ -225,9 +225,11 @@ async def delete_conversation(request: Request) -> Response:
     app = services(request)
     conversation = await owned_conversation(request)
     await app.generations.stop_conversation(conversation.id)
-    await app.store.delete_conversation(current_user(request), conversation.id)
+    deleted = await app.store.delete_conversation(current_user(request), conversation.id)
     # A turn stored while the first stop waited has no row left, but may still be running.
     await app.generations.stop_conversation(conversation.id)
+    if not deleted:  # a twin request deleted it while this one waited: only one of them did
+        raise NotFound(f"conversation {conversation.id} not found")
     return Response(status_code=204)
 
 

@@ -27,9 +27,17 @@ from starlette.types import Receive, Scope, Send
 
 from .api import routes
 from .config import ConfigError, Settings
-from .errors import ApiError, StartupError, render_api_error, render_http_exception, render_internal_error
+from .errors import (
+    ApiError,
+    StartupError,
+    render_api_error,
+    render_http_exception,
+    render_internal_error,
+    render_storage_failed,
+)
 from .resources import resource
 from .services import Services, open_services
+from .store import StorageFailed
 
 log = logging.getLogger("sidechat")
 
@@ -51,6 +59,7 @@ class Sidechat:
             ],
             exception_handlers={
                 ApiError: render_api_error,
+                StorageFailed: render_storage_failed,
                 HTTPException: render_http_exception,
                 Exception: render_internal_error,
             },

@@ -51,7 +51,10 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     max_message_chars: int = 100_000
     replay_seconds: float = 30.0
-    checkpoint_seconds: float = 0.0  # 0: off
+    checkpoint_seconds: float = 2.0  # 0: off
+    checkpoint_bytes: int = 2048
+    max_pending_writes: int = 1000  # replies waiting in memory for their final write
+    db_busy_timeout: float = 10.0
     retry_attempts: int = 3  # attempts in all, the first included
     retry_max_seconds: float = 30.0
     fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
@@ -183,6 +186,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_message_chars": ("SIDECHAT_MAX_MESSAGE_CHARS", _positive_int),
     "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
     "checkpoint_seconds": ("SIDECHAT_CHECKPOINT_SECONDS", _non_negative_float),
+    "checkpoint_bytes": ("SIDECHAT_CHECKPOINT_BYTES", _positive_int),
+    "max_pending_writes": ("SIDECHAT_MAX_PENDING_WRITES", _positive_int),
+    "db_busy_timeout": ("SIDECHAT_DB_BUSY_TIMEOUT", _non_negative_float),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
     "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
     "fallback": ("SIDECHAT_FALLBACK", _fallback),

@@ -1,4 +1,5 @@
-"""Opening the SQLite database: its settings, the schema, and start-up errors in plain words.
+"""The SQLite database: opening it (its settings, the schema, start-up errors in plain
+words), and what its errors mean to the store's callers.
 
 Deliberate choices:
 - WAL mode, so readers (other tools, backups) never block the writer, and
@@ -21,11 +22,47 @@ import aiosqlite
 from .errors import StartupError
 from .resources import resource
 
+
+class StoreError(Exception):
+    """A write the store could not make, in its own terms."""
+
+
+class ConversationGone(StoreError):
+    """The conversation a write needs was deleted meanwhile."""
+
+
+class KeyTaken(StoreError):
+    """Another turn holds this idempotency key already (a twin request won the race)."""
+
+
+class StorageFailed(StoreError):
+    """A write that failed for a reason that can pass: a lock held elsewhere, a full disk,
+    a read-only file, an I/O error. `reason` says which, in words for a user."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def reason_of(exc: sqlite3.OperationalError) -> str:
+    """What a failed write's error means, in words for a user."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return "the database is locked by another process"
+    if "full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text:
+        return "the database is read-only"
+    if "i/o" in text:
+        return "the disk could not be written (I/O error)"
+    return f"the database could not be written ({exc})"
+
+
 # (table, column, declaration) for each column added to the schema after its table was.
 ADDED_COLUMNS = [("messages", "request_hash", "TEXT")]
 
 
-async def connect(path: str) -> aiosqlite.Connection:
+async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connection:
     """A connection with the schema applied; a `StartupError` that says why when it cannot be had."""
     schema = resource("schema.sql").read_text()
     try:
@@ -37,7 +74,8 @@ async def connect(path: str) -> aiosqlite.Connection:
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
+        # A short foreign lock (a backup, `sqlite3` in a shell) is waited out, not failed.
+        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         await db.executescript(schema)
         for table, column, declaration in ADDED_COLUMNS:
             present = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}

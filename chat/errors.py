@@ -11,7 +11,8 @@
     ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
     ├── KeyReused               422 idempotency_key_reused
     ├── RateLimited             429 rate_limited
-    └── ServiceUnavailable      503 shutting_down
+    ├── ServiceUnavailable      503 shutting_down
+    └── StorageUnavailable      503 storage_unavailable (`cause`: locked, disk full, read-only, ...)
 
     StartupError                the service cannot start; its message is the one line that says why
 
@@ -91,6 +92,10 @@ class ServiceUnavailable(ApiError):
     status, type = 503, "shutting_down"
 
 
+class StorageUnavailable(ApiError):
+    status, type = 503, "storage_unavailable"
+
+
 class StartupError(Exception):
     """Start-up cannot go on: a database that is not one, a directory we cannot write, a
     missing file of the installation. The message is meant to be the whole story."""
@@ -99,6 +104,14 @@ class StartupError(Exception):
 async def render_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return JSONResponse(exc.as_dict(), status_code=exc.status, headers=exc.headers())
+
+
+async def render_storage_failed(request: Request, exc: Exception) -> Response:
+    """A write the database refused for now (`chat.store.StorageFailed`): 503, nothing stored."""
+    reason = str(exc)
+    message = f"nothing was stored: {reason}; try again shortly"
+    error = StorageUnavailable(message, retry_after=5, cause=reason)
+    return await render_api_error(request, error)
 
 
 async def render_http_exception(request: Request, exc: Exception) -> Response:

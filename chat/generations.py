@@ -22,15 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from . import events
 from .broker import Broker, Topic
+from .keeping import Checkpoints, Keeper
 from .providers.base import Answerer, ChatRequest, Finish, Provider, ProviderError, Usage
 from .records import Message
-from .store import Store
 
 log = logging.getLogger("sidechat.generations")
 
@@ -68,6 +67,7 @@ class Generation:
         self._parts: list[str] = []
         self._started = False
         self._ending = False  # past the provider: being stored, or stored
+        self._refused = False  # its final write was refused for now, and is being tried again
 
     @property
     def message_id(self) -> int:
@@ -86,39 +86,56 @@ class Generation:
         return len(self._parts)
 
     def stop(self, reason: str) -> bool:
-        """Ask the generation to end early; False when it already has."""
-        if self.task is None or self._ending:
+        """Ask the generation to end early; False when it already has, or was asked already.
+        A reply whose end is waiting to be stored can still be cancelled: it is stored so."""
+        if self.task is None or self._stop_reason is not None:
             return False
-        self._stop_reason = self._stop_reason or reason
-        if self._started:  # a task cancelled before its first step would never run `run`
+        if self._ending and not (self._refused and reason == CANCELLED):
+            return False
+        self._stop_reason = reason
+        if self._started and not self._ending:  # a task cancelled before its first step never runs
             self.task.cancel()
         return True
 
-    async def run(self, store: Store) -> None:
+    async def run(self, keeper: Keeper) -> None:
         started = time.monotonic()
         self.topic.publish("start", events.start(self.conversation_id, self.message_id, self.metadata))
         self._started = True
-        relayed = await self._relay(started)
-        self._ending = True
-        status, metadata = self._conclude(relayed, started)
+        checkpoints = keeper.checkpoints(self.message_id, lambda: self.text)
         try:
-            await asyncio.shield(
-                store.finish_message(
-                    self.message_id,
-                    status=status,
-                    content=self.text,
-                    metadata=metadata,
-                    last_event_id=self.topic.last_id + 1,
-                )
-            )
-        except Exception:
-            log.exception("could not store the end of message %s", self.message_id)
+            relayed = await self._relay(started, checkpoints)
         finally:
-            self.topic.publish(*events.terminal(self.message_id, status, metadata, partial=bool(self._parts)))
-            self.topic.close()
-            self.finished.set()
+            self._ending = True
+            if checkpoints is not None:
+                await checkpoints.close()
+        ended = time.monotonic()
 
-    async def _relay(self, started: float) -> Relayed:
+        def row() -> dict[str, Any]:  # as it stands at each try: a cancel may come meanwhile
+            status, metadata = self._conclude(relayed, started, ended)
+            return {
+                "status": status,
+                "metadata": metadata,
+                "content": self.text,
+                "last_event_id": self.topic.last_id + 1,
+            }
+
+        def refused() -> None:
+            self._refused = True
+
+        lost = await keeper.finish(self.message_id, row, refused)
+        stored = row()
+        if lost is None:
+            terminal = events.terminal(
+                self.message_id, stored["status"], stored["metadata"], partial=bool(self._parts)
+            )
+        else:
+            error = {"type": "storage", "message": f"the reply could not be stored: {lost}"}
+            terminal = ("error", events.error(self.message_id, error, partial=bool(self._parts)))
+        self.topic.publish(*terminal)
+        self.topic.close()
+        self.finished.set()
+
+    async def _relay(self, started: float, checkpoints: Checkpoints | None) -> Relayed:
         """Publish the provider's deltas as they come; what ended it, and how."""
         relayed = Relayed()
         publish = self.topic.publish
@@ -132,6 +149,8 @@ class Generation:
                     if relayed.ttft_ms is None:
                         relayed.ttft_ms = round((time.monotonic() - started) * 1000)
                     self._parts.append(item)
+                    if checkpoints is not None:
+                        checkpoints.added(len(item))
                     publish("token", {"text": item})
                 elif isinstance(item, Finish):
                     relayed.finish = item
@@ -153,14 +172,14 @@ class Generation:
             relayed.error = ProviderError("truncated", "the provider's stream ended without a finish record")
         return relayed
 
-    def _conclude(self, relayed: Relayed, started: float) -> tuple[str, dict[str, Any]]:
+    def _conclude(self, relayed: Relayed, started: float, ended: float) -> tuple[str, dict[str, Any]]:
         """The row's status and the metadata stored with it."""
         finish = relayed.finish
         metadata: dict[str, Any] = {
             **self.metadata,
             "usage": (finish.usage if finish else Usage()).as_dict(),
             "finish_reason": None,
-            "duration_ms": round((time.monotonic() - started) * 1000),
+            "duration_ms": round((ended - started) * 1000),
             "ttft_ms": relayed.ttft_ms,
             "error": None,
         }
@@ -184,19 +203,10 @@ class Generation:
 class Generations:
     """The running generations of this process, by assistant message id."""
 
-    def __init__(
-        self,
-        store: Store,
-        broker: Broker,
-        *,
-        checkpoint_seconds: float = 0,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    ) -> None:
-        self.store = store
+    def __init__(self, broker: Broker, keeper: Keeper) -> None:
         self.broker = broker
-        self.checkpoint_seconds = checkpoint_seconds
+        self.keeper = keeper
         self.closing = False  # no new generations: the server is shutting down
-        self._sleep = sleep
         self._running: dict[int, Generation] = {}
         self._shutdown: asyncio.Task[None] | None = None
         self._now = asyncio.Event()  # shutdown was asked twice: end the rest without waiting
@@ -225,22 +235,10 @@ class Generations:
         return generation
 
     async def _run(self, generation: Generation) -> None:
-        checkpoints = asyncio.create_task(self._checkpoint(generation)) if self.checkpoint_seconds else None
         try:
-            await generation.run(self.store)
+            await generation.run(self.keeper)
         finally:
-            if checkpoints is not None:
-                checkpoints.cancel()
             del self._running[generation.message_id]
-
-    async def _checkpoint(self, generation: Generation) -> None:
-        """Save a long generation's partial text now and then, so a crash loses little of it."""
-        saved = 0
-        while True:
-            await self._sleep(self.checkpoint_seconds)
-            if generation.token_count != saved and not generation.finished.is_set():
-                saved = generation.token_count
-                await self.store.checkpoint_message(generation.message_id, generation.text)
 
     async def stop(self, generation: Generation, reason: str) -> bool:
         stopped = generation.stop(reason)
@@ -277,5 +275,7 @@ class Generations:
             finished.cancel()
             hurry.cancel()
             await asyncio.gather(finished, hurry, return_exceptions=True)
-        # Any that slipped in while we waited are ended too.
+        # Any that slipped in while we waited are ended too; a final write still refused gets
+        # one more try, then its loss is logged.
+        self.keeper.give_up()
         await asyncio.gather(*(self.stop(g, SHUTDOWN) for g in list(self._running.values())))

@@ -17,6 +17,7 @@ from . import events
 from .broker import Broker
 from .config import Settings
 from .generations import Generations
+from .keeping import Keeper
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .store import Store
@@ -37,7 +38,7 @@ class Services:
 @asynccontextmanager
 async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Everything the routes need; on the way out, running generations get the grace period."""
-    store = await Store.open(settings.db)
+    store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout)
     try:
         interrupted = await store.interrupt_streaming(events.INTERRUPTED)
         if interrupted:
@@ -49,7 +50,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         async with upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client:
             broker = Broker(retention=settings.replay_seconds)
-            generations = Generations(store, broker, checkpoint_seconds=settings.checkpoint_seconds)
+            keeper = Keeper(
+                store,
+                checkpoint_seconds=settings.checkpoint_seconds,
+                checkpoint_chars=settings.checkpoint_bytes,
+                max_pending=settings.max_pending_writes,
+            )
+            generations = Generations(broker, keeper)
             providers = build_providers(settings, client, timeouts)
             try:
                 yield Services(settings, store, broker, generations, providers)

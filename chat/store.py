@@ -9,9 +9,10 @@ Deliberate choices:
   schema keep a conversation's activity time. Each aiosqlite call is a thread
   round trip (measured at ~70 us here), so a generation costs two calls when it
   is accepted and one when it ends -- and nothing per token.
-- The conflicts a caller must handle come in the store's own terms
-  (`ConversationGone`, `KeyTaken`; opening it, a `StartupError`), not as
-  sqlite3's errors, so callers need not know SQL.
+- What a caller must handle comes in the store's own terms: the conflicts
+  (`ConversationGone`, `KeyTaken`), a write that failed for a reason that can
+  pass (`StorageFailed`: locked, full, read-only, I/O), and on opening, a
+  `StartupError`; so callers need not know SQL.
 """
 
 from __future__ import annotations
@@ -24,20 +25,10 @@ from typing import Any
 
 import aiosqlite
 
-from .database import connect
+from .database import ConversationGone, KeyTaken, StorageFailed, StoreError, connect, reason_of
 from .records import Conversation, Message
 
-
-class StoreError(Exception):
-    """A write the store could not make, in its own terms."""
-
-
-class ConversationGone(StoreError):
-    """The conversation a write needs was deleted meanwhile."""
-
-
-class KeyTaken(StoreError):
-    """Another turn holds this idempotency key already (a twin request won the race)."""
+__all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError"]
 
 
 def now() -> str:
@@ -81,8 +72,8 @@ class Store:
         self._db = db
 
     @classmethod
-    async def open(cls, path: str) -> Store:
-        return cls(await connect(path))
+    async def open(cls, path: str, *, busy_timeout: float = 10.0) -> Store:
+        return cls(await connect(path, busy_timeout=busy_timeout))
 
     async def close(self) -> None:
         await self._db.close()
@@ -90,6 +81,21 @@ class Store:
     async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
         rows: Iterable[sqlite3.Row] = await self._db.execute_fetchall(sql, parameters)
         return list(rows)
+
+    async def _written(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
+        """A write's RETURNING rows; `StorageFailed` when it could not be made."""
+        try:
+            return await self._rows(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise StorageFailed(reason_of(exc)) from exc
+
+    async def _write(self, sql: str, parameters: dict[str, Any]) -> int:
+        """A write's row count; `StorageFailed` when it could not be made."""
+        try:
+            cursor = await self._db.execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise StorageFailed(reason_of(exc)) from exc
+        return cursor.rowcount
 
     async def ping(self) -> bool:
         try:
@@ -102,13 +108,12 @@ class Store:
 
     async def interrupt_streaming(self, error: dict[str, Any]) -> int:
         """Rows a previous process left mid-generation become `interrupted`, with `error`."""
-        cursor = await self._db.execute(
+        return await self._write(
             "UPDATE messages SET status = 'interrupted', completed_at = :now,"
             " metadata = json_set(metadata, '$.error', json(:error))"
             " WHERE status = 'streaming'",
             {"now": now(), "error": json.dumps(error)},
         )
-        return cursor.rowcount
 
     # -- conversations ----------------------------------------------------------------
 
@@ -121,7 +126,7 @@ class Store:
         provider: str | None = None,
         model: str | None = None,
     ) -> Conversation:
-        rows = await self._rows(
+        rows = await self._written(
             "INSERT INTO conversations"
             " (user_id, title, system, provider, model, created_at, updated_at)"
             " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)"
@@ -165,18 +170,18 @@ class Store:
         assert changes.keys() <= allowed, changes
         if changes:
             sets = ", ".join(f"{column} = :{column}" for column in changes)
-            await self._db.execute(
+            await self._write(
                 f"UPDATE conversations SET {sets}, updated_at = :now WHERE id = :id AND user_id = :user_id",
                 {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
             )
         return await self.get_conversation(user_id, conversation_id)
 
     async def delete_conversation(self, user_id: str, conversation_id: int) -> bool:
-        cursor = await self._db.execute(
+        deleted = await self._write(
             "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
             {"id": conversation_id, "user_id": user_id},
         )
-        return cursor.rowcount > 0
+        return deleted > 0
 
     # -- messages ---------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class Store:
         A turn stored under an idempotency key keeps the hash of what was asked with it."""
         stamp = now()
         try:
-            rows = await self._rows(
+            rows = await self._written(
                 "INSERT INTO messages (conversation_id, role, content, status, metadata,"
                 " idempotency_key, request_hash, created_at, completed_at)"
                 " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now),"
@@ -232,7 +237,7 @@ class Store:
         last_event_id: int,
     ) -> None:
         """The generation's one write at its end; only a row still `streaming` changes."""
-        await self._db.execute(
+        await self._write(
             "UPDATE messages SET status = :status, content = :content, metadata = :metadata,"
             " last_event_id = :last_event_id, completed_at = :now"
             " WHERE id = :id AND status = 'streaming'",
@@ -248,7 +253,7 @@ class Store:
 
     async def checkpoint_message(self, message_id: int, content: str) -> None:
         """The partial text of a reply still being generated (off by default; never per token)."""
-        await self._db.execute(
+        await self._write(
             "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
             {"id": message_id, "content": storable(content)},
         )

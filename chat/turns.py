@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 
-from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable
+from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
 from .history import build_turns
 from .providers import ProviderInfo
 from .providers.base import ChatRequest
 from .records import Conversation, Message
 from .services import Services
-from .store import ConversationGone, KeyTaken
+from .store import ConversationGone, KeyTaken, StorageFailed
 
 TITLE_CHARS = 50
 
@@ -82,6 +83,12 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
     """Store the turn and start its generation, or find the one a retry asks for."""
     if services.generations.closing:
         raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
+    if services.generations.keeper.full:
+        raise StorageUnavailable(
+            "too many replies are waiting for the database to take them; try again shortly",
+            retry_after=5,
+            cause="the database is refusing writes",
+        )
     store = services.store
     conversation: Conversation | None = None
     if ask.conversation_id is not None:
@@ -101,6 +108,7 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
     if key and (first := await store.find_turn(ask.user, key)):
         return _retried(first, fingerprint)
 
+    created = conversation is None
     if conversation is None:
         conversation = await store.create_conversation(
             ask.user, title=title_from(ask.message), system=ask.system, provider=info.name, model=ask.model
@@ -120,6 +128,11 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
         )
     except ConversationGone:
         raise NotFound(f"conversation {conversation.id} not found") from None
+    except StorageFailed:
+        if created:  # nothing half-stored: not even the empty conversation, if it can be helped
+            with suppress(StorageFailed):
+                await store.delete_conversation(ask.user, conversation.id)
+        raise
     except KeyTaken:  # a twin request with this key won the race
         twin = await store.find_turn(ask.user, key or "")
         if twin is None:  # and its conversation is gone already

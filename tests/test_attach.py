@@ -11,6 +11,7 @@ from chat.attach import reply_events
 from chat.broker import Broker
 from chat.config import Settings
 from chat.generations import Generations, topic_name
+from chat.keeping import Keeper
 from chat.records import Message
 from chat.services import Services
 from chat.sse import SSEDecoder
@@ -24,7 +25,13 @@ pytestmark = pytest.mark.anyio
 async def app(tmp_path: Path) -> AsyncIterator[Services]:
     store = await Store.open(str(tmp_path / "chat.db"))
     broker = Broker(retention=30, clock=FakeClock())
-    yield Services(Settings(db=str(tmp_path / "chat.db")), store, broker, Generations(store, broker), {})
+    yield Services(
+        Settings(db=str(tmp_path / "chat.db")),
+        store,
+        broker,
+        Generations(broker, Keeper(store, checkpoint_seconds=0)),
+        {},
+    )
     await store.close()
 
 

@@ -18,11 +18,13 @@ import pytest
 from chat import events
 from chat.broker import Broker, Subscription
 from chat.generations import CANCELLED, Generation, Generations, topic_name
+from chat.keeping import Keeper
 from chat.providers.base import ChatRequest, Finish, ProviderError, Turn, Usage
 from chat.records import Message
 from chat.replay import stored_events
 from chat.sse import SSEDecoder
 from chat.store import Store
+from tests.live import until
 from tests.providers.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -85,26 +87,6 @@ class Reader:
         return self.seen[first:]
 
 
-class Ticker:
-    """A `sleep` that returns only when the test ticks, so checkpoints run when told."""
-
-    def __init__(self) -> None:
-        self.sleeping = asyncio.Event()
-        self._tick = asyncio.Event()
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeping.set()
-        await self._tick.wait()
-        self._tick.clear()
-
-    async def tick(self) -> None:
-        """Let one sleep return, and wait until the sleeper sleeps again."""
-        await self.sleeping.wait()
-        self.sleeping.clear()
-        self._tick.set()
-        await self.sleeping.wait()
-
-
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await Store.open(str(tmp_path / "chat.db"))
@@ -124,7 +106,7 @@ def broker(clock: FakeClock) -> Broker:
 
 @pytest.fixture
 def generations(store: Store, broker: Broker) -> Generations:
-    return Generations(store, broker)
+    return Generations(broker, Keeper(store, checkpoint_seconds=0))
 
 
 async def start(
@@ -326,17 +308,26 @@ async def test_a_turn_accepted_while_shutting_down_ends_at_once(
     assert (await row(store, generation)).status == "interrupted"
 
 
-async def test_checkpoints_save_the_partial_text_while_it_runs(store: Store, broker: Broker) -> None:
-    ticker = Ticker()
-    generations = Generations(store, broker, checkpoint_seconds=2, sleep=ticker.sleep)
+@pytest.mark.parametrize("by", ["size", "time"])
+async def test_checkpoints_save_the_partial_text_while_it_runs(store: Store, broker: Broker, by: str) -> None:
+    keeper = Keeper(
+        store,
+        checkpoint_seconds=3600 if by == "size" else 0.01,
+        checkpoint_chars=6 if by == "size" else 10**6,
+    )
+    generations = Generations(broker, keeper)
     provider = Puppet()
     generation = await start(store, generations, provider)
     async with broker.subscribe(generation.topic, 0, 60) as subscription:
         reader = Reader(subscription)
         provider.hand("so ", "far")
         await reader.read(3)
-        await ticker.tick()
-        stored = await row(store, generation)
+
+        async def saved() -> Message | None:
+            stored = await row(store, generation)
+            return stored if stored.content else None
+
+        stored = await until(saved, what="a checkpoint")
         assert (stored.status, stored.content) == ("streaming", "so far")
         provider.hand(" and the rest", DONE)
         await reader.rest()

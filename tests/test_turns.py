@@ -11,6 +11,7 @@ from chat.broker import Broker
 from chat.config import Settings
 from chat.errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable
 from chat.generations import Generations
+from chat.keeping import Keeper
 from chat.providers import ProviderInfo
 from chat.providers.base import Finish, Usage
 from chat.records import Message
@@ -60,7 +61,7 @@ async def app(tmp_path: Path, providers: Providers) -> AsyncIterator[Services]:
     settings = Settings(db=str(tmp_path / "chat.db"), provider="openai")
     store = await Store.open(settings.db)
     broker = Broker(retention=30)
-    generations = Generations(store, broker)
+    generations = Generations(broker, Keeper(store, checkpoint_seconds=0))
     yield Services(settings, store, broker, generations, providers.registry())
     await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
     await store.close()
@@ -185,7 +186,13 @@ async def test_a_conversation_deleted_while_the_turn_is_accepted_is_not_found(
     store = await VanishingStore.open(str(tmp_path / "other.db"))
     try:
         conversation = await store.create_conversation("alice")
-        app = Services(app.settings, store, app.broker, Generations(store, app.broker), app.providers)
+        app = Services(
+            app.settings,
+            store,
+            app.broker,
+            Generations(app.broker, Keeper(store, checkpoint_seconds=0)),
+            app.providers,
+        )
         with pytest.raises(NotFound):
             await accept_turn(app, TurnRequest(user="alice", message="hi", conversation_id=conversation.id))
     finally:
