@@ -53,3 +53,9 @@ CREATE TRIGGER IF NOT EXISTS message_ended AFTER UPDATE OF status ON messages
 BEGIN
     UPDATE conversations SET updated_at = NEW.completed_at WHERE id = NEW.conversation_id;
 END;
+
+-- /readyz writes here to learn whether the database still takes writes: one row, rewritten.
+CREATE TABLE IF NOT EXISTS readiness (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    checked_at  TEXT    NOT NULL
+);

@@ -116,8 +116,12 @@ async def cancel(request: Request) -> Response:
     message = await reply_of(request)
     message_id = message.id
     generation = app.generations.get(message_id)
-    if generation is None or not await app.generations.stop(generation, CANCELLED):
+    if generation is None or not generation.stop(CANCELLED):
         raise Conflict(f"message {message_id} has already finished", status=message.status)
+    waiting = generation.waiting_row()
+    if waiting is not None:  # the database refuses its final write for now: it will say this
+        return JSONResponse({"message": waiting.as_json()})
+    await generation.finished.wait()
     stopped = await app.store.get_message(current_user(request), message_id)
     if stopped is None:  # its conversation was deleted meanwhile
         raise NotFound(f"message {message_id} not found")
@@ -252,6 +256,16 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "unavailable"}, status_code=503)
 
 
+async def readyz(request: Request) -> Response:
+    """503 with the reason when this process should not get traffic (it cannot store what it
+    is sent); `?deep=1` also checks the database's integrity."""
+    readiness = services(request).readiness
+    problem = await readiness.problem(deep=request.query_params.get("deep") == "1") if readiness else None
+    if problem is not None:
+        return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
 routes = [
     Route("/api/chat/stream", chat_stream, methods=["POST"]),
     Route("/api/chat", chat, methods=["POST"]),
@@ -265,4 +279,5 @@ routes = [
     Route("/api/conversations/{conversation_id}/messages", list_messages, methods=["GET"]),
     Route("/api/providers", list_providers, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
 ]

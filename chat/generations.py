@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,7 @@ class Generation:
         self._started = False
         self._ending = False  # past the provider: being stored, or stored
         self._refused = False  # its final write was refused for now, and is being tried again
+        self._row: Callable[[], dict[str, Any]] | None = None  # what its final write writes
 
     @property
     def message_id(self) -> int:
@@ -97,6 +99,24 @@ class Generation:
             self.task.cancel()
         return True
 
+    def waiting_row(self) -> Message | None:
+        """While the database refuses its final write: the row as it will be stored."""
+        if not self._refused or self._row is None or self.finished.is_set():
+            return None
+        row = self._row()
+        reply = self.reply
+        return Message(
+            reply.id,
+            reply.conversation_id,
+            reply.role,
+            row["content"],
+            row["status"],
+            row["metadata"],
+            row["last_event_id"],
+            reply.created_at,
+            None,
+        )
+
     async def run(self, keeper: Keeper) -> None:
         started = time.monotonic()
         self.topic.publish("start", events.start(self.conversation_id, self.message_id, self.metadata))
@@ -121,6 +141,8 @@ class Generation:
 
         def refused() -> None:
             self._refused = True
+
+        self._row = row
 
         lost = await keeper.finish(self.message_id, row, refused)
         stored = row()

@@ -20,6 +20,7 @@ from .generations import Generations
 from .keeping import Keeper
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
+from .readiness import Readiness
 from .store import Store
 from .transport import upstream_client
 
@@ -33,6 +34,7 @@ class Services:
     broker: Broker
     generations: Generations
     providers: dict[str, ProviderInfo]
+    readiness: Readiness | None = None
 
 
 @asynccontextmanager
@@ -58,9 +60,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             )
             generations = Generations(broker, keeper)
             providers = build_providers(settings, client, timeouts)
+            readiness = await Readiness.open(settings.db, keeper)
             try:
-                yield Services(settings, store, broker, generations, providers)
+                yield Services(settings, store, broker, generations, providers, readiness)
             finally:
                 await generations.begin_shutdown(settings.shutdown_grace_seconds)
+                await readiness.close()
     finally:
         await store.close()

@@ -302,3 +302,27 @@ async def test_a_client_that_stops_reading_slows_neither_the_generation_nor_othe
     assert reading.names[-1] == "done"
     assert reading.text == piece * 8000 + "end"
     assert row["content"] == reading.text
+
+
+async def test_two_racing_cancels_answer_once_each_way(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply([openai_chunk("held")], finish=False))
+    accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
+    await until(lambda: upstream.requests, what="the generation to reach the provider")
+    url = f"/api/messages/{accepted['message_id']}/cancel"
+    answers = await asyncio.gather(client.post(url), client.post(url))
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    assert upstream.hangups == 1
+
+
+async def test_two_racing_deletes_answer_once_each_way(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply([openai_chunk("held")], finish=False))
+    accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
+    await until(lambda: upstream.requests, what="the generation to reach the provider")
+    url = f"/api/conversations/{accepted['conversation_id']}"
+    answers = await asyncio.gather(client.delete(url), client.delete(url))
+    assert sorted(a.status_code for a in answers) == [204, 404]
+    assert (await client.get(url)).status_code == 404

@@ -19,6 +19,10 @@ Deliberate departures from the obvious:
   decide for itself.
 - The inner stream is closed before the pause, never after it: a half-read
   response must not hold a pooled connection while we sleep.
+- A retry never starts, nor waits for its first item, past what is left of the
+  budget, whatever its own timeouts would allow. The first attempt is bounded by
+  its own timeouts only: a slow model's first token may take longer than the
+  budget for retrying a failure.
 """
 
 from __future__ import annotations
@@ -72,11 +76,27 @@ class RetryingProvider:
         attempt = 1
         while True:
             stream = self.inner.stream(request)
+            budget = asyncio.timeout(max(deadline - self._clock(), 0.0)) if attempt > 1 else None
             try:
-                first = await first_item(stream)
+                if budget is None:
+                    first = await first_item(stream)
+                else:
+                    async with budget:
+                        first = await first_item(stream)
                 break
             except ProviderError as exc:
                 error = exc
+            except TimeoutError:
+                if budget is None or not budget.expired():
+                    raise
+                raise ProviderError(  # the budget ran out while this retry waited
+                    "timeout",
+                    f"{self.name} did not answer within the {self.max_seconds:g}s budget for retries"
+                    f" (after: {error.message})",
+                    retryable=False,
+                    status=error.status,
+                    retry_after=error.retry_after,
+                ) from None
             if not error.retryable or attempt >= self.attempts:
                 raise error
             wait = self.backoff(attempt, error)

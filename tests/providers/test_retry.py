@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -238,3 +240,33 @@ async def test_every_attempt_asks_the_same_thing() -> None:
 def test_keeps_the_inner_providers_name_and_model() -> None:
     provider = RetryingProvider(ScriptedProvider(name="openai", default_model="gpt-4o-mini"))
     assert (provider.name, provider.default_model) == ("openai", "gpt-4o-mini")
+
+
+class Stalling:
+    """A provider that fails at once with a retryable error, then never answers."""
+
+    name = "stalling"
+    default_model = "s-1"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def stream(self, request: object) -> AsyncIterator[str]:
+        self.calls += 1
+        if self.calls == 1:
+            raise ProviderError("overloaded", "busy", status=503, retryable=True, retry_after=0)
+        await asyncio.Event().wait()
+        yield "never"
+
+
+@pytest.mark.anyio
+async def test_a_retry_never_waits_past_the_budget() -> None:
+    inner = Stalling()
+    provider = RetryingProvider(inner, attempts=3, max_seconds=0.2, random=lambda: 0.0)  # type: ignore[arg-type]
+    async with asyncio.timeout(5):  # without the budget, the second attempt would wait forever
+        with pytest.raises(ProviderError) as info:
+            async for _ in provider.stream(chat_request()):
+                pass
+    assert (info.value.type, info.value.retryable) == ("timeout", False)
+    assert "0.2s budget for retries" in info.value.message and "busy" in info.value.message
+    assert inner.calls == 2

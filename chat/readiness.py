@@ -1,0 +1,74 @@
+"""Whether this process should be sent traffic: `GET /readyz`.
+
+Liveness (`/healthz`) asks only that the process answers and can read. Readiness
+asks more, each time, of the real thing rather than a remembered flag: that a
+write goes through (on a connection of its own that waits for a foreign lock
+only briefly, so the answer is quick), that no reply is waiting in memory for
+a write the database refused, and that the file the store has open is still
+the one at its path (a deleted directory or a replaced file would otherwise
+take every later write with it, silently). `deep` adds SQLite's quick check.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from .keeping import Keeper
+from .store import now
+
+PROBE_BUSY_MS = 250
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+class Readiness:
+    def __init__(self, path: str, probe: aiosqlite.Connection, keeper: Keeper) -> None:
+        self._path = path
+        self._probe = probe
+        self._keeper = keeper
+        self._identity = _identity(path)
+
+    @classmethod
+    async def open(cls, path: str, keeper: Keeper) -> Readiness:
+        """After the store has opened (and so created) the database at `path`."""
+        probe = await aiosqlite.connect(path, isolation_level=None)
+        await probe.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS}")
+        return cls(path, probe, keeper)
+
+    async def close(self) -> None:
+        await self._probe.close()
+
+    async def problem(self, *, deep: bool = False) -> str | None:
+        """Why this process should not get traffic now, or None."""
+        if self._identity is not None:
+            now_there = _identity(self._path)
+            if now_there is None:
+                return f"the database file {Path(self._path)} was deleted: new writes would be lost"
+            if now_there != self._identity:
+                return f"the database file {Path(self._path)} was replaced by another file"
+        if self._keeper.pending:
+            return f"{self._keeper.pending} replies are waiting for the database to take their final write"
+        try:
+            await self._probe.execute(
+                "INSERT INTO readiness (id, checked_at) VALUES (1, :now)"
+                " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                {"now": now()},
+            )
+            if deep:
+                rows = list(await self._probe.execute_fetchall("PRAGMA quick_check"))
+                verdict = "; ".join(str(row[0]) for row in rows)
+                if verdict != "ok":
+                    return f"the database failed its integrity check: {verdict[:500]}"
+        except sqlite3.Error as exc:
+            return f"the database cannot be written: {exc}"
+        return None
