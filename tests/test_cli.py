@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from importlib.metadata import version
 from pathlib import Path
 
@@ -80,3 +81,20 @@ async def test_a_start_up_that_fails_exits_at_once_saying_why(tmp_path: Path, pr
     errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(errors) == 1 and reason in errors[0] and str(db) in errors[0]
     assert "Traceback" not in result.stderr
+
+
+async def test_a_database_on_a_read_only_filesystem_stops_start_up_saying_so(tmp_path: Path) -> None:
+    home = tmp_path / "ro"
+    home.mkdir()
+    sqlite3.connect(home / "chat.db").close()
+    # A read-only bind mount in a namespace of its own: read-only even for root.
+    script = (
+        f'mount --bind "{home}" "{home}" && mount -o remount,bind,ro "{home}"'
+        f' && exec "{SIDECHAT}" serve --port {free_port()} --db "{home}/chat.db"'
+    )
+    result = await run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], timeout=20)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"cannot write to the database {home}/chat.db (SIDECHAT_DB or --db): it is read-only"
+    )
