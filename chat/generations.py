@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import events
@@ -103,19 +103,7 @@ class Generation:
         """While the database refuses its final write: the row as it will be stored."""
         if not self._refused or self._row is None or self.finished.is_set():
             return None
-        row = self._row()
-        reply = self.reply
-        return Message(
-            reply.id,
-            reply.conversation_id,
-            reply.role,
-            row["content"],
-            row["status"],
-            row["metadata"],
-            row["last_event_id"],
-            reply.created_at,
-            None,
-        )
+        return replace(self.reply, **self._row())
 
     async def run(self, keeper: Keeper) -> None:
         started = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 
 from chat.database import connect
 from chat.errors import StartupError
+from chat.store import StorageFailed, Store
 from tests.live import until
 
 pytestmark = pytest.mark.anyio
@@ -57,3 +60,37 @@ async def test_a_good_database_gets_the_schema_and_wal(tmp_path: Path) -> None:
         assert rows[0][0] == "wal"
     finally:
         await db.close()
+
+
+SHORT_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(0.3)  # a backup's short lock
+db.execute("COMMIT")
+"""
+
+
+@pytest.mark.parametrize(("busy_timeout", "waited_out"), [(10.0, True), (0.0, False)])
+async def test_a_short_foreign_lock_is_waited_out_within_the_busy_timeout(
+    tmp_path: Path, busy_timeout: float, waited_out: bool
+) -> None:
+    path = tmp_path / "chat.db"
+    store = await Store.open(str(path), busy_timeout=busy_timeout)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", SHORT_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        if waited_out:
+            assert (await store.create_conversation("local")).id == 1
+        else:
+            with pytest.raises(StorageFailed) as info:
+                await store.create_conversation("local")
+            assert info.value.reason == "the database is locked by another process"
+    finally:
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+        await store.close()

@@ -90,6 +90,7 @@ async def test_replies_ending_under_a_foreign_lock_are_stored_before_done(
             # Meanwhile: a new chat is refused, a reply is told from memory, a cancel still works.
             refused = await client.post("/api/chat", json={"message": "now?"})
             refused_too = await client.post("/api/conversations", json={"title": "later"})
+            listed = await client.get("/api/conversations")  # reads go on
             message_id = heads[0].events[0].data["message_id"]
             async with client.stream("GET", f"/api/messages/{message_id}/stream") as response:
                 attached = await EventReader(response).read(until=3)
@@ -103,6 +104,7 @@ async def test_replies_ending_under_a_foreign_lock_are_stored_before_done(
     assert refused.status_code == refused_too.status_code == 503
     assert refused.headers["retry-after"] == "5"
     assert refused_too.json()["error"]["type"] == "storage_unavailable"
+    assert listed.status_code == 200 and len(listed.json()["conversations"]) == 3
     error = refused.json()["error"]
     assert (error["type"], error["cause"]) == (
         "storage_unavailable",

@@ -9,7 +9,7 @@ import pytest
 
 from chat.broker import Broker
 from chat.config import Settings
-from chat.errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable
+from chat.errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
 from chat.generations import Generations
 from chat.keeping import Keeper
 from chat.providers import ProviderInfo
@@ -216,3 +216,12 @@ async def test_no_turn_is_accepted_while_shutting_down(app: Services) -> None:
         await accept_turn(app, TurnRequest(user="alice", message="hi"))
     assert info.value.retry_after == 5
     assert await app.store.list_conversations("alice", limit=10) == []
+
+
+async def test_no_turn_is_accepted_while_too_many_replies_wait_to_be_stored(app: Services) -> None:
+    app.generations.keeper.pending = app.generations.keeper.max_pending
+    with pytest.raises(StorageUnavailable) as info:
+        await accept_turn(app, TurnRequest(user="alice", message="hi"))
+    assert info.value.retry_after == 5
+    assert await app.store.list_conversations("alice", limit=10) == []
+    app.generations.keeper.pending = 0
