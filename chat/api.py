@@ -116,12 +116,14 @@ async def cancel(request: Request) -> Response:
     message = await reply_of(request)
     message_id = message.id
     generation = app.generations.get(message_id)
-    if generation is None or not generation.stop(CANCELLED):
-        raise Conflict(f"message {message_id} has already finished", status=message.status)
-    waiting = generation.waiting_row()
-    if waiting is not None:  # the database refuses its final write for now: it will say this
-        return JSONResponse({"message": waiting.as_json()})
-    await generation.finished.wait()
+    if generation is None or not await app.generations.stop(generation, CANCELLED):
+        final = generation.final_row() if generation is not None else None
+        status = final.status if final is not None else message.status  # not a stale `streaming`
+        raise Conflict(f"message {message_id} has already finished", status=status)
+    if not generation.finished.is_set():  # the database refuses its end for now: it will say this
+        final = generation.final_row()
+        assert final is not None
+        return JSONResponse({"message": final.as_json()})
     stopped = await app.store.get_message(current_user(request), message_id)
     if stopped is None:  # its conversation was deleted meanwhile
         raise NotFound(f"message {message_id} not found")

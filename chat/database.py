@@ -15,7 +15,9 @@ Deliberate choices:
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -71,11 +73,11 @@ async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connect
         raise _startup_error(path, exc) from None
     try:
         db.row_factory = sqlite3.Row
+        # A short foreign lock (a backup, `sqlite3` in a shell) is waited out, not failed.
+        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA foreign_keys = ON")
-        # A short foreign lock (a backup, `sqlite3` in a shell) is waited out, not failed.
-        await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         await db.executescript(schema)
         for table, column, declaration in ADDED_COLUMNS:
             present = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}
@@ -85,6 +87,22 @@ async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connect
         await db.close()
         if isinstance(exc, sqlite3.Error):
             raise _startup_error(path, exc) from None
+        raise
+    return db
+
+
+async def connect_reader(path: str) -> aiosqlite.Connection | None:
+    """A second connection for reads, after `connect`; None for an in-memory database, which a
+    second connection could not see."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA query_only = ON")
+        await db.execute("PRAGMA busy_timeout = 1000")  # reads wait only for WAL recovery
+    except BaseException:
+        await db.close()
         raise
     return db
 
@@ -102,3 +120,54 @@ def _startup_error(path: str, exc: sqlite3.Error) -> StartupError:
     if "readonly" in reason:
         return StartupError(f"cannot write to {where}: it is read-only")
     return StartupError(f"cannot use {where}: {reason}")
+
+
+class Database:
+    """The writer and the reader connections; a write the database refuses for now is a
+    `StorageFailed`, whose reason is in words for a user."""
+
+    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection | None) -> None:
+        self._writer = writer
+        self._reader = reader or writer
+
+    @classmethod
+    async def open(cls, path: str, *, busy_timeout: float = 10.0) -> Database:
+        writer = await connect(path, busy_timeout=busy_timeout)
+        try:
+            return cls(writer, await connect_reader(path))
+        except BaseException:
+            await writer.close()
+            raise
+
+    async def close(self) -> None:
+        if self._reader is not self._writer:
+            await self._reader.close()
+        await self._writer.close()
+
+    async def rows(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
+        """A read's rows."""
+        found: Iterable[sqlite3.Row] = await self._reader.execute_fetchall(sql, parameters)
+        return list(found)
+
+    async def written(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
+        """A write's RETURNING rows."""
+        try:
+            found: Iterable[sqlite3.Row] = await self._writer.execute_fetchall(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise StorageFailed(reason_of(exc)) from exc
+        return list(found)
+
+    async def write(self, sql: str, parameters: dict[str, Any]) -> int:
+        """A write's row count."""
+        try:
+            cursor = await self._writer.execute(sql, parameters)
+        except sqlite3.OperationalError as exc:
+            raise StorageFailed(reason_of(exc)) from exc
+        return cursor.rowcount
+
+    async def ping(self) -> bool:
+        try:
+            found = await self.rows("SELECT 1", {})
+        except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
+            return False
+        return len(found) == 1 and found[0][0] == 1

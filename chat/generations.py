@@ -68,8 +68,8 @@ class Generation:
         self._parts: list[str] = []
         self._started = False
         self._ending = False  # past the provider: being stored, or stored
-        self._refused = False  # its final write was refused for now, and is being tried again
-        self._row: Callable[[], dict[str, Any]] | None = None  # what its final write writes
+        self._final: Callable[[], dict[str, Any]] | None = None  # the row its end is stored as
+        self.settled = asyncio.Event()  # finished, or its end waits for the database to take it
 
     @property
     def message_id(self) -> int:
@@ -88,22 +88,22 @@ class Generation:
         return len(self._parts)
 
     def stop(self, reason: str) -> bool:
-        """Ask the generation to end early; False when it already has, or was asked already.
-        A reply whose end is waiting to be stored can still be cancelled: it is stored so."""
-        if self.task is None or self._stop_reason is not None:
-            return False
-        if self._ending and not (self._refused and reason == CANCELLED):
+        """Ask the generation to end early; False when it already has, or was asked already."""
+        if self.task is None or self._ending or self._stop_reason is not None:
             return False
         self._stop_reason = reason
-        if self._started and not self._ending:  # a task cancelled before its first step never runs
+        if self._started:  # a task cancelled before its first step would never run `run`
             self.task.cancel()
         return True
 
-    def waiting_row(self) -> Message | None:
-        """While the database refuses its final write: the row as it will be stored."""
-        if not self._refused or self._row is None or self.finished.is_set():
-            return None
-        return replace(self.reply, **self._row())
+    @property
+    def ending(self) -> bool:
+        """Past the provider: its end is being stored (or waits for the database to take it)."""
+        return self._ending
+
+    def final_row(self) -> Message | None:
+        """Once past the provider, its row as it is (or will be) stored."""
+        return None if self._final is None else replace(self.reply, **self._final())
 
     async def run(self, keeper: Keeper) -> None:
         started = time.monotonic()
@@ -118,7 +118,7 @@ class Generation:
                 await checkpoints.close()
         ended = time.monotonic()
 
-        def row() -> dict[str, Any]:  # as it stands at each try: a cancel may come meanwhile
+        def row() -> dict[str, Any]:
             status, metadata = self._conclude(relayed, started, ended)
             return {
                 "status": status,
@@ -127,23 +127,25 @@ class Generation:
                 "last_event_id": self.topic.last_id + 1,
             }
 
-        def refused() -> None:
-            self._refused = True
-
-        self._row = row
-
-        lost = await keeper.finish(self.message_id, row, refused)
+        self._final = row
         stored = row()
-        if lost is None:
-            terminal = events.terminal(
-                self.message_id, stored["status"], stored["metadata"], partial=bool(self._parts)
-            )
-        else:
-            error = {"type": "storage", "message": f"the reply could not be stored: {lost}"}
-            terminal = ("error", events.error(self.message_id, error, partial=bool(self._parts)))
-        self.topic.publish(*terminal)
-        self.topic.close()
-        self.finished.set()
+        lost: str | None = "an internal error while storing it (the log has the details)"
+        try:
+            lost = await keeper.finish(self.message_id, stored, refused=self.settled.set)
+        except Exception:
+            log.exception("could not store the end of message %s", self.message_id)
+        finally:  # whatever happened, its clients hear how it ended
+            if lost is None:
+                terminal = events.terminal(
+                    self.message_id, stored["status"], stored["metadata"], partial=bool(self._parts)
+                )
+            else:
+                error = {"type": "storage", "message": f"the reply could not be stored: {lost}"}
+                terminal = ("error", events.error(self.message_id, error, partial=bool(self._parts)))
+            self.topic.publish(*terminal)
+            self.topic.close()
+            self.finished.set()
+            self.settled.set()
 
     async def _relay(self, started: float, checkpoints: Checkpoints | None) -> Relayed:
         """Publish the provider's deltas as they come; what ended it, and how."""
@@ -251,8 +253,10 @@ class Generations:
             del self._running[generation.message_id]
 
     async def stop(self, generation: Generation, reason: str) -> bool:
+        """Stop it and wait until it has ended, or its end waits for a database that refuses
+        it (that may take long, and the reply is safe in memory meanwhile)."""
         stopped = generation.stop(reason)
-        await generation.finished.wait()
+        await generation.settled.wait()
         return stopped
 
     async def stop_conversation(self, conversation_id: int) -> None:

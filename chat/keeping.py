@@ -63,14 +63,13 @@ class Keeper:
         return Checkpoints(self.store, message_id, text, self.checkpoint_seconds, self.checkpoint_chars)
 
     async def finish(
-        self, message_id: int, row: Callable[[], dict[str, Any]], refused: Callable[[], object]
+        self, message_id: int, values: dict[str, Any], *, refused: Callable[[], object]
     ) -> str | None:
-        """Write the end of a reply, `row()` being what to write at each try, `refused()` called
-        when the first try fails; None once it is stored, or the reason it was finally not."""
+        """Write the end of a reply (`Store.finish_message`'s arguments), `refused()` called when
+        the first try fails: None once it is stored, or the reason it was finally not."""
         delay, waiting = _FIRST_RETRY, False
         try:
             while True:
-                values = row()
                 try:
                     await asyncio.shield(self.store.finish_message(message_id, **values))
                     if waiting:
@@ -116,6 +115,7 @@ class Checkpoints:
     """One running reply's partial text, saved every `seconds` or `chars` of new text."""
 
     __slots__ = (
+        "_closed",
         "_again",
         "_chars",
         "_limit",
@@ -143,6 +143,7 @@ class Checkpoints:
         self._timer: asyncio.TimerHandle | None = None
         self._writing: asyncio.Task[None] | None = None
         self._again = False
+        self._closed = False
 
     def added(self, chars: int) -> None:
         """New text arrived (the per-token path)."""
@@ -154,7 +155,7 @@ class Checkpoints:
 
     def _due(self) -> None:
         self._timer = None
-        if self.unsaved:
+        if self.unsaved and not self._closed:
             self._save()
 
     def _save(self) -> None:
@@ -175,19 +176,22 @@ class Checkpoints:
         except StorageFailed as exc:  # try again when the interval is over, not at every token
             log.warning("could not checkpoint message %s: %s", self.id, exc.reason)
             self.unsaved, self._limit, self._again = max(self.unsaved, 1), 1 << 62, False
-            if self._timer is None:
+            if self._timer is None and not self._closed:
                 self._timer = self._loop.call_later(self._seconds, self._due)
         finally:
             self._writing = None
-        if self._again:
+        if self._again and not self._closed:
             self._again = False
             self._save()
 
     async def close(self) -> None:
         """The reply ended: no more saves, and the one under way is done before its end is written."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._again = False
         if self._writing is not None:
-            await asyncio.shield(self._writing)
+            try:
+                await asyncio.shield(self._writing)
+            except Exception:  # the end is written all the same
+                log.exception("a checkpoint of message %s failed", self.id)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from .database import reason_of
 from .keeping import Keeper
 from .store import now
 
@@ -39,10 +40,18 @@ class Readiness:
         self._identity = _identity(path)
 
     @classmethod
-    async def open(cls, path: str, keeper: Keeper) -> Readiness:
-        """After the store has opened (and so created) the database at `path`."""
+    async def open(cls, path: str, keeper: Keeper) -> Readiness | None:
+        """After the store has opened (and so created) the database at `path`; None for an
+        in-memory database, which a second connection could not see."""
+        if path == ":memory:" or path.startswith("file:"):
+            return None
         probe = await aiosqlite.connect(path, isolation_level=None)
-        await probe.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS}")
+        try:
+            await probe.execute(f"PRAGMA busy_timeout = {PROBE_BUSY_MS}")
+            await probe.execute("PRAGMA synchronous = NORMAL")  # as the store's: no fsync per probe
+        except BaseException:
+            await probe.close()
+            raise
         return cls(path, probe, keeper)
 
     async def close(self) -> None:
@@ -69,6 +78,8 @@ class Readiness:
                 verdict = "; ".join(str(row[0]) for row in rows)
                 if verdict != "ok":
                     return f"the database failed its integrity check: {verdict[:500]}"
+        except sqlite3.OperationalError as exc:
+            return f"the database cannot be written: {reason_of(exc)}"
         except sqlite3.Error as exc:
-            return f"the database cannot be written: {exc}"
+            return f"the database cannot be used: {exc}"
         return None

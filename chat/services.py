@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from . import events
 from .broker import Broker
 from .config import Settings
+from .errors import StartupError
 from .generations import Generations
 from .keeping import Keeper
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
-from .store import Store
+from .store import StorageFailed, Store
 from .transport import upstream_client
 
 log = logging.getLogger("sidechat")
@@ -42,7 +43,12 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
     """Everything the routes need; on the way out, running generations get the grace period."""
     store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout)
     try:
-        interrupted = await store.interrupt_streaming(events.INTERRUPTED)
+        try:
+            interrupted = await store.interrupt_streaming(events.INTERRUPTED)
+        except StorageFailed as exc:
+            raise StartupError(
+                f"cannot write to the database {settings.db} (SIDECHAT_DB or --db): {exc}"
+            ) from None
         if interrupted:
             log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
         timeouts = Timeouts(
@@ -64,7 +70,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             try:
                 yield Services(settings, store, broker, generations, providers, readiness)
             finally:
-                await generations.begin_shutdown(settings.shutdown_grace_seconds)
-                await readiness.close()
+                try:
+                    await generations.begin_shutdown(settings.shutdown_grace_seconds)
+                finally:
+                    if readiness is not None:
+                        await readiness.close()
     finally:
         await store.close()

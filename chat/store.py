@@ -1,9 +1,11 @@
 """Every SQL statement sidechat runs, over one aiosqlite connection.
 
 Deliberate choices:
-- One connection is the one writer. SQLite allows a single writer anyway; keeping
-  it in one place means no "database is locked" between our own writers, and
-  aiosqlite runs its statements one at a time, in order.
+- One connection is the one writer (`chat.database.Database`). SQLite allows a
+  single writer anyway; keeping it in one place means no "database is locked"
+  between our own writers, and aiosqlite runs its statements one at a time, in
+  order. Reads have a connection of their own, so they go on (WAL allows it)
+  while a write waits out a foreign lock.
 - Every write is one statement, so atomic by itself with no transaction to hold
   open across awaits: a turn's two rows go in one INSERT, and triggers in the
   schema keep a conversation's activity time. Each aiosqlite call is a thread
@@ -19,13 +21,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-import aiosqlite
-
-from .database import ConversationGone, KeyTaken, StorageFailed, StoreError, connect, reason_of
+from .database import (
+    ConversationGone,
+    Database,
+    KeyTaken,
+    StorageFailed,
+    StoreError,
+)
 from .records import Conversation, Message
 
 __all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError"]
@@ -68,47 +73,24 @@ def _conversation(row: sqlite3.Row) -> Conversation:
 
 
 class Store:
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     @classmethod
     async def open(cls, path: str, *, busy_timeout: float = 10.0) -> Store:
-        return cls(await connect(path, busy_timeout=busy_timeout))
+        return cls(await Database.open(path, busy_timeout=busy_timeout))
 
     async def close(self) -> None:
         await self._db.close()
 
-    async def _rows(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
-        rows: Iterable[sqlite3.Row] = await self._db.execute_fetchall(sql, parameters)
-        return list(rows)
-
-    async def _written(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
-        """A write's RETURNING rows; `StorageFailed` when it could not be made."""
-        try:
-            return await self._rows(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            raise StorageFailed(reason_of(exc)) from exc
-
-    async def _write(self, sql: str, parameters: dict[str, Any]) -> int:
-        """A write's row count; `StorageFailed` when it could not be made."""
-        try:
-            cursor = await self._db.execute(sql, parameters)
-        except sqlite3.OperationalError as exc:
-            raise StorageFailed(reason_of(exc)) from exc
-        return cursor.rowcount
-
     async def ping(self) -> bool:
-        try:
-            rows = await self._rows("SELECT 1", {})
-        except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
-            return False
-        return len(rows) == 1 and rows[0][0] == 1
+        return await self._db.ping()
 
     # -- recovery ---------------------------------------------------------------------
 
     async def interrupt_streaming(self, error: dict[str, Any]) -> int:
         """Rows a previous process left mid-generation become `interrupted`, with `error`."""
-        return await self._write(
+        return await self._db.write(
             "UPDATE messages SET status = 'interrupted', completed_at = :now,"
             " metadata = json_set(metadata, '$.error', json(:error))"
             " WHERE status = 'streaming'",
@@ -126,7 +108,7 @@ class Store:
         provider: str | None = None,
         model: str | None = None,
     ) -> Conversation:
-        rows = await self._written(
+        rows = await self._db.written(
             "INSERT INTO conversations"
             " (user_id, title, system, provider, model, created_at, updated_at)"
             " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)"
@@ -143,7 +125,7 @@ class Store:
         return _conversation(rows[0])
 
     async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = :id AND c.user_id = :user_id",
             {"id": conversation_id, "user_id": user_id},
         )
@@ -154,7 +136,7 @@ class Store:
     ) -> list[Conversation]:
         """Newest activity first; `before` is the (updated_at, id) of the last row seen."""
         updated_at, last_id = before or ("\uffff", 2**62)
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
             " WHERE c.user_id = :user_id"
             " AND (c.updated_at < :updated_at OR (c.updated_at = :updated_at AND c.id < :id))"
@@ -170,14 +152,14 @@ class Store:
         assert changes.keys() <= allowed, changes
         if changes:
             sets = ", ".join(f"{column} = :{column}" for column in changes)
-            await self._write(
+            await self._db.write(
                 f"UPDATE conversations SET {sets}, updated_at = :now WHERE id = :id AND user_id = :user_id",
                 {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
             )
         return await self.get_conversation(user_id, conversation_id)
 
     async def delete_conversation(self, user_id: str, conversation_id: int) -> bool:
-        deleted = await self._write(
+        deleted = await self._db.write(
             "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
             {"id": conversation_id, "user_id": user_id},
         )
@@ -200,7 +182,7 @@ class Store:
         A turn stored under an idempotency key keeps the hash of what was asked with it."""
         stamp = now()
         try:
-            rows = await self._written(
+            rows = await self._db.written(
                 "INSERT INTO messages (conversation_id, role, content, status, metadata,"
                 " idempotency_key, request_hash, created_at, completed_at)"
                 " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now),"
@@ -237,7 +219,7 @@ class Store:
         last_event_id: int,
     ) -> None:
         """The generation's one write at its end; only a row still `streaming` changes."""
-        await self._write(
+        await self._db.write(
             "UPDATE messages SET status = :status, content = :content, metadata = :metadata,"
             " last_event_id = :last_event_id, completed_at = :now"
             " WHERE id = :id AND status = 'streaming'",
@@ -253,13 +235,13 @@ class Store:
 
     async def checkpoint_message(self, message_id: int, content: str) -> None:
         """The partial text of a reply still being generated (off by default; never per token)."""
-        await self._write(
+        await self._db.write(
             "UPDATE messages SET content = :content WHERE id = :id AND status = 'streaming'",
             {"id": message_id, "content": storable(content)},
         )
 
     async def get_message(self, user_id: str, message_id: int) -> Message | None:
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_M_MESSAGE_COLUMNS}"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
             " WHERE m.id = :id AND c.user_id = :user_id",
@@ -268,7 +250,7 @@ class Store:
         return _message(rows[0]) if rows else None
 
     async def list_messages(self, conversation_id: int, *, after_id: int = 0) -> list[Message]:
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
             " WHERE conversation_id = :conversation_id AND id > :after_id ORDER BY id",
             {"conversation_id": conversation_id, "after_id": after_id},
@@ -277,7 +259,7 @@ class Store:
 
     async def recent_messages(self, conversation_id: int, *, limit: int) -> list[Message]:
         """The conversation's last `limit` messages, oldest first: history for a new turn."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
             " WHERE conversation_id = :conversation_id ORDER BY id DESC LIMIT :limit",
             {"conversation_id": conversation_id, "limit": limit},
@@ -289,7 +271,7 @@ class Store:
     ) -> tuple[Message, Message, str | None] | None:
         """The user message stored under this key, the assistant message that answers it, and
         the hash of what was asked with the key. Keys are stored as given: callers scope them."""
-        rows = await self._rows(
+        rows = await self._db.rows(
             f"SELECT {_M_MESSAGE_COLUMNS}, k.request_hash"
             " FROM messages k JOIN conversations c ON c.id = k.conversation_id"
             " JOIN messages m ON m.conversation_id = k.conversation_id AND m.id >= k.id"

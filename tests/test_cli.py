@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -98,3 +99,28 @@ async def test_a_database_on_a_read_only_filesystem_stops_start_up_saying_so(tmp
     assert len(errors) == 1 and errors[0].endswith(
         f"cannot write to the database {home}/chat.db (SIDECHAT_DB or --db): it is read-only"
     )
+
+
+async def test_a_database_locked_by_another_process_stops_start_up_saying_so(tmp_path: Path) -> None:
+    db = tmp_path / "chat.db"
+    sqlite3.connect(db).close()
+    hold = "import sqlite3, sys; d = sqlite3.connect(sys.argv[1], isolation_level=None); d.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.readline()"
+    holder = subprocess.Popen(
+        [PYTHON, "-c", hold, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        result = await run(
+            [SIDECHAT, "serve", "--port", str(free_port()), "--db", str(db)],
+            env={"SIDECHAT_DB_BUSY_TIMEOUT": "0.05"},
+            timeout=20,
+        )
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(errors) == 1 and str(db) in errors[0] and "SIDECHAT_DB" in errors[0] and "locked" in errors[0]
+    assert "Traceback" not in result.stderr

@@ -67,7 +67,7 @@ import sqlite3, sys, time
 db = sqlite3.connect(sys.argv[1], isolation_level=None)
 db.execute("BEGIN EXCLUSIVE")
 print("locked", flush=True)
-time.sleep(0.3)  # a backup's short lock
+time.sleep(1.0)  # a backup's short lock
 db.execute("COMMIT")
 """
 

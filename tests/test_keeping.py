@@ -65,7 +65,9 @@ async def test_a_refused_final_write_is_tried_again_until_it_goes_through(store:
     keeper = Keeper(store, max_pending=1)
     message_id = await reply(store)
     refused: list[int] = []
-    finishing = asyncio.create_task(keeper.finish(message_id, row, lambda: refused.append(keeper.pending)))
+    finishing = asyncio.create_task(
+        keeper.finish(message_id, row(), refused=lambda: refused.append(keeper.pending))
+    )
     await until(lambda: store.finishes >= 3, what="a few tries")
     assert refused == [1] and keeper.full
     store.refusing = False
@@ -79,7 +81,7 @@ async def test_giving_up_tries_once_more_then_says_what_was_lost(
 ) -> None:
     keeper = Keeper(store)
     message_id = await reply(store)
-    finishing = asyncio.create_task(keeper.finish(message_id, row, lambda: None))
+    finishing = asyncio.create_task(keeper.finish(message_id, row(), refused=lambda: None))
     await until(lambda: keeper.pending == 1, what="the write to wait")
     tries = store.finishes
     with caplog.at_level(logging.ERROR, logger="sidechat.keeping"):
@@ -101,7 +103,6 @@ async def test_a_checkpoint_comes_once_enough_new_text_arrived(store: Refusing) 
     checkpoints = keeper.checkpoints(message_id, lambda: "".join(text))
     assert checkpoints is not None
     checkpoints.added(3)
-    assert store.checkpoints == 0
     text.append("lo!")
     checkpoints.added(3)
     await checkpoints.close()  # waits for the save under way
@@ -131,6 +132,20 @@ async def test_a_refused_checkpoint_is_not_tried_again_at_every_token(store: Ref
         checkpoints.added(4)
     assert store.checkpoints == 1  # the next try waits for the interval
     await checkpoints.close()
+
+
+async def test_no_checkpoint_is_written_after_the_reply_ended(store: Refusing) -> None:
+    keeper = Keeper(store, checkpoint_seconds=0.01, checkpoint_chars=1)
+    message_id = await reply(store)
+    checkpoints = keeper.checkpoints(message_id, lambda: "text")
+    assert checkpoints is not None
+    checkpoints.added(4)
+    await until(lambda: store.checkpoints == 1, what="the refused checkpoint")
+    await checkpoints.close()
+    store.refusing = False
+    await asyncio.sleep(0.05)  # five intervals: any save still armed would have come by now
+    assert store.checkpoints == 1
+    assert await stored(store, message_id) == ("streaming", "")
 
 
 async def test_checkpoints_are_off_with_no_interval(store: Refusing) -> None:

@@ -74,27 +74,32 @@ async def ready(client: httpx.AsyncClient) -> dict[str, Any]:
 async def test_replies_ending_under_a_foreign_lock_are_stored_before_done(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
-    gate = asyncio.Event()
-    for i in range(3):
+    gate, held = asyncio.Event(), asyncio.Event()
+    for i in range(2):
         upstream.add(Reply([openai_chunk(f"reply {i}"), gate, *openai_reply(" in full")]))
+    upstream.add(Reply([openai_chunk("reply 2"), held, *openai_reply(" never")]))
     settings = settings_for(upstream, tmp_path, db_busy_timeout=0.05)
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=20) as client:
         streams = [client.stream("POST", "/api/chat/stream", json={"message": f"q{i}"}) for i in range(3)]
         readers = [EventReader(await stream.__aenter__()) for stream in streams]
         heads = [await reader.read(until=2) for reader in readers]
+        ids = [head.events[0].data["message_id"] for head in heads]
         tails = [asyncio.create_task(reader.read()) for reader in readers]
         with foreign_lock(tmp_path / "chat.db") as holder:
             gate.set()
-            await until(lambda: ready_waiting(client, 3), what="three replies waiting for their final write")
+            await until(lambda: ready_waiting(client, 2), what="two replies waiting for their final write")
             assert not any(tail.done() for tail in tails)  # no `done` while the row is not stored
-            # Meanwhile: a new chat is refused, a reply is told from memory, a cancel still works.
+            # Meanwhile: new chats are refused, reads go on, a reply is told from memory, ...
             refused = await client.post("/api/chat", json={"message": "now?"})
             refused_too = await client.post("/api/conversations", json={"title": "later"})
-            listed = await client.get("/api/conversations")  # reads go on
-            message_id = heads[0].events[0].data["message_id"]
-            async with client.stream("GET", f"/api/messages/{message_id}/stream") as response:
+            listed = await client.get("/api/conversations")
+            alive = await client.get("/healthz")
+            async with client.stream("GET", f"/api/messages/{ids[0]}/stream") as response:
                 attached = await EventReader(response).read(until=3)
-            cancelled = await client.post(f"/api/messages/{heads[2].events[0].data['message_id']}/cancel")
+            # ... a running reply can be cancelled, and one that has finished says so truly.
+            cancelled = await client.post(f"/api/messages/{ids[2]}/cancel")
+            finished = await client.post(f"/api/messages/{ids[1]}/cancel")
+            await until(lambda: ready_waiting(client, 3), what="the cancelled reply to wait too")
             release(holder)
         ends = await asyncio.gather(*tails)
         assert (await ready(client))["code"] == 200
@@ -103,20 +108,26 @@ async def test_replies_ending_under_a_foreign_lock_are_stored_before_done(
 
     assert refused.status_code == refused_too.status_code == 503
     assert refused.headers["retry-after"] == "5"
-    assert refused_too.json()["error"]["type"] == "storage_unavailable"
-    assert listed.status_code == 200 and len(listed.json()["conversations"]) == 3
     error = refused.json()["error"]
     assert (error["type"], error["cause"]) == (
         "storage_unavailable",
         "the database is locked by another process",
     )
+    assert refused_too.json()["error"]["type"] == "storage_unavailable"
+    assert listed.status_code == 200 and len(listed.json()["conversations"]) == 3
+    assert alive.status_code == 200
     assert [e.event for e in attached.events] == ["start", "token", "token"]
+    assert cancelled.status_code == 200
+    assert (cancelled.json()["message"]["status"], cancelled.json()["message"]["content"]) == (
+        "cancelled",
+        "reply 2",
+    )
+    assert finished.status_code == 409 and finished.json()["error"]["status"] == "completed"
     assert [end.names[-1] for end in ends] == ["done", "done", "done"]
-    assert cancelled.status_code == 200 and cancelled.json()["message"]["status"] == "cancelled"
     assert rows(tmp_path / "chat.db") == [
         ("completed", "reply 0 in full"),
         ("completed", "reply 1 in full"),
-        ("cancelled", "reply 2 in full"),
+        ("cancelled", "reply 2"),
     ]
 
 

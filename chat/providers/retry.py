@@ -120,6 +120,8 @@ class RetryingProvider:
                 error.message,
             )
             await self._sleep(wait)
+            if deadline - self._clock() <= 0:  # nothing left to wait for a first item with
+                raise error
         if first is None:
             return
         try:
