@@ -127,3 +127,9 @@ def test_the_readme_documents_every_variable_read() -> None:
 def test_host_and_port_come_from_the_environment() -> None:
     settings = Settings.from_env({"SIDECHAT_HOST": "0.0.0.0", "SIDECHAT_PORT": "9001"})
     assert (settings.host, settings.port) == ("0.0.0.0", 9001)
+
+
+def test_durability_defaults() -> None:
+    settings = Settings.from_env({})
+    assert (settings.checkpoint_seconds, settings.checkpoint_bytes) == (2.0, 2048)
+    assert (settings.max_pending_writes, settings.db_busy_timeout) == (1000, 10.0)

@@ -283,3 +283,19 @@ async def test_shutdown_gives_a_refused_write_one_more_try_then_says_what_was_lo
     assert rest.names == ["token", "error"]  # " text", then no `done`: it was never stored
     assert rest.terminal.data["error"]["type"] == "storage"
     assert f"LOST the end of message {message_id} (completed, 11 characters of text)" in server.output()
+
+
+async def test_readiness_fails_while_a_write_cannot_go_through(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    settings = settings_for(upstream, tmp_path)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        with foreign_lock(tmp_path / "chat.db"):
+            locked = await ready(client)
+        free = await ready(client)
+    assert locked == {
+        "code": 503,
+        "status": "unavailable",
+        "reason": "the database cannot be written: the database is locked by another process",
+    }
+    assert free["code"] == 200
