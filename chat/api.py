@@ -17,7 +17,7 @@ from starlette.routing import Route
 from .attach import reply_events
 from .bodies import Fields, digits, idempotency_key, parse_chat_body, read_json
 from .errors import Conflict, InvalidFields, NotFound
-from .generations import CANCELLED
+from .outcome import CANCELLED
 from .records import Conversation, Message
 from .responses import EventStreamResponse
 from .services import Services

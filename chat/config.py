@@ -55,6 +55,8 @@ class Settings:
     checkpoint_bytes: int = 2048
     max_pending_writes: int = 1000  # replies waiting in memory for their final write
     db_busy_timeout: float = 10.0
+    max_upstream_event_bytes: int = 16 * 1024 * 1024  # one upstream line or event
+    max_reply_chars: int = 2_000_000
     retry_attempts: int = 3  # attempts in all, the first included
     retry_max_seconds: float = 30.0
     fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
@@ -189,6 +191,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "checkpoint_bytes": ("SIDECHAT_CHECKPOINT_BYTES", _positive_int),
     "max_pending_writes": ("SIDECHAT_MAX_PENDING_WRITES", _positive_int),
     "db_busy_timeout": ("SIDECHAT_DB_BUSY_TIMEOUT", _non_negative_float),
+    "max_upstream_event_bytes": ("SIDECHAT_MAX_UPSTREAM_EVENT_BYTES", _positive_int),
+    "max_reply_chars": ("SIDECHAT_MAX_REPLY_CHARS", _positive_int),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
     "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
     "fallback": ("SIDECHAT_FALLBACK", _fallback),

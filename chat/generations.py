@@ -23,40 +23,34 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from . import events
 from .broker import Broker, Topic
 from .keeping import Checkpoints, Keeper
-from .providers.base import Answerer, ChatRequest, Finish, Provider, ProviderError, Usage
+from .outcome import CANCELLED, SHUTDOWN, Relayed, conclude
+from .providers.base import ChatRequest, Finish, Provider, ProviderError, close_stream
 from .records import Message
 
 log = logging.getLogger("sidechat.generations")
-
-# Why a generation was stopped early, and how it ends.
-CANCELLED = "cancelled"  # a user asked, the conversation was deleted, or every client left
-SHUTDOWN = "shutdown"  # the server is stopping
 
 
 def topic_name(message_id: int) -> str:
     return f"message:{message_id}"
 
 
-@dataclass(slots=True)
-class Relayed:
-    """How the provider's stream went."""
-
-    finish: Finish | None = None
-    error: ProviderError | None = None
-    answerer: Answerer | None = None  # set when a fallback answered instead
-    ttft_ms: int | None = None
-
-
 class Generation:
     def __init__(
-        self, provider: Provider, request: ChatRequest, reply: Message, user_message_id: int, topic: Topic
+        self,
+        provider: Provider,
+        request: ChatRequest,
+        reply: Message,
+        user_message_id: int,
+        topic: Topic,
+        max_chars: int = 2_000_000,
     ) -> None:
+        self.max_chars = max_chars  # the longest reply; past it, the rest is not read
         self.provider = provider
         self.request = request
         self.reply = reply  # the row as stored when the turn was accepted
@@ -119,7 +113,7 @@ class Generation:
         ended = time.monotonic()
 
         def row() -> dict[str, Any]:
-            status, metadata = self._conclude(relayed, started, ended)
+            status, metadata = conclude(relayed, self._stop_reason, self.metadata, ended - started)
             return {
                 "status": status,
                 "metadata": metadata,
@@ -154,21 +148,31 @@ class Generation:
         try:
             if self._stop_reason is not None:
                 raise asyncio.CancelledError  # stopped before it began: the provider is never called
-            async for item in self.provider.stream(self.request):
-                if isinstance(item, str):  # the hot path: one text delta
-                    if not item:
-                        continue
-                    if relayed.ttft_ms is None:
-                        relayed.ttft_ms = round((time.monotonic() - started) * 1000)
-                    self._parts.append(item)
-                    if checkpoints is not None:
-                        checkpoints.added(len(item))
-                    publish("token", {"text": item})
-                elif isinstance(item, Finish):
-                    relayed.finish = item
-                else:
-                    relayed.answerer = item
-                    publish("provider", events.provider(item.provider, item.model))
+            stream, chars, limit = self.provider.stream(self.request), 0, self.max_chars
+            try:
+                async for item in stream:
+                    if isinstance(item, str):  # the hot path: one text delta
+                        if not item:
+                            continue
+                        if relayed.ttft_ms is None:
+                            relayed.ttft_ms = round((time.monotonic() - started) * 1000)
+                        size = len(item)
+                        chars += size
+                        if chars > limit:
+                            raise ProviderError(
+                                "protocol", f"the reply grew past {limit} characters; the rest was not read"
+                            )
+                        self._parts.append(item)
+                        if checkpoints is not None:
+                            checkpoints.added(size)
+                        publish("token", {"text": item})
+                    elif isinstance(item, Finish):
+                        relayed.finish = item
+                    else:
+                        relayed.answerer = item
+                        publish("provider", events.provider(item.provider, item.model))
+            finally:
+                await close_stream(stream)  # the upstream connection goes with it, now
         except ProviderError as exc:
             relayed.error = exc
         except asyncio.CancelledError:
@@ -184,40 +188,14 @@ class Generation:
             relayed.error = ProviderError("truncated", "the provider's stream ended without a finish record")
         return relayed
 
-    def _conclude(self, relayed: Relayed, started: float, ended: float) -> tuple[str, dict[str, Any]]:
-        """The row's status and the metadata stored with it."""
-        finish = relayed.finish
-        metadata: dict[str, Any] = {
-            **self.metadata,
-            "usage": (finish.usage if finish else Usage()).as_dict(),
-            "finish_reason": None,
-            "duration_ms": round((ended - started) * 1000),
-            "ttft_ms": relayed.ttft_ms,
-            "error": None,
-        }
-        if relayed.answerer is not None:
-            metadata["requested"] = {"provider": metadata["provider"], "model": metadata["model"]}
-            metadata["provider"], metadata["model"] = relayed.answerer.provider, relayed.answerer.model
-        if self._stop_reason == SHUTDOWN:
-            metadata["error"] = events.SHUTDOWN
-            return "interrupted", metadata
-        if self._stop_reason == CANCELLED:
-            metadata["finish_reason"] = "cancelled"
-            return "cancelled", metadata
-        if relayed.error is not None:
-            metadata["error"] = relayed.error.as_dict()
-            return "failed", metadata
-        assert finish is not None
-        metadata["finish_reason"] = finish.reason
-        return "completed", metadata
-
 
 class Generations:
     """The running generations of this process, by assistant message id."""
 
-    def __init__(self, broker: Broker, keeper: Keeper) -> None:
+    def __init__(self, broker: Broker, keeper: Keeper, *, max_reply_chars: int = 2_000_000) -> None:
         self.broker = broker
         self.keeper = keeper
+        self.max_reply_chars = max_reply_chars
         self.closing = False  # no new generations: the server is shutting down
         self._running: dict[int, Generation] = {}
         self._shutdown: asyncio.Task[None] | None = None
@@ -237,7 +215,7 @@ class Generations:
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
-        generation = Generation(provider, request, reply, user_message_id, topic)
+        generation = Generation(provider, request, reply, user_message_id, topic, self.max_reply_chars)
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
         self._running[reply.id] = generation

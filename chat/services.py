@@ -64,7 +64,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 checkpoint_chars=settings.checkpoint_bytes,
                 max_pending=settings.max_pending_writes,
             )
-            generations = Generations(broker, keeper)
+            generations = Generations(broker, keeper, max_reply_chars=settings.max_reply_chars)
             providers = build_providers(settings, client, timeouts)
             readiness = await Readiness.open(settings.db, keeper)
             try:

@@ -35,10 +35,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "PING",
     "LineDecoder",
+    "TooLong",
     "ServerSentEvent",
     "SSEDecoder",
     "encode_event",
@@ -56,12 +58,26 @@ class ServerSentEvent:
     retry: int | None = None  # only if this event's block carried a valid retry
 
 
-class LineDecoder:
-    """Incremental line splitter over bytes: CRLF, LF and a lone CR end a line."""
+class TooLong(ValueError):
+    """A line, or an event, grew past the limit its decoder was given. `completed` holds
+    what the same read completed before that (lines, or events), to be used first."""
 
-    def __init__(self) -> None:
+    def __init__(self, message: str, completed: list[Any]) -> None:
+        super().__init__(message)
+        self.completed = completed
+
+
+class LineDecoder:
+    """Incremental line splitter over bytes: CRLF, LF and a lone CR end a line.
+
+    A line that grows past `max_bytes` before it ends raises `TooLong`: a peer
+    that never sends a line end must not make us hold everything it sends."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._cr_pending = False  # the last read ended in CR; skip a leading LF
         self._tail: list[bytes] = []  # pieces of the line not yet ended
+        self._tail_bytes = 0
+        self._max = max_bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The lines this chunk completes, without their line ends."""
@@ -72,6 +88,9 @@ class LineDecoder:
         if b"\n" not in chunk and b"\r" not in chunk:
             if chunk:
                 self._tail.append(chunk)
+                self._tail_bytes += len(chunk)
+                if self._max is not None and self._tail_bytes > self._max:
+                    raise TooLong(f"a line grew past {self._max} bytes without an end", [])
             return []
         if self._tail:
             self._tail.append(chunk)
@@ -82,27 +101,34 @@ class LineDecoder:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = chunk.split(b"\n")
         rest = lines.pop()
+        self._tail_bytes = len(rest)
         if rest:
             self._tail.append(rest)
+            if self._max is not None and self._tail_bytes > self._max:
+                raise TooLong(f"a line grew past {self._max} bytes without an end", lines)
         return lines
 
     def close(self) -> list[bytes]:
         """The last line, if the stream ended without ending it."""
         rest = b"".join(self._tail)
         self._tail.clear()
+        self._tail_bytes = 0
         self._cr_pending = False
         return [rest] if rest else []
 
 
 class SSEDecoder:
-    """Incremental WHATWG event-stream decoder over bytes."""
+    """Incremental WHATWG event-stream decoder over bytes; an event (or a line) that grows
+    past `max_bytes` raises `TooLong`."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._head = b""  # the first bytes of the stream, while they may be a BOM
         self._started = False
-        self._lines = LineDecoder()
+        self._lines = LineDecoder(max_bytes)
+        self._max = max_bytes
         self._event = ""
         self._data: list[bytes] = []
+        self._data_bytes = 0
         self._block_retry: int | None = None
         self._last_event_id: str | None = None
         self._retry: int | None = None
@@ -128,7 +154,12 @@ class SSEDecoder:
                 chunk = chunk[len(_BOM) :]
 
         events: list[ServerSentEvent] = []
-        for line in self._lines.feed(chunk):
+        overflow: TooLong | None = None
+        try:
+            lines = self._lines.feed(chunk)
+        except TooLong as exc:
+            lines, overflow = exc.completed, exc
+        for line in lines:
             if not line:
                 event = self._dispatch()
                 if event is not None:
@@ -141,6 +172,10 @@ class SSEDecoder:
                 value = value[1:]
             if name == b"data":
                 self._data.append(value)
+                if self._max is not None:
+                    self._data_bytes += len(value) + 1
+                    if self._data_bytes > self._max:
+                        raise TooLong(f"an event grew past {self._max} bytes", events)
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
             elif name == b"id":
@@ -149,6 +184,8 @@ class SSEDecoder:
             elif name == b"retry":
                 if value.isdigit():  # bytes.isdigit() is ASCII digits only
                     self._retry = self._block_retry = int(value)
+        if overflow is not None:
+            raise TooLong(str(overflow), events)
         return events
 
     def close(self) -> list[ServerSentEvent]:
@@ -157,6 +194,7 @@ class SSEDecoder:
         self._lines.close()
         self._event, self._block_retry = "", None
         self._data.clear()
+        self._data_bytes = 0
         return []
 
     def _dispatch(self) -> ServerSentEvent | None:
@@ -169,6 +207,7 @@ class SSEDecoder:
                 retry=self._block_retry,
             )
             self._data.clear()
+            self._data_bytes = 0
         self._event, self._block_retry = "", None
         return event
 

@@ -17,8 +17,9 @@ import pytest
 
 from chat import events
 from chat.broker import Broker, Subscription
-from chat.generations import CANCELLED, Generation, Generations, topic_name
+from chat.generations import Generation, Generations, topic_name
 from chat.keeping import Keeper
+from chat.outcome import CANCELLED
 from chat.providers.base import ChatRequest, Finish, ProviderError, Turn, Usage
 from chat.records import Message
 from chat.replay import stored_events

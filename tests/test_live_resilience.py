@@ -280,6 +280,7 @@ async def test_finished_replies_replay_from_the_database_with_their_ending(
     assert replays[1].terminal.data["finish_reason"] == "cancelled"
 
 
+@pytest.mark.parametrize("client", [{"max_reply_chars": 20_000_000}], indirect=True)  # 8 MB here
 async def test_a_client_that_stops_reading_slows_neither_the_generation_nor_others(
     client: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:

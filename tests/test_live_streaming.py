@@ -388,3 +388,34 @@ async def test_a_conversation_keeps_its_model(client: httpx.AsyncClient, upstrea
 
     assert transcript.events[0].data["model"] == "gpt-custom"
     assert upstream.requests[0].json()["model"] == "gpt-custom"
+
+
+@pytest.mark.parametrize("client", [{"max_reply_chars": 12}], indirect=True)
+async def test_a_reply_past_its_limit_ends_with_its_text_so_far_and_the_upstream_closed(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply([openai_chunk("endless ") for _ in range(1000)], finish=False))
+    transcript = await chat_stream(client, {"message": "hi"})
+    assert transcript.names[-1] == "error"
+    error = transcript.terminal.data["error"]
+    assert (error["type"], error["message"]) == (
+        "protocol",
+        "the reply grew past 12 characters; the rest was not read",
+    )
+    await asyncio.wait_for(upstream.hung_up.wait(), timeout=5)
+    row = (await client.get(f"/api/conversations/{transcript.events[0].data['conversation_id']}")).json()[
+        "messages"
+    ][-1]
+    assert (row["status"], row["content"]) == ("failed", "endless ")
+
+
+@pytest.mark.parametrize("client", [{"max_upstream_event_bytes": 1024}], indirect=True)
+async def test_an_upstream_line_with_no_end_is_cut_off_at_its_limit(
+    client: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply([openai_chunk("before "), b"data: " + b"x" * 600, b"x" * 600], finish=False))
+    transcript = await chat_stream(client, {"message": "hi"})
+    assert transcript.names == ["start", "token", "error"]
+    assert transcript.terminal.data["error"]["type"] == "protocol"
+    assert "over 1024 bytes" in transcript.terminal.data["error"]["message"]
+    await asyncio.wait_for(upstream.hung_up.wait(), timeout=5)

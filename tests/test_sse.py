@@ -10,8 +10,10 @@ from hypothesis import strategies as st
 
 from chat.sse import (
     PING,
+    LineDecoder,
     ServerSentEvent,
     SSEDecoder,
+    TooLong,
     encode_event,
     retry_field,
 )
@@ -361,3 +363,18 @@ def test_any_chunking_decodes_to_the_original_events(
     assert whole == expected_events(blocks)
     assert decode(*split_at(payload, *splits)) == whole
     assert decode(*(payload[i : i + 1] for i in range(len(payload)))) == whole
+
+
+def test_a_line_that_grows_past_the_limit_without_an_end_is_refused() -> None:
+    decoder = LineDecoder(max_bytes=10)
+    assert decoder.feed(b"0123456789\n") == [b"0123456789"]  # at the limit, ended: fine
+    decoder.feed(b"01234")
+    with pytest.raises(TooLong):
+        decoder.feed(b"567890")  # eleven bytes and still no end
+
+
+def test_an_event_whose_data_lines_grow_past_the_limit_is_refused() -> None:
+    decoder = SSEDecoder(max_bytes=20)
+    assert [e.data for e in decoder.feed(b"data: short\n\n")] == ["short"]
+    with pytest.raises(TooLong):
+        decoder.feed(b"data: 0123456789\ndata: 0123456789\n")  # no blank line: one event, too big

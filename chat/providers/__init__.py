@@ -80,6 +80,7 @@ def build_providers(
                 base_url=base_url,
                 default_model=model(cls.name),
                 timeouts=timeouts,
+                max_event_bytes=settings.max_upstream_event_bytes,
             ),
             key_variable=f"{cls.name.upper()}_API_KEY",
             key_set=bool(keys[cls.name]),
@@ -94,7 +95,11 @@ def build_providers(
     adapters.append(
         Adapter(
             OllamaProvider(
-                client, base_url=settings.ollama_base_url, default_model=model("ollama"), timeouts=timeouts
+                client,
+                base_url=settings.ollama_base_url,
+                default_model=model("ollama"),
+                timeouts=timeouts,
+                max_event_bytes=settings.max_upstream_event_bytes,
             )
         )
     )

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import httpx
 
-from ..sse import LineDecoder, ServerSentEvent, SSEDecoder
+from ..sse import LineDecoder, ServerSentEvent, SSEDecoder, TooLong
 from .base import ChatRequest, Finish, ProviderError
 from .deadlines import DEFAULT_TIMEOUTS, Deadline, Timeouts, read_within
 from .errors import (
@@ -34,6 +34,7 @@ from .errors import (
 )
 
 _ERROR_BODY_LIMIT = 64 * 1024
+MAX_EVENT_BYTES = 16 * 1024 * 1024  # one upstream line or event: room for inline images
 # What a payload of the wrong shape raises while an adapter reads it.
 _MALFORMED = (AttributeError, IndexError, KeyError, TypeError)
 
@@ -168,8 +169,10 @@ class HTTPProvider:
         base_url: str | None = None,
         default_model: str | None = None,
         timeouts: Timeouts = DEFAULT_TIMEOUTS,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self.default_model = default_model or type(self).default_model
+        self.max_event_bytes = max_event_bytes
         self._client = client
         self._url = (base_url or self.default_base_url).rstrip("/") + self.path
         self._timeouts = timeouts
@@ -197,7 +200,8 @@ class HTTPProvider:
         if not request.model:
             request = replace(request, model=self.default_model)
         name, reading, done_data = self.name, self.reading(), self.done_data
-        decoder = NDJSONDecoder() if self.framing == "ndjson" else SSEDecoder()
+        limit = self.max_event_bytes
+        decoder = NDJSONDecoder(limit) if self.framing == "ndjson" else SSEDecoder(limit)
         async with open_stream(
             self._client,
             self.url(request.model),
@@ -208,7 +212,12 @@ class HTTPProvider:
             json_ok=self.json_ok,
         ) as chunks:
             async for chunk in chunks:
-                for event in decoder.feed(chunk):
+                overflow = None
+                try:
+                    decoded = decoder.feed(chunk)
+                except TooLong as exc:  # what came before it still counts
+                    decoded, overflow = exc.completed, exc
+                for event in decoded:
                     if event.data == done_data:
                         yield reading.end()
                         return
@@ -218,6 +227,8 @@ class HTTPProvider:
                     if finish is not None:
                         yield finish
                         return
+                if overflow is not None:
+                    raise ProviderError("protocol", f"{name} sent a line or an event over {limit} bytes")
         # SSE drops an event the body's end cut off; in NDJSON, the end ends the last line.
         for event in decoder.close():
             try:
@@ -238,11 +249,15 @@ class NDJSONDecoder:
     """One JSON document per line, as events: blank lines are skipped, and the body's end
     ends its last line too (only JSON can tell whether it was whole)."""
 
-    def __init__(self) -> None:
-        self._lines = LineDecoder()
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._lines = LineDecoder(max_bytes)
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        return [_line_event(line) for line in self._lines.feed(chunk) if line.strip()]
+        try:
+            lines = self._lines.feed(chunk)
+        except TooLong as exc:
+            raise TooLong(str(exc), [_line_event(line) for line in exc.completed if line.strip()]) from None
+        return [_line_event(line) for line in lines if line.strip()]
 
     def close(self) -> list[ServerSentEvent]:
         return [_line_event(line) for line in self._lines.close() if line.strip()]
