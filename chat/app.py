@@ -20,7 +20,7 @@ from types import FrameType
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse
+from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -35,16 +35,29 @@ from .errors import (
     render_internal_error,
     render_storage_failed,
 )
+from .hosts import AllowedHosts
 from .resources import resource
 from .services import Services, open_services
 from .store import StorageFailed
 
 log = logging.getLogger("sidechat")
 
+PROBES = ("/healthz", "/readyz")  # an orchestrator probes by address; they reveal nothing
+FOREIGN_HOST = JSONResponse(
+    {
+        "error": {
+            "type": "invalid_host",
+            "message": "this Host is not served; SIDECHAT_ALLOWED_HOSTS lists the names that are",
+        }
+    },
+    status_code=400,
+)
+
 
 class Sidechat:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.hosts = AllowedHosts(settings)
         static = resource("static")
         page = static / "index.html"
 
@@ -68,6 +81,8 @@ class Sidechat:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "http" and scope["path"] not in PROBES and not self.hosts.allow(scope):
+            await FOREIGN_HOST(scope, receive, send)
         else:
             await self.router(scope, receive, send)
 

@@ -57,6 +57,7 @@ class Settings:
     db_busy_timeout: float = 10.0
     max_upstream_event_bytes: int = 16 * 1024 * 1024  # one upstream line or event
     max_reply_chars: int = 2_000_000
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides the local ones; "*": any
     retry_attempts: int = 3  # attempts in all, the first included
     retry_max_seconds: float = 30.0
     fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
@@ -139,6 +140,13 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in raw.split(",") if name.strip())
+    if not names:
+        raise ValueError("expected host names separated by commas, or *")
+    return names
+
+
 def _port(raw: str) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError("expected a port number from 1 to 65535")
@@ -193,6 +201,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db_busy_timeout": ("SIDECHAT_DB_BUSY_TIMEOUT", _non_negative_float),
     "max_upstream_event_bytes": ("SIDECHAT_MAX_UPSTREAM_EVENT_BYTES", _positive_int),
     "max_reply_chars": ("SIDECHAT_MAX_REPLY_CHARS", _positive_int),
+    "allowed_hosts": ("SIDECHAT_ALLOWED_HOSTS", _names),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
     "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
     "fallback": ("SIDECHAT_FALLBACK", _fallback),

@@ -392,3 +392,21 @@ async def test_a_provider_over_tls_through_a_proxy_with_a_private_ca(
     assert transcript.names == ["start", "token", "token", "done"]
     assert (row["status"], row["content"]) == ("completed", "Hello")
     assert proxy.connections_to(tls_upstream.port) == 1
+
+
+async def test_a_key_of_any_shape_echoed_by_the_provider_is_never_passed_on(
+    upstream: FakeUpstream, db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = "gsk_live_9f8e7d6c5b4a3210"  # not like sk-... or AIza...: only knowing it finds it
+    body = json.dumps({"error": {"message": f"Invalid API Key {key} (check your settings)"}}).encode()
+    upstream.add(Reply([body], status=401, headers={"content-type": "application/json"}))
+    settings = Settings(db=db, provider="openai", openai_api_key=key, openai_base_url=upstream.url)
+
+    transcript, row = await talk(settings, {"message": "hi"})
+
+    error = transcript.terminal.data["error"]
+    assert (error["type"], error["status"]) == ("auth", 401)
+    assert error["message"] == "openai: Invalid API Key [redacted] (check your settings)"
+    assert key not in transcript.raw.decode()
+    assert key not in json.dumps(row)
+    assert key not in caplog.text

@@ -115,6 +115,14 @@ class ProviderError(Exception):
         self.provider_type = provider_type
         self.provider_code = provider_code
 
+    def scrub(self, secrets: tuple[str, ...]) -> ProviderError:
+        """The same error with each of `secrets` (the keys we hold) cut out of its message."""
+        for secret in secrets:
+            if secret and secret in self.message:
+                self.message = self.message.replace(secret, "[redacted]")
+        self.args = (self.message,)
+        return self
+
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"type": self.type, "message": self.message}
         for key in ("status", "retry_after", "provider_type", "provider_code"):

@@ -177,6 +177,7 @@ class HTTPProvider:
         self._url = (base_url or self.default_base_url).rstrip("/") + self.path
         self._timeouts = timeouts
         self._headers = dict(self.headers)
+        self._secrets = (api_key,) if api_key else ()
         if api_key:
             if self.key_header is None:
                 raise TypeError(f"{self.name} takes no API key")
@@ -197,52 +198,55 @@ class HTTPProvider:
         return self._url
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
-        if not request.model:
-            request = replace(request, model=self.default_model)
-        name, reading, done_data = self.name, self.reading(), self.done_data
-        limit = self.max_event_bytes
-        decoder = NDJSONDecoder(limit) if self.framing == "ndjson" else SSEDecoder(limit)
-        async with open_stream(
-            self._client,
-            self.url(request.model),
-            body=self.build_body(request),
-            headers=self._headers,
-            timeouts=self._timeouts,
-            provider=name,
-            json_ok=self.json_ok,
-        ) as chunks:
-            async for chunk in chunks:
-                overflow = None
+        try:
+            if not request.model:
+                request = replace(request, model=self.default_model)
+            name, reading, done_data = self.name, self.reading(), self.done_data
+            limit = self.max_event_bytes
+            decoder = NDJSONDecoder(limit) if self.framing == "ndjson" else SSEDecoder(limit)
+            async with open_stream(
+                self._client,
+                self.url(request.model),
+                body=self.build_body(request),
+                headers=self._headers,
+                timeouts=self._timeouts,
+                provider=name,
+                json_ok=self.json_ok,
+            ) as chunks:
+                async for chunk in chunks:
+                    overflow = None
+                    try:
+                        decoded = decoder.feed(chunk)
+                    except TooLong as exc:  # what came before it still counts
+                        decoded, overflow = exc.completed, exc
+                    for event in decoded:
+                        if event.data == done_data:
+                            yield reading.end()
+                            return
+                        text, finish = _parse(reading, event, name)
+                        if text:
+                            yield text
+                        if finish is not None:
+                            yield finish
+                            return
+                    if overflow is not None:
+                        raise ProviderError("protocol", f"{name} sent a line or an event over {limit} bytes")
+            # SSE drops an event the body's end cut off; in NDJSON, the end ends the last line.
+            for event in decoder.close():
                 try:
-                    decoded = decoder.feed(chunk)
-                except TooLong as exc:  # what came before it still counts
-                    decoded, overflow = exc.completed, exc
-                for event in decoded:
-                    if event.data == done_data:
-                        yield reading.end()
-                        return
                     text, finish = _parse(reading, event, name)
-                    if text:
-                        yield text
-                    if finish is not None:
-                        yield finish
-                        return
-                if overflow is not None:
-                    raise ProviderError("protocol", f"{name} sent a line or an event over {limit} bytes")
-        # SSE drops an event the body's end cut off; in NDJSON, the end ends the last line.
-        for event in decoder.close():
-            try:
-                text, finish = _parse(reading, event, name)
-            except ProviderError as exc:
-                if exc.type != "protocol":
-                    raise
-                raise truncated_error(name, "its end marker (the last line was cut)") from None
-            if text:
-                yield text
-            if finish is not None:
-                yield finish
-                return
-        yield reading.end()
+                except ProviderError as exc:
+                    if exc.type != "protocol":
+                        raise
+                    raise truncated_error(name, "its end marker (the last line was cut)") from None
+                if text:
+                    yield text
+                if finish is not None:
+                    yield finish
+                    return
+            yield reading.end()
+        except ProviderError as exc:  # a provider may echo our key in any shape: never pass it on
+            raise exc.scrub(self._secrets) from exc.__cause__
 
 
 class NDJSONDecoder:
