@@ -34,13 +34,18 @@ def current_user(request: Request) -> str:
     return "local"
 
 
+async def body_of(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    settings = services(request).settings
+    return await read_json(request, settings.max_body_bytes, timeout=settings.body_timeout, optional=optional)
+
+
 # -- chat --------------------------------------------------------------------------------
 
 
 async def start_turn(request: Request) -> tuple[AcceptedTurn, bool]:
     """The turn a chat request asks for, and whether to wait for its reply."""
     app = services(request)
-    body = parse_chat_body(await read_json(request, app.settings.max_body_bytes), app.settings)
+    body = parse_chat_body(await body_of(request), app.settings)
     key = idempotency_key(request.headers.get("idempotency-key"))
     return await accept_turn(app, body.ask(current_user(request), key)), body.wait
 
@@ -190,7 +195,7 @@ def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, 
 
 async def create_conversation(request: Request) -> Response:
     app = services(request)
-    body = await read_json(request, app.settings.max_body_bytes, optional=True)
+    body = await body_of(request, optional=True)
     changes = parse_conversation_fields(body, app)
     conversation = await app.store.create_conversation(current_user(request), **changes)
     return JSONResponse({"conversation": conversation.as_json()}, status_code=201)
@@ -220,7 +225,7 @@ async def list_messages(request: Request) -> Response:
 async def update_conversation(request: Request) -> Response:
     app = services(request)
     conversation = await owned_conversation(request)
-    changes = parse_conversation_fields(await read_json(request, app.settings.max_body_bytes), app)
+    changes = parse_conversation_fields(await body_of(request), app)
     updated = await app.store.update_conversation(current_user(request), conversation.id, changes)
     if updated is None:
         raise NotFound(f"conversation {conversation.id} not found")

@@ -19,10 +19,8 @@ from types import FrameType
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from .api import routes
@@ -36,6 +34,7 @@ from .errors import (
     render_storage_failed,
 )
 from .hosts import AllowedHosts
+from .page import Files, index
 from .resources import resource
 from .services import Services, open_services
 from .store import StorageFailed
@@ -59,16 +58,11 @@ class Sidechat:
         self.settings = settings
         self.hosts = AllowedHosts(settings)
         static = resource("static")
-        page = static / "index.html"
-
-        async def index(request: Request) -> FileResponse:
-            return FileResponse(page)
-
         self.router = Starlette(
             routes=[
                 *routes,
-                Route("/", index, methods=["GET"]),
-                Mount("/static", StaticFiles(directory=static), name="static"),
+                Route("/", index(static / "index.html"), methods=["GET"]),
+                Mount("/static", Files(directory=static), name="static"),
             ],
             exception_handlers={
                 ApiError: render_api_error,

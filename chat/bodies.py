@@ -5,6 +5,7 @@ Every problem with a body's fields is collected, so one 422 names them all.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from dataclasses import dataclass
@@ -13,14 +14,17 @@ from typing import Any
 from starlette.requests import Request
 
 from .config import Settings
-from .errors import BadRequest, InvalidFields, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadRequest, InvalidFields, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from .turns import TurnRequest
 
 MAX_KEY_CHARS = 200  # an Idempotency-Key
 
 
-async def read_json(request: Request, max_bytes: int, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object; an `optional` body may also be left out entirely."""
+async def read_json(
+    request: Request, max_bytes: int, *, timeout: float = 10.0, optional: bool = False
+) -> dict[str, Any]:
+    """The body as a JSON object; an `optional` body may also be left out entirely. A body
+    that has not all arrived within `timeout` seconds is a 408."""
     declared = request.headers.get("content-length", "")
     if optional and declared == "0":
         return {}
@@ -30,10 +34,14 @@ async def read_json(request: Request, max_bytes: int, *, optional: bool = False)
     if digits(declared) and int(declared) > max_bytes:
         raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout:g}s") from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

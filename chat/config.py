@@ -49,6 +49,7 @@ class Settings:
     on_disconnect: str = "continue"
     history_messages: int = 40
     max_body_bytes: int = 256 * 1024
+    body_timeout: float = 10.0  # seconds for a request body to arrive
     max_message_chars: int = 100_000
     replay_seconds: float = 30.0
     checkpoint_seconds: float = 2.0  # 0: off
@@ -193,6 +194,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "on_disconnect": ("SIDECHAT_ON_DISCONNECT", _choice(*ON_DISCONNECT)),
     "history_messages": ("SIDECHAT_HISTORY_MESSAGES", _positive_int),
     "max_body_bytes": ("SIDECHAT_MAX_BODY_BYTES", _positive_int),
+    "body_timeout": ("SIDECHAT_BODY_TIMEOUT", _positive_float),
     "max_message_chars": ("SIDECHAT_MAX_MESSAGE_CHARS", _positive_int),
     "replay_seconds": ("SIDECHAT_REPLAY_SECONDS", _non_negative_float),
     "checkpoint_seconds": ("SIDECHAT_CHECKPOINT_SECONDS", _non_negative_float),

@@ -5,6 +5,7 @@
     ├── BadRequest              400 invalid_json
     ├── Unauthorized            401 unauthorized
     ├── NotFound                404 not_found
+    ├── RequestTimeout          408 request_timeout (and the connection closed)
     ├── Conflict                409 conflict
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
@@ -59,6 +60,13 @@ class Unauthorized(ApiError):
 
 class NotFound(ApiError):
     status, type = 404, "not_found"
+
+
+class RequestTimeout(ApiError):
+    status, type = 408, "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # what is left of the body is not waited for
 
 
 class Conflict(ApiError):

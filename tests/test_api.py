@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -380,3 +382,23 @@ async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(
     response = await client.post("/api/chat", json={"message": "hi"}, headers={"idempotency-key": key})
     assert response.status_code == 422
     assert "idempotency_key" in error_of(response)["fields"]  # type: ignore[operator]
+
+
+async def test_a_body_that_never_finishes_arriving_is_408_and_the_connection_closed(tmp_path: Path) -> None:
+    settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", body_timeout=0.2)
+    async with serve(settings) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+            b'content-length: 100\r\n\r\n{"message": "half'
+        )
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the end: the server closes
+        writer.close()
+        async with httpx.AsyncClient(base_url=url) as client:
+            stored = (await client.get("/api/conversations")).json()["conversations"]
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert json.loads(body)["error"]["type"] == "request_timeout"
+    assert stored == []
