@@ -85,11 +85,19 @@ async def open_stream(
 async def _refuse_unless_a_stream(
     response: httpx.Response, deadline: Deadline, timeouts: Timeouts, provider: str, json_ok: bool
 ) -> None:
-    """Raise the `ProviderError` for an answer that is an error, a page or a document."""
+    """Raise the `ProviderError` for an answer that is an error, a page or a document, or that
+    is compressed: we ask for `identity`, and a compressed body is never read (so never
+    inflated), so a small one cannot expand into gigabytes here."""
     status = response.status_code
-    if not 200 <= status < 300:
-        raw = await _read_limited(response, deadline, timeouts, provider)
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    compressed = encoding not in ("", "identity")
+    if not 200 <= status < 300:  # a compressed error body is not read: the status says enough
+        raw = b"" if compressed else await _read_limited(response, deadline, timeouts, provider)
         raise error_from_response(status, response.headers, raw, provider)
+    if compressed:
+        raise ProviderError(
+            "protocol", f"{provider} sent a {encoding}-compressed stream, though sidechat asks for none"
+        )
     media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     if media_type == "text/html":
         raw = await _read_limited(response, deadline, timeouts, provider)

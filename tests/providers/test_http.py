@@ -135,3 +135,36 @@ async def test_a_cancellation_that_is_not_the_deadline_goes_through() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.anyio
+async def test_a_compressed_stream_is_refused_not_inflated(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    import gzip
+
+    bomb = gzip.compress(b"data: " + b"x" * 10_000_000 + b"\n\n")  # ~10 KB that inflate to 10 MB
+    router.post(URL).mock(
+        return_value=httpx.Response(
+            200, headers={"content-type": "text/event-stream", "content-encoding": "gzip"}, content=bomb
+        )
+    )
+    with pytest.raises(ProviderError) as info:
+        await read_all(client)
+    assert info.value.type == "protocol" and "gzip-compressed" in info.value.message
+
+
+@pytest.mark.anyio
+async def test_a_compressed_error_keeps_its_status(
+    client: httpx.AsyncClient, router: respx.MockRouter
+) -> None:
+    import gzip
+
+    router.post(URL).mock(
+        return_value=httpx.Response(
+            401, headers={"content-encoding": "gzip"}, content=gzip.compress(b'{"error": "bad key"}')
+        )
+    )
+    with pytest.raises(ProviderError) as info:
+        await read_all(client)
+    assert (info.value.type, info.value.status) == ("auth", 401)
