@@ -32,6 +32,7 @@ from .keeping import Checkpoints, Keeper
 from .outcome import CANCELLED, SHUTDOWN, Relayed, conclude
 from .providers.base import ChatRequest, Finish, Provider, ProviderError, close_stream
 from .records import Message
+from .waits import first_of
 
 log = logging.getLogger("sidechat.generations")
 
@@ -260,13 +261,9 @@ class Generations:
     async def _end_all(self, grace: float) -> None:
         running = list(self._running.values())
         if running and grace > 0:
-            finished = asyncio.ensure_future(asyncio.gather(*(g.finished.wait() for g in running)))
-            hurry = asyncio.ensure_future(self._now.wait())
             # Until all have finished, or we are asked to hurry, or the grace is over.
-            await asyncio.wait((finished, hurry), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
-            hurry.cancel()
-            await asyncio.gather(finished, hurry, return_exceptions=True)
+            all_finished = asyncio.gather(*(g.finished.wait() for g in running))
+            await first_of(all_finished, self._now.wait(), timeout=grace)
         # Any that slipped in while we waited are ended too; a final write still refused gets
         # one more try, then its loss is logged.
         self.keeper.give_up()

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .store import StorageFailed, Store
+from .waits import first_of
 
 log = logging.getLogger("sidechat.keeping")
 
@@ -101,14 +102,7 @@ class Keeper:
 
     async def _wait(self, seconds: float) -> None:
         """Sleep `seconds`, or less if shutdown asks to give up (then one last try follows)."""
-        sleeping = asyncio.ensure_future(self._sleep(seconds))
-        giving_up = asyncio.ensure_future(self._give_up.wait())
-        try:
-            await asyncio.wait((sleeping, giving_up), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeping.cancel()
-            giving_up.cancel()
-            await asyncio.gather(sleeping, giving_up, return_exceptions=True)
+        await first_of(self._sleep(seconds), self._give_up.wait())
 
 
 class Checkpoints:

@@ -77,10 +77,10 @@ async def test_a_start_up_that_fails_exits_at_once_saying_why(tmp_path: Path, pr
     else:
         db = Path("/proc/sidechat-test.db")  # not writable, even by root
         reason = "cannot be written"
-    result = await run([SIDECHAT, "serve", "--port", str(free_port()), "--db", str(db)], timeout=20)
+    result = await run([SIDECHAT, "serve", "--port", str(free_port()), "--db", str(db)], timeout=60)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
-    assert len(errors) == 1 and reason in errors[0] and str(db) in errors[0]
+    assert len(errors) == 1 and reason in errors[0] and str(db) in errors[0], result.stderr
     assert "Traceback" not in result.stderr
 
 
