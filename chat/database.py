@@ -68,6 +68,9 @@ async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connect
     """A connection with the schema applied; a `StartupError` that says why when it cannot be had."""
     schema = resource("schema.sql").read_text()
     try:
+        # Opened once here first (start-up only, so blocking is fine): aiosqlite, when its own
+        # open fails, leaves its thread to finish on a loop that may be closed by then.
+        sqlite3.connect(path).close()
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
         raise _startup_error(path, exc) from None
