@@ -59,6 +59,16 @@ def release(holder: subprocess.Popen[str]) -> None:
     holder.wait(10)
 
 
+def pointed_at(upstream: FakeUpstream, **env: str) -> dict[str, str]:
+    """The environment of a sidechat process whose OpenAI provider is the fake upstream."""
+    return {
+        "SIDECHAT_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": upstream.url,
+        **env,
+    }
+
+
 def rows(path: Path) -> list[tuple[str, str]]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         return db.execute(
@@ -173,13 +183,7 @@ async def server_on_a_tiny_disk(
     port = free_port()
     script = f'mount -t tmpfs -o size=2m tmpfs "{disk}" && exec "{PYTHON}" app.py --port {port} --db "{disk}/chat.db"'
     command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script]
-    environment = {
-        "SIDECHAT_PROVIDER": "openai",
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": upstream.url,
-        "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0.5",
-        **env,
-    }
+    environment = pointed_at(upstream, SIDECHAT_SHUTDOWN_GRACE_SECONDS="0.5", **env)
     async with running(command, port=port, env=environment, log=tmp_path / "server.log", cwd=ROOT) as server:
         yield server, Path(f"/proc/{server.process.pid}/root") / disk.relative_to("/")
 
@@ -231,13 +235,8 @@ async def test_sigkill_loses_at_most_what_came_since_the_last_checkpoint(
     port = free_port()
     db = tmp_path / "chat.db"
     command = [PYTHON, "app.py", "--port", str(port), "--db", str(db)]
-    env = {
-        "SIDECHAT_PROVIDER": "openai",
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": upstream.url,
-        "SIDECHAT_CHECKPOINT_BYTES": "8",  # each first token is enough for a checkpoint
-        "SIDECHAT_CHECKPOINT_SECONDS": "3600",
-    }
+    # Each first token is enough for a checkpoint; time alone never is.
+    env = pointed_at(upstream, SIDECHAT_CHECKPOINT_BYTES="8", SIDECHAT_CHECKPOINT_SECONDS="3600")
     async with running(command, port=port, env=env, log=tmp_path / "first.log") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             for i in range(3):
@@ -259,13 +258,7 @@ async def test_shutdown_gives_a_refused_write_one_more_try_then_says_what_was_lo
     port = free_port()
     db = tmp_path / "chat.db"
     command = [PYTHON, "app.py", "--port", str(port), "--db", str(db)]
-    env = {
-        "SIDECHAT_PROVIDER": "openai",
-        "OPENAI_API_KEY": "sk-test",
-        "OPENAI_BASE_URL": upstream.url,
-        "SIDECHAT_DB_BUSY_TIMEOUT": "0.05",
-        "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0.5",
-    }
+    env = pointed_at(upstream, SIDECHAT_DB_BUSY_TIMEOUT="0.05", SIDECHAT_SHUTDOWN_GRACE_SECONDS="0.5")
     async with running(command, port=port, env=env, log=tmp_path / "server.log") as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             async with client.stream("POST", "/api/chat/stream", json={"message": "hi"}) as response:
