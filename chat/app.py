@@ -34,6 +34,7 @@ from .errors import (
     render_storage_failed,
 )
 from .hosts import AllowedHosts
+from .openapi import routes as openapi_routes
 from .page import Files, index
 from .resources import resource
 from .services import Services, open_services
@@ -61,6 +62,7 @@ class Sidechat:
         self.router = Starlette(
             routes=[
                 *routes,
+                *openapi_routes,
                 Route("/", index(static / "index.html"), methods=["GET"]),
                 Mount("/static", Files(directory=static), name="static"),
             ],

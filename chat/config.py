@@ -6,8 +6,9 @@ default argument), so tests build `Settings` from plain dicts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -19,8 +20,8 @@ class ConfigError(ValueError):
     """A setting has a value we cannot use; the message names the variable."""
 
 
-def _secret() -> Any:
-    return field(default=None, repr=False)
+def _secret(default: Any = None) -> Any:
+    return field(default=default, repr=False)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,16 @@ class Settings:
     max_upstream_event_bytes: int = 16 * 1024 * 1024  # one upstream line or event
     max_reply_chars: int = 2_000_000
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides the local ones; "*": any
+    api_tokens: tuple[tuple[str, str], ...] = _secret(())  # (token, user)
+    api_tokens_file: str | None = None  # lines of token=user; re-read when it changes
+    trusted_user_header: str | None = None  # e.g. x-user, set by the app or proxy in front
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")  # who may set that header
+    cors_origins: tuple[str, ...] = ()
+    rate_limit: tuple[int, float] = (30, 60.0)  # chat requests per user, per so many seconds
+    max_streams_per_user: int = 4  # generations running at once
+    max_connections_per_user: int = 256  # open event streams
+    max_connections: int = 10_000
+    client_stall_seconds: float = 30.0  # a client that takes in nothing for this long is let go
     retry_attempts: int = 3  # attempts in all, the first included
     retry_max_seconds: float = 30.0
     fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
@@ -148,6 +159,53 @@ def _names(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _tokens(raw: str) -> tuple[tuple[str, str], ...]:
+    """`token1=alice,token2=bob` -> (("token1", "alice"), ("token2", "bob"))."""
+    return parse_tokens(raw.split(","))
+
+
+def parse_tokens(entries: Iterable[str]) -> tuple[tuple[str, str], ...]:
+    """`token=user` entries (blank ones skipped), as `SIDECHAT_API_TOKENS` and its file hold them."""
+    pairs = []
+    for entry in entries:
+        token, sep, user = (part.strip() for part in entry.strip().partition("="))
+        if not (token or user):
+            continue
+        if not sep or not token or not user:
+            raise ValueError("expected token=user entries")
+        if len(token) < 16:
+            raise ValueError("a token must be at least 16 characters; `openssl rand -hex 32` makes one")
+        pairs.append((token, user))
+    return tuple(pairs)
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    names = _names(raw)
+    for name in names:
+        try:
+            ipaddress.ip_network(name, strict=False)
+        except ValueError:
+            raise ValueError(f"{name!r} is not an IP address or network") from None
+    return names
+
+
+def _header(raw: str) -> str:
+    if not raw.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("expected a header name")
+    return raw.lower()
+
+
+PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+
+
+def _rate(raw: str) -> tuple[int, float]:
+    """`30/minute` -> (30, 60.0)."""
+    count, _, period = raw.partition("/")
+    if not count.strip().isdigit() or int(count) <= 0 or period.strip() not in PERIODS:
+        raise ValueError(f"expected a number per {', '.join(PERIODS)}, as in 30/minute")
+    return int(count), PERIODS[period.strip()]
+
+
 def _port(raw: str) -> int:
     if not raw.isdigit() or not 0 < int(raw) < 65536:
         raise ValueError("expected a port number from 1 to 65535")
@@ -204,6 +262,16 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_upstream_event_bytes": ("SIDECHAT_MAX_UPSTREAM_EVENT_BYTES", _positive_int),
     "max_reply_chars": ("SIDECHAT_MAX_REPLY_CHARS", _positive_int),
     "allowed_hosts": ("SIDECHAT_ALLOWED_HOSTS", _names),
+    "api_tokens": ("SIDECHAT_API_TOKENS", _tokens),
+    "api_tokens_file": ("SIDECHAT_API_TOKENS_FILE", _text),
+    "trusted_user_header": ("SIDECHAT_TRUSTED_USER_HEADER", _header),
+    "trusted_proxies": ("SIDECHAT_TRUSTED_PROXIES", _networks),
+    "cors_origins": ("SIDECHAT_CORS_ORIGINS", _names),
+    "rate_limit": ("SIDECHAT_RATE_LIMIT", _rate),
+    "max_streams_per_user": ("SIDECHAT_MAX_STREAMS_PER_USER", _positive_int),
+    "max_connections_per_user": ("SIDECHAT_MAX_CONNECTIONS_PER_USER", _positive_int),
+    "max_connections": ("SIDECHAT_MAX_CONNECTIONS", _positive_int),
+    "client_stall_seconds": ("SIDECHAT_CLIENT_STALL_SECONDS", _positive_float),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
     "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
     "fallback": ("SIDECHAT_FALLBACK", _fallback),
