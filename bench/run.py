@@ -87,6 +87,11 @@ class Bench:
             "SIDECHAT_DB": str(db),
             "SIDECHAT_HEARTBEAT_SECONDS": f"{scenario.heartbeat:g}",
             "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0",
+            # The limits stay on (their cost is measured) but high enough for one user's load.
+            "SIDECHAT_RATE_LIMIT": "1000000/second",
+            "SIDECHAT_MAX_STREAMS_PER_USER": "1000000",
+            "SIDECHAT_MAX_CONNECTIONS_PER_USER": "1000000",
+            "SIDECHAT_MAX_CONNECTIONS": "1000000",
             "NAIVE_PING_SECONDS": f"{scenario.heartbeat:g}",
             **scenario.env,
         }

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .attach import reply_events
+from .attach import counted, reply_events
+from .auth import USER
 from .bodies import Fields, digits, idempotency_key, parse_chat_body, read_json
 from .errors import Conflict, InvalidFields, NotFound
 from .outcome import CANCELLED
 from .records import Conversation, Message
 from .responses import EventStreamResponse
 from .services import Services
+from .store import MAX_ID
 from .turns import AcceptedTurn, accept_turn, choose_provider
 
 MAX_PAGE = 100
@@ -31,7 +35,8 @@ def services(request: Request) -> Services:
 
 
 def current_user(request: Request) -> str:
-    return "local"
+    """Who is asking, as the app's gate (`chat.auth`) found before routing."""
+    return request.scope[USER]  # type: ignore[no-any-return]
 
 
 async def body_of(request: Request, *, optional: bool = False) -> dict[str, Any]:
@@ -50,17 +55,31 @@ async def start_turn(request: Request) -> tuple[AcceptedTurn, bool]:
     return await accept_turn(app, body.ask(current_user(request), key)), body.wait
 
 
-async def stream_reply(request: Request, message: Message, after: int) -> Response:
-    events = await reply_events(services(request), current_user(request), message, after)
+async def stream_reply(request: Request, find: Callable[[], Awaitable[tuple[Message, int]]]) -> Response:
+    """Stream the reply `find` gives (and the event id to start after), counted as one of the
+    user's open streams from before `find` runs (so a refused one stores nothing) to its end."""
+    app, user = services(request), current_user(request)
+    app.limits.open_stream(user)
+    release = partial(app.limits.stream_closed, user)
+    try:
+        message, after = await find()
+        events = await reply_events(app, user, message, after)
+    except BaseException:
+        release()
+        raise
     if events is None:
+        release()
         return Response(status_code=204)
     headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
-    return EventStreamResponse(events, headers)
+    return EventStreamResponse(counted(events, release), headers)
 
 
 async def chat_stream(request: Request) -> Response:
-    accepted, _ = await start_turn(request)
-    return await stream_reply(request, accepted.reply, 0)
+    async def new_turn() -> tuple[Message, int]:
+        accepted, _ = await start_turn(request)
+        return accepted.reply, 0
+
+    return await stream_reply(request, new_turn)
 
 
 async def chat(request: Request) -> Response:
@@ -91,7 +110,7 @@ async def chat(request: Request) -> Response:
 
 def path_id(request: Request, name: str) -> int:
     raw: str = request.path_params[name]
-    if not digits(raw) or int(raw) > 2**63 - 1:  # not an id SQLite could hold: cannot exist
+    if not digits(raw) or int(raw) > MAX_ID:  # not an id SQLite could hold: cannot exist
         raise NotFound(f"{name.split('_')[0]} {raw[:40]} not found")
     return int(raw)
 
@@ -113,7 +132,11 @@ async def reply_of(request: Request) -> Message:
 
 async def attach(request: Request) -> Response:
     after = last_event_id(request)
-    return await stream_reply(request, await reply_of(request), after)
+
+    async def stored() -> tuple[Message, int]:
+        return await reply_of(request), after
+
+    return await stream_reply(request, stored)
 
 
 async def cancel(request: Request) -> Response:
@@ -210,9 +233,22 @@ async def owned_conversation(request: Request) -> Conversation:
 
 
 async def get_conversation(request: Request) -> Response:
+    """The conversation and a page of its messages: the newest by default, oldest first within
+    the page; `next_before_id` asks for the page before it."""
     conversation = await owned_conversation(request)
-    messages = await services(request).store.list_messages(conversation.id)
-    return JSONResponse({"conversation": conversation.as_json(), "messages": [m.as_json() for m in messages]})
+    limit = query_int(request, "limit", 20, low=1, high=MAX_PAGE)
+    before_id = query_int(request, "before_id", MAX_ID, low=1, high=MAX_ID)
+    store = services(request).store
+    page = await store.recent_messages(conversation.id, before_id=before_id, limit=limit + 1)
+    older = len(page) > limit
+    page = page[-limit:]
+    return JSONResponse(
+        {
+            "conversation": conversation.as_json(),
+            "messages": [m.as_json() for m in page],
+            "next_before_id": page[0].id if older else None,
+        }
+    )
 
 
 async def list_messages(request: Request) -> Response:

@@ -10,6 +10,7 @@ shuts the app down, and a reply may stream for minutes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import threading
@@ -19,11 +20,13 @@ from types import FrameType
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .api import routes
+from .auth import LOCAL_USER, USER, Gate, unauthorized_body
 from .config import ConfigError, Settings
 from .errors import (
     ApiError,
@@ -36,6 +39,8 @@ from .errors import (
 from .hosts import AllowedHosts
 from .openapi import routes as openapi_routes
 from .page import Files, index
+from .requestid import KEY as REQUEST_ID
+from .requestid import request_id, stamped
 from .resources import resource
 from .services import Services, open_services
 from .store import StorageFailed
@@ -55,9 +60,13 @@ FOREIGN_HOST = JSONResponse(
 
 
 class Sidechat:
+    """Every HTTP request passes, in order: its request id; the Host check (not for the
+    probes); CORS, when configured; the gate, which finds the user or answers 401; the routes."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.hosts = AllowedHosts(settings)
+        self.gate = Gate(settings)
         static = resource("static")
         self.router = Starlette(
             routes=[
@@ -73,14 +82,36 @@ class Sidechat:
                 Exception: render_internal_error,
             },
         )
+        self.checked: ASGIApp = self._gated
+        if settings.cors_origins:
+            self.checked = cors(self._gated, settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
-        elif scope["type"] == "http" and scope["path"] not in PROBES and not self.hosts.allow(scope):
-            await FOREIGN_HOST(scope, receive, send)
-        else:
+        elif scope["type"] != "http":
             await self.router(scope, receive, send)
+        else:
+            scope[REQUEST_ID] = value = request_id(scope)
+            send = stamped(send, value)
+            if scope["path"] not in PROBES and not self.hosts.allow(scope):
+                await FOREIGN_HOST(scope, receive, send)
+            else:
+                await self.checked(scope, receive, send)
+
+    async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.gate.on:
+            scope[USER] = LOCAL_USER
+        elif self.gate.guards(scope["path"]):
+            user = self.gate.user(scope)
+            if user is None:
+                body, challenge = unauthorized_body(scope)
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": challenge})(
+                    scope, receive, send
+                )
+                return
+            scope[USER] = user
+        await self.router(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
@@ -95,6 +126,9 @@ class Sidechat:
             raise
         self.router.state.services = services
         on_stop_signal(lambda count: _stop(services, count))
+        if self.gate.file is not None:
+            on_signal(signal.SIGHUP, self.gate.file.reload)
+        warn_if_exposed(self.settings, self.gate)
         await send({"type": "lifespan.startup.complete"})
         try:
             await receive()  # lifespan.shutdown
@@ -114,6 +148,39 @@ def create_app(settings: Settings) -> Sidechat:
     return Sidechat(settings)
 
 
+def cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
+    """Browsers on `origins` may call the API, the event streams included (so `Last-Event-ID`).
+    Tokens travel in a header, never a cookie, so credentials mode stays off."""
+    return CORSMiddleware(
+        app,
+        allow_origins=origins,
+        allow_methods=["GET", "POST", "PATCH", "DELETE"],
+        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"],
+        expose_headers=["Retry-After", "X-Conversation-ID", "X-Message-ID", "X-Request-ID"],
+        max_age=600,
+    )
+
+
+def warn_if_exposed(settings: Settings, gate: Gate) -> None:
+    if gate.tokens or is_loopback(settings.host):
+        return
+    log.warning(
+        "LISTENING ON %s WITHOUT SIDECHAT_API_TOKENS: anyone who can reach this port can read every"
+        " conversation and spend your provider keys. Set SIDECHAT_API_TOKENS (or"
+        " SIDECHAT_API_TOKENS_FILE) before exposing sidechat beyond this machine.",
+        settings.host,
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may well resolve to every interface
+
+
 def _stop(services: Services, count: int) -> None:
     """The first stop signal gives running replies the grace period; the second ends them now."""
     generations, grace = services.generations, services.settings.shutdown_grace_seconds
@@ -130,6 +197,11 @@ def _stop(services: Services, count: int) -> None:
         generations.hurry()
     else:
         log.warning("quitting without waiting for open connections")
+
+
+def on_signal(sig: signal.Signals, callback: Callable[[], object]) -> None:
+    if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+        asyncio.get_running_loop().add_signal_handler(sig, callback)
 
 
 def on_stop_signal(callback: Callable[[int], object]) -> None:

@@ -3,7 +3,7 @@ told again from its stored row (`chat.replay`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager, nullcontext
 
 from . import events
@@ -46,3 +46,13 @@ async def _then(chunk: bytes, rest: AsyncIterable[bytes]) -> AsyncIterator[bytes
     yield chunk
     async for more in rest:
         yield more
+
+
+@asynccontextmanager
+async def counted(events: Events, release: Callable[[], object]) -> AsyncIterator[AsyncIterable[bytes]]:
+    """`events`, calling `release` once the stream has ended, however it ended."""
+    try:
+        async with events as chunks:
+            yield chunks
+    finally:
+        release()

@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from .config import Settings
-from .errors import BadRequest, InvalidFields, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    ClientGone,
+    InvalidFields,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
 from .turns import TurnRequest
 
 MAX_KEY_CHARS = 200  # an Idempotency-Key
+
+log = logging.getLogger("sidechat")
 
 
 async def read_json(
@@ -42,6 +52,9 @@ async def read_json(
                     raise PayloadTooLarge(f"the body is over {max_bytes} bytes", max_bytes=max_bytes)
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout:g}s") from None
+    except ClientDisconnect:
+        log.info("%s %s: the client went away before its body had arrived", request.method, request.url.path)
+        raise ClientGone("the client went away before its body had arrived") from None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -173,6 +173,8 @@ def parse_tokens(entries: Iterable[str]) -> tuple[tuple[str, str], ...]:
             continue
         if not sep or not token or not user:
             raise ValueError("expected token=user entries")
+        if any(c.isspace() for c in token) or not token.isprintable():
+            raise ValueError("a token cannot contain spaces or control characters")
         if len(token) < 16:
             raise ValueError("a token must be at least 16 characters; `openssl rand -hex 32` makes one")
         pairs.append((token, user))

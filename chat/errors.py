@@ -3,6 +3,7 @@
     ApiError                    status, type, message, extra fields; a `retry_after`
     │                           adds the field and a Retry-After header
     ├── BadRequest              400 invalid_json
+    ├── ClientGone              400 client_disconnected (nobody is left to read it)
     ├── Unauthorized            401 unauthorized
     ├── NotFound                404 not_found
     ├── RequestTimeout          408 request_timeout (and the connection closed)
@@ -13,6 +14,7 @@
     ├── KeyReused               422 idempotency_key_reused
     ├── RateLimited             429 rate_limited
     ├── ServiceUnavailable      503 shutting_down
+    ├── TooManyConnections      503 too_many_connections
     └── StorageUnavailable      503 storage_unavailable (`cause`: locked, disk full, read-only, ...)
 
     StartupError                the service cannot start; its message is the one line that says why
@@ -39,7 +41,9 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
-        self.extra = extra if retry_after is None else {**extra, "retry_after": retry_after}
+        if retry_after is not None:
+            extra = {**extra, "retry_after": round(retry_after, 3)}
+        self.extra = extra
 
     def headers(self) -> dict[str, str]:
         if self.retry_after is None:
@@ -52,6 +56,10 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, type = 400, "invalid_json"
+
+
+class ClientGone(ApiError):
+    status, type = 400, "client_disconnected"
 
 
 class Unauthorized(ApiError):
@@ -98,6 +106,10 @@ class RateLimited(ApiError):
 
 class ServiceUnavailable(ApiError):
     status, type = 503, "shutting_down"
+
+
+class TooManyConnections(ApiError):
+    status, type = 503, "too_many_connections"
 
 
 class StorageUnavailable(ApiError):

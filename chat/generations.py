@@ -213,6 +213,7 @@ class Generations:
         *,
         user_message_id: int,
         stop_when_abandoned: bool = False,
+        on_end: Callable[[], object] | None = None,
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
@@ -220,16 +221,18 @@ class Generations:
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
         self._running[reply.id] = generation
-        generation.task = asyncio.create_task(self._run(generation))
+        generation.task = asyncio.create_task(self._run(generation, on_end))
         if self.closing:  # accepted while shutdown began: it ends at once, as interrupted
             generation.stop(SHUTDOWN)
         return generation
 
-    async def _run(self, generation: Generation) -> None:
+    async def _run(self, generation: Generation, on_end: Callable[[], object] | None) -> None:
         try:
             await generation.run(self.keeper)
         finally:
             del self._running[generation.message_id]
+            if on_end is not None:
+                on_end()
 
     async def stop(self, generation: Generation, reason: str) -> bool:
         """Stop it and wait until it has ended, or its end waits for a database that refuses

@@ -27,7 +27,8 @@ def host_name(value: str) -> str:
 
 class AllowedHosts:
     def __init__(self, settings: Settings) -> None:
-        self.any = "*" in settings.allowed_hosts
+        # With tokens, a rebinding page gets nowhere: it has no token to send.
+        self.any = "*" in settings.allowed_hosts or bool(settings.api_tokens or settings.api_tokens_file)
         self.names = LOCAL | {settings.host.lower()} | {h.lower() for h in settings.allowed_hosts}
 
     def allow(self, scope: Scope) -> bool:

@@ -19,6 +19,7 @@ from .config import Settings
 from .errors import StartupError
 from .generations import Generations
 from .keeping import Keeper
+from .limits import Limits
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
@@ -35,6 +36,7 @@ class Services:
     broker: Broker
     generations: Generations
     providers: dict[str, ProviderInfo]
+    limits: Limits
     readiness: Readiness | None = None
 
 
@@ -68,7 +70,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             providers = build_providers(settings, client, timeouts)
             readiness = await Readiness.open(settings.db, keeper)
             try:
-                yield Services(settings, store, broker, generations, providers, readiness)
+                yield Services(settings, store, broker, generations, providers, Limits(settings), readiness)
             finally:
                 try:
                     await generations.begin_shutdown(settings.shutdown_grace_seconds)

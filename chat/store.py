@@ -36,6 +36,9 @@ from .records import Conversation, Message
 __all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError"]
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer: no id is above it
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -257,12 +260,15 @@ class Store:
         )
         return [_message(row) for row in rows]
 
-    async def recent_messages(self, conversation_id: int, *, limit: int) -> list[Message]:
-        """The conversation's last `limit` messages, oldest first: history for a new turn."""
+    async def recent_messages(
+        self, conversation_id: int, *, limit: int, before_id: int = MAX_ID
+    ) -> list[Message]:
+        """The conversation's newest `limit` messages before `before_id`, oldest first: a page of
+        it, or the history for a new turn."""
         rows = await self._db.rows(
             f"SELECT {_MESSAGE_COLUMNS} FROM messages"
-            " WHERE conversation_id = :conversation_id ORDER BY id DESC LIMIT :limit",
-            {"conversation_id": conversation_id, "limit": limit},
+            " WHERE conversation_id = :conversation_id AND id < :before_id ORDER BY id DESC LIMIT :limit",
+            {"conversation_id": conversation_id, "before_id": before_id, "limit": limit},
         )
         return [_message(row) for row in reversed(rows)]
 

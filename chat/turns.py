@@ -106,8 +106,29 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
     key = f"{ask.user}:{ask.idempotency_key}" if ask.idempotency_key else None
     fingerprint = ask.fingerprint() if key else None
     if key and (first := await store.find_turn(ask.user, key)):
-        return _retried(first, fingerprint)
+        return _retried(first, fingerprint)  # a retry: no new reply, so no limit applies
 
+    services.limits.admit_generation(ask.user)  # given back when the generation ends
+    started = False
+    try:
+        accepted, started = await _store_and_start(services, ask, conversation, info, model, key, fingerprint)
+        return accepted
+    finally:
+        if not started:
+            services.limits.generation_ended(ask.user)
+
+
+async def _store_and_start(
+    services: Services,
+    ask: TurnRequest,
+    conversation: Conversation | None,
+    info: ProviderInfo,
+    model: str,
+    key: str | None,
+    fingerprint: str | None,
+) -> tuple[AcceptedTurn, bool]:
+    """The stored turn, and whether its generation was started here (not by a twin)."""
+    store = services.store
     created = conversation is None
     if conversation is None:
         conversation = await store.create_conversation(
@@ -137,7 +158,7 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
         twin = await store.find_turn(ask.user, key or "")
         if twin is None:  # and its conversation is gone already
             raise NotFound(f"conversation {conversation.id} not found") from None
-        return _retried(twin, fingerprint)
+        return _retried(twin, fingerprint), False
 
     assert info.provider is not None
     request = ChatRequest(
@@ -153,8 +174,9 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
         reply,
         user_message_id=user_message.id,
         stop_when_abandoned=services.settings.on_disconnect == "cancel",
+        on_end=lambda: services.limits.generation_ended(ask.user),
     )
-    return AcceptedTurn(user_message.id, reply)
+    return AcceptedTurn(user_message.id, reply), True
 
 
 def _retried(first: tuple[Message, Message, str | None], fingerprint: str | None) -> AcceptedTurn:

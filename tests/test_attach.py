@@ -12,6 +12,7 @@ from chat.broker import Broker
 from chat.config import Settings
 from chat.generations import Generations, topic_name
 from chat.keeping import Keeper
+from chat.limits import Limits
 from chat.records import Message
 from chat.services import Services
 from chat.sse import SSEDecoder
@@ -25,12 +26,14 @@ pytestmark = pytest.mark.anyio
 async def app(tmp_path: Path) -> AsyncIterator[Services]:
     store = await Store.open(str(tmp_path / "chat.db"))
     broker = Broker(retention=30, clock=FakeClock())
+    settings = Settings(db=str(tmp_path / "chat.db"))
     yield Services(
-        Settings(db=str(tmp_path / "chat.db")),
+        settings,
         store,
         broker,
         Generations(broker, Keeper(store, checkpoint_seconds=0)),
         {},
+        Limits(settings),
     )
     await store.close()
 

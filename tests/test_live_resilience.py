@@ -211,6 +211,7 @@ async def test_same_idempotency_key_attaches_to_the_first_request(
     assert len(upstream.requests) == 1
 
 
+@pytest.mark.parametrize("client", [{"max_streams_per_user": 200, "rate_limit": (200, 60.0)}], indirect=True)
 async def test_hundred_generations_finishing_together_store_every_row(
     client: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:

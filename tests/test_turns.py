@@ -9,9 +9,17 @@ import pytest
 
 from chat.broker import Broker
 from chat.config import Settings
-from chat.errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
+from chat.errors import (
+    InvalidFields,
+    KeyReused,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    StorageUnavailable,
+)
 from chat.generations import Generations
 from chat.keeping import Keeper
+from chat.limits import Limits
 from chat.providers import ProviderInfo
 from chat.providers.base import Finish, Usage
 from chat.records import Message
@@ -46,7 +54,7 @@ class Providers:
 class VanishingStore(Store):
     """A store whose conversation is deleted between being read and the turn being stored."""
 
-    async def recent_messages(self, conversation_id: int, *, limit: int) -> list[Message]:
+    async def recent_messages(self, conversation_id: int, *, limit: int, before_id: int = 0) -> list[Message]:
         await self.delete_conversation("alice", conversation_id)
         return []
 
@@ -57,12 +65,14 @@ def providers() -> Providers:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, providers: Providers) -> AsyncIterator[Services]:
-    settings = Settings(db=str(tmp_path / "chat.db"), provider="openai")
+async def app(
+    tmp_path: Path, providers: Providers, request: pytest.FixtureRequest
+) -> AsyncIterator[Services]:
+    settings = Settings(db=str(tmp_path / "chat.db"), provider="openai", **getattr(request, "param", {}))
     store = await Store.open(settings.db)
     broker = Broker(retention=30)
     generations = Generations(broker, Keeper(store, checkpoint_seconds=0))
-    yield Services(settings, store, broker, generations, providers.registry())
+    yield Services(settings, store, broker, generations, providers.registry(), Limits(settings))
     await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
     await store.close()
 
@@ -192,6 +202,7 @@ async def test_a_conversation_deleted_while_the_turn_is_accepted_is_not_found(
             app.broker,
             Generations(app.broker, Keeper(store, checkpoint_seconds=0)),
             app.providers,
+            app.limits,
         )
         with pytest.raises(NotFound):
             await accept_turn(app, TurnRequest(user="alice", message="hi", conversation_id=conversation.id))
@@ -225,3 +236,53 @@ async def test_no_turn_is_accepted_while_too_many_replies_wait_to_be_stored(app:
     assert info.value.retry_after == 5
     assert await app.store.list_conversations("alice", limit=10) == []
     app.generations.keeper.pending = 0
+
+
+async def count_messages(app: Services, user: str) -> int:
+    conversations = await app.store.list_conversations(user, limit=100)
+    return sum(c.message_count for c in conversations)
+
+
+@pytest.mark.parametrize("app", [{"max_streams_per_user": 1}], indirect=True)
+async def test_a_user_at_the_running_cap_is_refused_and_nothing_is_stored(
+    app: Services, providers: Providers
+) -> None:
+    for text in ("first", "bob's", "second"):
+        providers.reply(providers.openai, text)
+    first = await accept_turn(app, TurnRequest(user="alice", message="one", idempotency_key="k1"))
+    with pytest.raises(RateLimited) as refused:
+        await accept_turn(app, TurnRequest(user="alice", message="two"))
+    assert refused.value.retry_after
+    assert await count_messages(app, "alice") == 2  # only the first turn's two rows
+    again = await accept_turn(app, TurnRequest(user="alice", message="one", idempotency_key="k1"))
+    assert again.reply.id == first.reply.id  # a retry starts nothing, so the cap does not apply
+    other = app.generations.get((await accept_turn(app, TurnRequest(user="bob", message="mine"))).reply.id)
+    assert other is not None  # a cap per user: bob's runs
+    await finished(app, first.reply)
+    await other.finished.wait()
+    assert app.limits.streams.held == {}
+    await finished(app, (await accept_turn(app, TurnRequest(user="alice", message="two"))).reply)
+
+
+@pytest.mark.parametrize("app", [{"rate_limit": (2, 3600.0)}], indirect=True)
+async def test_the_rate_limit_stores_nothing_and_names_the_wait(app: Services, providers: Providers) -> None:
+    for text in ("a", "b"):
+        providers.reply(providers.openai, text)
+        await finished(app, (await accept_turn(app, TurnRequest(user="alice", message=text))).reply)
+    with pytest.raises(RateLimited) as refused:
+        await accept_turn(app, TurnRequest(user="alice", message="c"))
+    assert 1700 < (refused.value.retry_after or 0) <= 1800
+    assert refused.value.headers()["Retry-After"] == str(int(refused.value.retry_after or 0) + 1)
+    assert await count_messages(app, "alice") == 4
+    assert app.limits.streams.held == {}
+
+
+@pytest.mark.parametrize("app", [{"max_streams_per_user": 1}], indirect=True)
+async def test_a_refused_turn_gives_its_slot_back(app: Services, providers: Providers) -> None:
+    with pytest.raises(NotFound):
+        await accept_turn(app, TurnRequest(user="alice", message="hi", conversation_id=999))
+    with pytest.raises(InvalidFields):
+        await accept_turn(app, TurnRequest(user="alice", message="hi", provider="gemini"))
+    assert app.limits.streams.held == {}
+    providers.reply(providers.openai, "fine")
+    await finished(app, (await accept_turn(app, TurnRequest(user="alice", message="hi"))).reply)
