@@ -36,8 +36,8 @@ async def read_json(
     """The body as a JSON object; an `optional` body may also be left out entirely. A body
     that has not all arrived within `timeout` seconds is a 408."""
     declared = request.headers.get("content-length", "")
-    if optional and declared == "0":
-        return {}
+    if optional and (declared == "0" or not (declared or "transfer-encoding" in request.headers)):
+        return {}  # no body at all
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise UnsupportedMediaType("send the body as JSON with content-type: application/json")

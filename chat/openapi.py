@@ -1,4 +1,23 @@
-"""`GET /openapi.json`: the API described as OpenAPI 3.1."""
+"""`GET /openapi.json`: the API described as OpenAPI 3.1.
+
+Built from plain dicts: each operation names its own answers, and `operation()` adds
+what every route shares (the request id both ways, the Host check's 400, and on /api
+the bearer token and its 401). The reusable parts are in `chat.openapi_schemas` (bodies),
+`chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`.
+`tests/test_openapi.py` holds the document to the routes the app serves and to real
+responses, and `tests/test_fuzz.py` fuzzes the API from it.
+
+Deliberate choices:
+- Limits that are settings (the longest message) come from the settings the app runs
+  with, so the document is true of this server, not of the defaults.
+- HEAD, which Starlette answers wherever GET is, is not listed: it is not an operation
+  of ours, only HTTP's.
+- An event stream's `schema` describes one event (`{event, data, id}`), not the body as
+  one string: OpenAPI 3.2 says this with `itemSchema`, and schemathesis reads 3.1 so, so
+  every event the fuzz sees is checked.
+- Each error response names the `error.type` values that status can carry, so a new
+  kind of error is documented where it can happen or the tests fail.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +27,275 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .cli import package_version
+from .config import Settings
+from .openapi_parameters import HEADERS, PARAMETERS, SECURITY_SCHEMES
+from .openapi_responses import (
+    BODY_ERRORS,
+    TURN_ERRORS,
+    Errors,
+    answer,
+    conversation_links,
+    error_response,
+    event_stream,
+    json_body,
+    reply_links,
+)
+from .openapi_schemas import Schema, closed, nullable, ref, schemas
 
-def document() -> dict[str, Any]:
-    return {"openapi": "3.1.0", "info": {"title": "sidechat", "version": "0"}, "paths": {}}
+
+def array(name: str) -> Schema:
+    return {"type": "array", "items": ref("schemas", name)}
+
+
+def operation(
+    name: str,
+    summary: str,
+    answers: dict[int, dict[str, Any]],
+    errors: Errors | None = None,
+    *,
+    parameters: tuple[str, ...] = (),
+    body: Schema | None = None,
+    body_required: bool = True,
+    guarded: bool = True,
+    probe: bool = False,
+) -> dict[str, Any]:
+    """One operation, with what every route shares added to what is its own."""
+    errors = dict(errors or {})
+    if not probe:  # a foreign Host is refused before routing, but not for the probes
+        errors[400] = ("invalid_host", *errors.get(400, ()))
+    if guarded:
+        errors[401] = ("unauthorized",)
+    responses = {**answers, **{status: error_response(status, types) for status, types in errors.items()}}
+    for response in responses.values():
+        response.setdefault("headers", {})["X-Request-ID"] = ref("headers", "RequestId")
+    op: dict[str, Any] = {
+        "operationId": name,
+        "summary": summary,
+        "parameters": [ref("parameters", p) for p in (*parameters, "RequestId")],
+        "responses": {str(status): responses[status] for status in sorted(responses)},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": body_required, "content": json_body(body)}
+    if guarded:
+        op["security"] = [{"bearer": []}]
+    return op
+
+
+def paths() -> dict[str, Any]:
+    chat_body, conversation_body = ref("schemas", "ChatBody"), ref("schemas", "ConversationBody")
+    conversation = closed({"conversation": ref("schemas", "Conversation")})
+    message = closed({"message": ref("schemas", "Message")})
+    return {
+        "/api/chat/stream": {
+            "post": operation(
+                "chat_stream",
+                "Send a message and stream the reply",
+                {200: event_stream("the reply's events, from `start` to `done` or `error`")},
+                {**TURN_ERRORS, 503: (*TURN_ERRORS[503], "too_many_connections")},
+                parameters=("IdempotencyKey",),
+                body=chat_body,
+            )
+        },
+        "/api/chat": {
+            "post": operation(
+                "chat",
+                "Send a message; the reply runs on, to attach to or wait for",
+                {
+                    200: answer(
+                        "with `wait`: the finished reply",
+                        message,
+                        links={
+                            **conversation_links("$response.body#/message/conversation_id"),
+                            **reply_links("$response.body#/message/id"),
+                        },
+                    ),
+                    202: answer(
+                        "stored and started; attach to `stream_url`",
+                        ref("schemas", "Accepted"),
+                        links={
+                            **conversation_links("$response.body#/conversation_id"),
+                            **reply_links("$response.body#/message_id"),
+                        },
+                    ),
+                },
+                TURN_ERRORS,
+                parameters=("IdempotencyKey",),
+                body=chat_body,
+            )
+        },
+        "/api/messages/{message_id}/stream": {
+            "get": operation(
+                "attach",
+                "Attach to a reply, running or finished, resuming after Last-Event-ID",
+                {
+                    200: event_stream("the reply's events after Last-Event-ID"),
+                    204: answer("the stream had ended and you have every event: stop reconnecting"),
+                },
+                {404: ("not_found",), 422: ("invalid_request",), 503: ("too_many_connections",)},
+                parameters=("MessageId", "LastEventId", "LastEventIdQuery"),
+            )
+        },
+        "/api/messages/{message_id}/cancel": {
+            "post": operation(
+                "cancel",
+                "Stop a running reply; it keeps the text it had",
+                {200: answer("the reply, cancelled", message)},
+                {404: ("not_found",), 409: ("conflict",)},
+                parameters=("MessageId",),
+            )
+        },
+        "/api/conversations": {
+            "get": operation(
+                "list_conversations",
+                "Your conversations, newest activity first",
+                {
+                    200: answer(
+                        "a page; pass `next_cursor` as `cursor` for the next",
+                        closed({"conversations": array("Conversation"), "next_cursor": nullable("string")}),
+                    )
+                },
+                {422: ("invalid_request",)},
+                parameters=("Limit", "Cursor"),
+            ),
+            "post": operation(
+                "create_conversation",
+                "Start a conversation (the body may be left out)",
+                {
+                    201: answer(
+                        "created", conversation, links=conversation_links("$response.body#/conversation/id")
+                    )
+                },
+                {**BODY_ERRORS, 503: ("storage_unavailable",)},
+                body=conversation_body,
+                body_required=False,
+            ),
+        },
+        "/api/conversations/{conversation_id}": {
+            "get": operation(
+                "get_conversation",
+                "A conversation and a page of its messages: the newest, oldest first within the page",
+                {
+                    200: answer(
+                        "pass `next_before_id` as `before_id` for the page before",
+                        closed(
+                            {
+                                "conversation": ref("schemas", "Conversation"),
+                                "messages": array("Message"),
+                                "next_before_id": nullable("integer"),
+                            }
+                        ),
+                    )
+                },
+                {404: ("not_found",), 422: ("invalid_request",)},
+                parameters=("ConversationId", "Limit", "BeforeId"),
+            ),
+            "patch": operation(
+                "update_conversation",
+                "Rename it, or change its system prompt, provider or model",
+                {
+                    200: answer(
+                        "updated", conversation, links=conversation_links("$response.body#/conversation/id")
+                    )
+                },
+                {**BODY_ERRORS, 404: ("not_found",), 503: ("storage_unavailable",)},
+                parameters=("ConversationId",),
+                body=conversation_body,
+            ),
+            "delete": operation(
+                "delete_conversation",
+                "Delete it with its messages; its running replies are stopped",
+                {204: answer("deleted")},
+                {404: ("not_found",), 503: ("storage_unavailable",)},
+                parameters=("ConversationId",),
+            ),
+        },
+        "/api/conversations/{conversation_id}/messages": {
+            "get": operation(
+                "list_messages",
+                "Its messages after `after_id`, oldest first: the catch-up after a reconnect",
+                {200: answer("the messages", closed({"messages": array("Message")}))},
+                {404: ("not_found",), 422: ("invalid_request",)},
+                parameters=("ConversationId", "AfterId"),
+            )
+        },
+        "/api/providers": {
+            "get": operation(
+                "list_providers",
+                "The providers this server knows, whether each can be used (never a key)",
+                {
+                    200: answer(
+                        "the providers",
+                        closed({"default": {"type": "string"}, "providers": array("Provider")}),
+                    )
+                },
+            )
+        },
+        "/healthz": {
+            "get": operation(
+                "healthz",
+                "Liveness: the process answers and can read its database",
+                {
+                    200: answer("alive", ref("schemas", "Health")),
+                    503: answer("cannot read", ref("schemas", "Health")),
+                },
+                guarded=False,
+                probe=True,
+            )
+        },
+        "/readyz": {
+            "get": operation(
+                "readyz",
+                "Readiness: 503 with the reason when this process cannot store what it is sent",
+                {
+                    200: answer("ready", ref("schemas", "Health")),
+                    503: answer("not ready", ref("schemas", "Health")),
+                },
+                guarded=False,
+                probe=True,
+                parameters=("Deep",),
+            )
+        },
+        "/openapi.json": {
+            "get": operation(
+                "openapi",
+                "This document",
+                {200: answer("OpenAPI 3.1", {"type": "object"})},
+                guarded=False,
+            )
+        },
+        "/": {
+            "get": operation(
+                "index",
+                "The chat page",
+                {200: {"description": "the page", "content": {"text/html": {"schema": {"type": "string"}}}}},
+                guarded=False,
+            )
+        },
+    }
+
+
+def document(settings: Settings) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "sidechat",
+            "version": package_version(),
+            "description": "A streaming chat relay: LLM replies as Server-Sent Events, stored in SQLite."
+            ' Every JSON error is `{"error": {"type", "message", ...}}`.',
+        },
+        "paths": paths(),
+        "components": {
+            "schemas": schemas(settings),
+            "parameters": PARAMETERS,
+            "headers": HEADERS,
+            "securitySchemes": SECURITY_SCHEMES,
+        },
+    }
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document())
+    return JSONResponse(document(request.app.state.services.settings))
 
 
 routes = [Route("/openapi.json", openapi, methods=["GET"])]

@@ -6,13 +6,17 @@ write goes through (on a connection of its own that waits for a foreign lock
 only briefly, so the answer is quick), that no reply is waiting in memory for
 a write the database refused, and that the file the store has open is still
 the one at its path (a deleted directory or a replaced file would otherwise
-take every later write with it, silently). `deep` adds SQLite's quick check.
+take every later write with it, silently). `deep` adds SQLite's quick check,
+which reads the whole file: it runs at most once a minute, however often it is
+asked (the probes are open to anyone), and its verdict is kept in between.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosqlite
@@ -22,6 +26,7 @@ from .keeping import Keeper
 from .store import now
 
 PROBE_BUSY_MS = 250
+DEEP_EVERY = 60.0  # seconds
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -33,11 +38,19 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 
 class Readiness:
-    def __init__(self, path: str, probe: aiosqlite.Connection, keeper: Keeper) -> None:
+    def __init__(
+        self,
+        path: str,
+        probe: aiosqlite.Connection,
+        keeper: Keeper,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._path = path
         self._probe = probe
         self._keeper = keeper
         self._identity = _identity(path)
+        self._clock = clock
+        self._deep: tuple[float, str] | None = None  # (when, verdict) of the last quick check
 
     @classmethod
     async def open(cls, path: str, keeper: Keeper) -> Readiness | None:
@@ -73,13 +86,17 @@ class Readiness:
                 " ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
                 {"now": now()},
             )
-            if deep:
-                rows = list(await self._probe.execute_fetchall("PRAGMA quick_check"))
-                verdict = "; ".join(str(row[0]) for row in rows)
-                if verdict != "ok":
-                    return f"the database failed its integrity check: {verdict[:500]}"
+            if deep and (verdict := await self._quick_check()) != "ok":
+                return f"the database failed its integrity check: {verdict[:500]}"
         except sqlite3.OperationalError as exc:
             return f"the database cannot be written: {reason_of(exc)}"
         except sqlite3.Error as exc:
             return f"the database cannot be used: {exc}"
         return None
+
+    async def _quick_check(self) -> str:
+        now = self._clock()
+        if self._deep is None or now - self._deep[0] >= DEEP_EVERY:
+            rows = list(await self._probe.execute_fetchall("PRAGMA quick_check"))
+            self._deep = (now, "; ".join(str(row[0]) for row in rows))
+        return self._deep[1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from chat.config import Settings
 from chat.providers.demo import demo_reply
-from tests.live import chat_stream, serve
+from tests.live import chat_stream, serve, until
 
 pytestmark = pytest.mark.anyio
 
@@ -402,3 +403,64 @@ async def test_a_body_that_never_finishes_arriving_is_408_and_the_connection_clo
     assert head.startswith(b"HTTP/1.1 408")
     assert json.loads(body)["error"]["type"] == "request_timeout"
     assert stored == []
+
+
+async def test_a_conversation_comes_a_page_at_a_time_newest_first(client: httpx.AsyncClient) -> None:
+    conversation = None
+    for n in range(5):
+        body = {
+            "message": f"q{n}",
+            "wait": True,
+            **({"conversation_id": conversation} if conversation else {}),
+        }
+        conversation = (await client.post("/api/chat", json=body)).json()["message"]["conversation_id"]
+    everything = (await client.get(f"/api/conversations/{conversation}", params={"limit": 100})).json()
+    ids = [m["id"] for m in everything["messages"]]
+    assert len(ids) == 10 and ids == sorted(ids) and everything["next_before_id"] is None
+    default = (await client.get(f"/api/conversations/{conversation}")).json()
+    assert [m["id"] for m in default["messages"]] == ids  # 20 by default: all of these
+    pages, before = [], None
+    while True:
+        params = {"limit": 4, **({"before_id": before} if before else {})}
+        page = (await client.get(f"/api/conversations/{conversation}", params=params)).json()
+        pages.append([m["id"] for m in page["messages"]])
+        before = page["next_before_id"]
+        if before is None:
+            break
+    assert pages == [ids[6:], ids[2:6], ids[:2]]
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": 0}, "limit"),
+        ({"limit": 101}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"before_id": 0}, "before_id"),
+    ],
+)
+async def test_a_bad_page_is_422(client: httpx.AsyncClient, params: dict[str, object], field: str) -> None:
+    made = (await client.post("/api/conversations", json={})).json()["conversation"]["id"]
+    response = await client.get(f"/api/conversations/{made}", params=params)
+    assert response.status_code == 422
+    assert field in error_of(response)["fields"]  # type: ignore[operator]
+
+
+async def test_an_aborted_upload_is_one_line_in_the_log(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    host, port = str(client.base_url.host), int(client.base_url.port or 0)
+    with caplog.at_level(logging.INFO):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"message": "hal'
+        )
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: "went away before its body had arrived" in caplog.text, what="the log line")
+    lines = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].exc_info is None
+    assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
+    assert "Traceback" not in caplog.text

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import uvicorn
 from chat.app import create_app
 from chat.config import Settings
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
-from tests.live import EventReader, chat_stream, read_stream, until
+from tests.live import EventReader, chat_stream, read_stream, serve, until
 from tests.processes import PYTHON, Server, free_port, running
 
 pytestmark = pytest.mark.anyio
@@ -208,3 +208,54 @@ async def test_a_failed_start_up_is_one_line_that_says_why(tmp_path: Path) -> No
     reason = f"sidechat cannot start: the database {corrupt} (SIDECHAT_DB or --db) is not a SQLite database"
     assert [line for line in said.lines if "cannot start" in line] == [reason]
     assert not any("Traceback" in line for line in said.lines)
+
+
+TOKEN_A = "first-token-0123456789"
+TOKEN_B = "second-token-0123456789"
+
+
+async def test_the_token_file_is_reread_when_it_changes_and_on_sighup(spawn: Spawn, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKEN_A}=alice\n")
+    async with spawn(SIDECHAT_API_TOKENS_FILE=str(tokens)) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+
+            async def status(token: str) -> int:
+                response = await http.get("/api/conversations", headers={"authorization": f"Bearer {token}"})
+                return response.status_code
+
+            assert await status(TOKEN_A) == 200 and await status(TOKEN_B) == 401
+            tokens.write_text(f"{TOKEN_B}=alice\n")
+            await until(lambda: _is(status(TOKEN_B), 200), what="the new token to be accepted")
+            assert await status(TOKEN_A) == 401
+            server.process.send_signal(signal.SIGHUP)  # read again at once, changed or not
+            await until(lambda: server.output().count("read: 1 tokens") >= 2, what="the reload on SIGHUP")
+            assert await status(TOKEN_B) == 200
+    assert TOKEN_A not in server.output() and TOKEN_B not in server.output()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
+
+
+@pytest.mark.parametrize(
+    ("changes", "warned"),
+    [
+        ({"host": "0.0.0.0"}, True),
+        ({"host": "192.0.2.10"}, True),
+        ({"host": "::1"}, False),
+        ({"host": "localhost"}, False),
+        ({"host": "0.0.0.0", "api_tokens": ((TOKEN_A, "alice"),)}, False),
+    ],
+)
+async def test_listening_beyond_loopback_without_tokens_is_a_loud_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, changes: dict[str, object], warned: bool
+) -> None:
+    settings = Settings(db=str(tmp_path / "chat.db"), **changes)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="sidechat"):
+        async with serve(settings):
+            pass
+    warnings = [r.getMessage() for r in caplog.records if "SIDECHAT_API_TOKENS" in r.getMessage()]
+    assert bool(warnings) == warned
+    if warned:
+        assert warnings[0].startswith(f"LISTENING ON {changes['host']} WITHOUT SIDECHAT_API_TOKENS")

@@ -1,0 +1,129 @@
+"""The conversation routes: list (newest activity first, by cursor), create, read a page
+of, rename or re-prompt, delete."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .bodies import Fields, digits
+from .endpoints import MAX_PAGE, body_of, current_user, path_id, query_int, services
+from .errors import InvalidFields, NotFound
+from .records import Conversation
+from .services import Services
+from .store import MAX_ID
+from .turns import choose_provider
+
+
+def encode_cursor(conversation: Conversation) -> str:
+    raw = f"{conversation.updated_at}|{conversation.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        updated_at, _, last_id = raw.rpartition("|")
+        if not digits(last_id):
+            raise ValueError(last_id)
+        return updated_at, int(last_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidFields({"cursor": "is not a cursor this server gave out"}) from None
+
+
+async def list_conversations(request: Request) -> Response:
+    app = services(request)
+    limit = query_int(request, "limit", 20, low=1, high=MAX_PAGE)
+    cursor = request.query_params.get("cursor")
+    before = decode_cursor(cursor) if cursor else None
+    page = await app.store.list_conversations(current_user(request), limit=limit + 1, before=before)
+    more = len(page) > limit
+    page = page[:limit]
+    return JSONResponse(
+        {
+            "conversations": [c.as_json() for c in page],
+            "next_cursor": encode_cursor(page[-1]) if more else None,
+        }
+    )
+
+
+def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, str | None]:
+    fields = Fields(data)
+    changes: dict[str, str | None] = {}
+    for name, max_chars in (("title", 200), ("system", app.settings.max_message_chars), ("model", 200)):
+        if name in data:
+            changes[name] = fields.text(name, max_chars=max_chars, blank=name == "system")
+    if "provider" in data:
+        changes["provider"] = fields.text("provider", max_chars=40)
+    fields.check()
+    if changes.get("provider"):
+        choose_provider(app.providers, changes["provider"] or "")
+    return changes
+
+
+async def create_conversation(request: Request) -> Response:
+    app = services(request)
+    body = await body_of(request, optional=True)
+    changes = parse_conversation_fields(body, app)
+    conversation = await app.store.create_conversation(current_user(request), **changes)
+    return JSONResponse({"conversation": conversation.as_json()}, status_code=201)
+
+
+async def owned_conversation(request: Request) -> Conversation:
+    conversation_id = path_id(request, "conversation_id")
+    conversation = await services(request).store.get_conversation(current_user(request), conversation_id)
+    if conversation is None:
+        raise NotFound(f"conversation {conversation_id} not found")
+    return conversation
+
+
+async def get_conversation(request: Request) -> Response:
+    """The conversation and a page of its messages: the newest by default, oldest first within
+    the page; `next_before_id` asks for the page before it."""
+    conversation = await owned_conversation(request)
+    limit = query_int(request, "limit", 20, low=1, high=MAX_PAGE)
+    before_id = query_int(request, "before_id", MAX_ID, low=1, high=MAX_ID)
+    store = services(request).store
+    page = await store.recent_messages(conversation.id, before_id=before_id, limit=limit + 1)
+    older = len(page) > limit
+    page = page[-limit:]
+    return JSONResponse(
+        {
+            "conversation": conversation.as_json(),
+            "messages": [m.as_json() for m in page],
+            "next_before_id": page[0].id if older else None,
+        }
+    )
+
+
+async def list_messages(request: Request) -> Response:
+    conversation = await owned_conversation(request)
+    after_id = query_int(request, "after_id", 0, low=0, high=2**62)
+    messages = await services(request).store.list_messages(conversation.id, after_id=after_id)
+    return JSONResponse({"messages": [m.as_json() for m in messages]})
+
+
+async def update_conversation(request: Request) -> Response:
+    app = services(request)
+    conversation = await owned_conversation(request)
+    changes = parse_conversation_fields(await body_of(request), app)
+    updated = await app.store.update_conversation(current_user(request), conversation.id, changes)
+    if updated is None:
+        raise NotFound(f"conversation {conversation.id} not found")
+    return JSONResponse({"conversation": updated.as_json()})
+
+
+async def delete_conversation(request: Request) -> Response:
+    app = services(request)
+    conversation = await owned_conversation(request)
+    await app.generations.stop_conversation(conversation.id)
+    deleted = await app.store.delete_conversation(current_user(request), conversation.id)
+    # A turn stored while the first stop waited has no row left, but may still be running.
+    await app.generations.stop_conversation(conversation.id)
+    if not deleted:  # a twin request deleted it while this one waited: only one of them did
+        raise NotFound(f"conversation {conversation.id} not found")
+    return Response(status_code=204)

@@ -1,0 +1,128 @@
+"""The OpenAPI document's responses: a JSON answer, an event stream, and the error
+responses, each naming the `error.type` values its status can carry (`chat.errors`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .openapi_schemas import Schema, ref
+
+Errors = dict[int, tuple[str, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """An `error.type`: when a client gets it, and the fields it always carries."""
+
+    meaning: str
+    carries: tuple[str, ...] = ()
+
+
+RETRY = ("retry_after",)
+ERROR_TYPES = {
+    "invalid_host": Kind("a Host name this server does not serve (SIDECHAT_ALLOWED_HOSTS; auth off)"),
+    "invalid_json": Kind("the body is not JSON"),
+    "unauthorized": Kind("no bearer token, or one that is not valid (auth on)"),
+    "not_found": Kind("no such conversation or message, or someone else's"),
+    "request_timeout": Kind("the body did not arrive in time"),
+    "conflict": Kind("the reply has already finished; `status` says how", ("status",)),
+    "payload_too_large": Kind("the body is over SIDECHAT_MAX_BODY_BYTES", ("max_bytes",)),
+    "unsupported_media_type": Kind("the body is not sent as application/json"),
+    "invalid_request": Kind("fields with problems; `fields` names each one's", ("fields",)),
+    "idempotency_key_reused": Kind("the Idempotency-Key was used for a different request"),
+    "rate_limited": Kind("over SIDECHAT_RATE_LIMIT, or SIDECHAT_MAX_STREAMS_PER_USER replies running", RETRY),
+    "storage_unavailable": Kind("the database refuses writes for now; nothing was stored", RETRY),
+    "shutting_down": Kind("the server is stopping", RETRY),
+    "too_many_connections": Kind("too many open event streams, the user's or in all", RETRY),
+}
+RETRY_STATUSES = (429, 503)
+
+BODY_ERRORS: Errors = {
+    400: ("invalid_json",),
+    408: ("request_timeout",),
+    413: ("payload_too_large",),
+    415: ("unsupported_media_type",),
+    422: ("invalid_request",),
+}
+TURN_ERRORS: Errors = {
+    **BODY_ERRORS,
+    404: ("not_found",),
+    422: ("invalid_request", "idempotency_key_reused"),
+    429: ("rate_limited",),
+    503: ("storage_unavailable", "shutting_down"),
+}
+
+
+def json_body(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def answer(
+    description: str, schema: Schema | None = None, *, links: dict[str, Any] | None = None, **headers: Schema
+) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description}
+    if schema is not None:
+        response["content"] = json_body(schema)
+    if headers:
+        response["headers"] = headers
+    if links:
+        response["links"] = links
+    return response
+
+
+def links_to(parameter: str, expression: str, *operations: str) -> dict[str, Any]:
+    """Links from a response to the operations that take `parameter` from it (OpenAPI's
+    runtime `expression`, as `$response.body#/conversation/id`)."""
+    return {name: {"operationId": name, "parameters": {parameter: expression}} for name in operations}
+
+
+def conversation_links(expression: str) -> dict[str, Any]:
+    return links_to(
+        "conversation_id",
+        expression,
+        "get_conversation",
+        "list_messages",
+        "update_conversation",
+        "delete_conversation",
+    )
+
+
+def reply_links(expression: str) -> dict[str, Any]:
+    return links_to("message_id", expression, "attach", "cancel")
+
+
+def error_response(status: int, types: tuple[str, ...]) -> dict[str, Any]:
+    """An `Error` whose `type` is one of `types`, each with the fields it carries."""
+    kinds = [
+        {
+            "properties": {
+                "error": {
+                    "properties": {"type": {"const": name}},
+                    "required": list(ERROR_TYPES[name].carries),
+                }
+            }
+        }
+        for name in types
+    ]
+    narrowed = kinds[0] if len(kinds) == 1 else {"anyOf": kinds}
+    headers = {"Retry-After": ref("headers", "RetryAfter")} if status in RETRY_STATUSES else {}
+    if types == ("unauthorized",):
+        headers["WWW-Authenticate"] = ref("headers", "WWWAuthenticate")
+    description = "; ".join(f"`{name}`: {ERROR_TYPES[name].meaning}" for name in types)
+    return answer(description, {"allOf": [ref("schemas", "Error"), narrowed]}, **headers)
+
+
+def event_stream(description: str) -> dict[str, Any]:
+    return {
+        "description": f"{description}; the schema is one event's",
+        "headers": {
+            "X-Conversation-ID": ref("headers", "ConversationId"),
+            "X-Message-ID": ref("headers", "MessageId"),
+        },
+        "content": {"text/event-stream": {"schema": ref("schemas", "Event")}},
+        "links": {
+            **conversation_links("$response.header.X-Conversation-ID"),
+            **reply_links("$response.header.X-Message-ID"),
+        },
+    }
