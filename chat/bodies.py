@@ -87,8 +87,15 @@ class Fields:
         self.problems: dict[str, str] = {}
 
     def text(
-        self, name: str, *, required: bool = False, max_chars: int = 10_000, blank: bool = False
+        self,
+        name: str,
+        *,
+        required: bool = False,
+        max_chars: int = 10_000,
+        blank: bool = False,
+        printable: bool = False,
     ) -> str | None:
+        """A string field; a `printable` one (a name, not prose) holds no control characters."""
         value = self.data.get(name)
         if value is None:
             if required:
@@ -102,6 +109,10 @@ class Fields:
             self.problems[name] = f"must be at most {max_chars} characters"
         elif not _encodable(value):
             self.problems[name] = "must be valid Unicode (it holds a lone surrogate)"
+        elif "\x00" in value:
+            self.problems[name] = "must not contain NUL characters"
+        elif printable and not value.isprintable():
+            self.problems[name] = "must be printable: no newlines or other control characters"
         else:
             return value
         return None
@@ -172,8 +183,8 @@ def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
     body = ChatBody(
         message=fields.text("message", required=True, max_chars=settings.max_message_chars) or "",
         conversation_id=fields.integer("conversation_id"),
-        provider=fields.text("provider", max_chars=40),
-        model=fields.text("model", max_chars=200),
+        provider=fields.text("provider", max_chars=40, printable=True),
+        model=fields.text("model", max_chars=200, printable=True),
         temperature=fields.number("temperature", low=0, high=2),
         max_tokens=fields.integer("max_tokens", high=1_000_000),
         system=fields.text("system", max_chars=settings.max_message_chars, blank=True),

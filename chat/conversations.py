@@ -56,9 +56,10 @@ def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, 
     changes: dict[str, str | None] = {}
     for name, max_chars in (("title", 200), ("system", app.settings.max_message_chars), ("model", 200)):
         if name in data:
-            changes[name] = fields.text(name, max_chars=max_chars, blank=name == "system")
+            prose = name == "system"
+            changes[name] = fields.text(name, max_chars=max_chars, blank=prose, printable=not prose)
     if "provider" in data:
-        changes["provider"] = fields.text("provider", max_chars=40)
+        changes["provider"] = fields.text("provider", max_chars=40, printable=True)
     fields.check()
     if changes.get("provider"):
         choose_provider(app.providers, changes["provider"] or "")

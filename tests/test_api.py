@@ -464,3 +464,21 @@ async def test_an_aborted_upload_is_one_line_in_the_log(
     assert len(lines) == 1 and lines[0].exc_info is None
     assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records]
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"message": "hi", "temperature": 1e309}', "temperature"),
+        (b'{"message": "hi", "max_tokens": 1e309}', "max_tokens"),
+        (b'{"message": "hi", "conversation_id": 1e309}', "conversation_id"),
+        (b'{"message": "hi", "conversation_id": 99999999999999999999999}', "conversation_id"),
+        (b'{"message": "nul \\u0000 inside"}', "message"),
+        (b'{"message": "half \\ud83d of an emoji"}', "message"),
+        (b'{"message": "hi", "model": "bad\\nmodel"}', "model"),
+    ],
+)
+async def test_hostile_values_are_422_never_500(client: httpx.AsyncClient, raw: bytes, field: str) -> None:
+    response = await client.post("/api/chat", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert field in error_of(response)["fields"]  # type: ignore[operator]
