@@ -43,7 +43,8 @@ async def test_every_response_carries_it(tmp_path: Path) -> None:
                 assert echoed.headers["x-request-id"] == "trace-42"
             replaced = await http.get("/api/conversations", headers={"x-request-id": "bad id <x>"})
             assert (
-                replaced.headers["x-request-id"] != "bad id <x>" and len(replaced.headers["x-request-id"]) == 32
+                replaced.headers["x-request-id"] != "bad id <x>"
+                and len(replaced.headers["x-request-id"]) == 32
             )
             foreign = await http.get(
                 "/api/conversations", headers={"host": "evil.example", "x-request-id": "r1"}
