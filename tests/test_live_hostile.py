@@ -38,15 +38,16 @@ async def talk(
 ) -> AsyncIterator[Any]:
     async def run(reply: Reply, **changes: Any) -> Outcome:
         upstream.add(reply, Reply(openai_reply("still fine")))
-        settings = Settings(
-            db=str(tmp_path / "chat.db"),
-            provider="openai",
-            openai_api_key=KEY,
-            openai_base_url=upstream.url,
-            api_tokens=((TOKEN, "alice"),),
-            retry_attempts=1,
+        values: dict[str, Any] = {
+            "db": str(tmp_path / "chat.db"),
+            "provider": "openai",
+            "openai_api_key": KEY,
+            "openai_base_url": upstream.url,
+            "api_tokens": ((TOKEN, "alice"),),
+            "retry_attempts": 1,
             **changes,
-        )
+        }
+        settings = Settings(**values)
         headers = {"authorization": f"Bearer {TOKEN}"}
         async with (
             serve(settings) as url,
@@ -122,7 +123,9 @@ async def test_invalid_utf8_becomes_replacement_characters_not_a_crash(talk: Any
 
 
 async def test_an_error_that_echoes_the_key_and_the_base_url(talk: Any, upstream: FakeUpstream) -> None:
-    body = {"error": {"message": f"key {KEY} refused at {upstream.url}/chat/completions?token=abc"}}
+    base = f"{upstream.url}/gateway/acct-7731/v1"  # a gateway's path names an account
+    body = {"error": {"message": f"key {KEY} refused at {base}/chat/completions?token=abc"}}
     reply = Reply([json.dumps(body).encode()], status=500, headers={"content-type": "application/json"})
-    error = assert_ended_cleanly(await talk(reply), "upstream_error")
-    assert "[redacted]" in error["message"]
+    error = assert_ended_cleanly(await talk(reply, openai_base_url=base), "upstream_error")
+    assert "acct-7731" not in error["message"] and "[redacted]" in error["message"]
+    assert f"refused at {upstream.url}" in error["message"]

@@ -115,11 +115,14 @@ class ProviderError(Exception):
         self.provider_type = provider_type
         self.provider_code = provider_code
 
-    def scrub(self, secrets: tuple[str, ...]) -> ProviderError:
-        """The same error with each of `secrets` (the keys we hold) cut out of its message."""
+    def scrub(self, secrets: tuple[str, ...], urls: tuple[tuple[str, str], ...] = ()) -> ProviderError:
+        """The same error with each of `secrets` (the keys we hold) cut out of its message, and
+        each of `urls` (ours, whose path may carry an account or a key) shown as its origin."""
         for secret in secrets:
             if secret and secret in self.message:
                 self.message = self.message.replace(secret, "[redacted]")
+        for url, origin in urls:
+            self.message = self.message.replace(url, origin)
         self.args = (self.message,)
         return self
 

@@ -182,7 +182,10 @@ class HTTPProvider:
         self.default_model = default_model or type(self).default_model
         self.max_event_bytes = max_event_bytes
         self._client = client
-        self._url = (base_url or self.default_base_url).rstrip("/") + self.path
+        base = (base_url or self.default_base_url).rstrip("/")
+        self._url = base + self.path
+        origin = str(httpx.URL(base).copy_with(path="/", query=None, fragment=None)).rstrip("/")
+        self._urls = tuple((url, origin) for url in (self._url, base) if url != origin)  # longest first
         self._timeouts = timeouts
         self._headers = dict(self.headers)
         self._secrets = (api_key,) if api_key else ()
@@ -254,7 +257,7 @@ class HTTPProvider:
                     return
             yield reading.end()
         except ProviderError as exc:  # a provider may echo our key in any shape: never pass it on
-            raise exc.scrub(self._secrets) from exc.__cause__
+            raise exc.scrub(self._secrets, self._urls) from exc.__cause__
 
 
 class NDJSONDecoder:
