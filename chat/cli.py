@@ -41,7 +41,12 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
     logging.getLogger("sidechat").info("provider %s; database %s", settings.provider, settings.db)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    # No proxy headers: the trusted user header is believed by the address of the peer itself,
+    # which uvicorn would otherwise replace with whatever X-Forwarded-For says.
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level="info", proxy_headers=False
+    )
+    server = uvicorn.Server(config)
     try:
         server.run()
     except KeyboardInterrupt:  # uvicorn raises Ctrl-C again once it has shut down in order

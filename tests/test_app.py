@@ -259,3 +259,11 @@ async def test_listening_beyond_loopback_without_tokens_is_a_loud_warning(
     assert bool(warnings) == warned
     if warned:
         assert warnings[0].startswith(f"LISTENING ON {changes['host']} WITHOUT SIDECHAT_API_TOKENS")
+
+
+async def test_behind_a_proxy_the_trusted_header_is_believed_by_the_proxys_own_address(spawn: Spawn) -> None:
+    async with spawn(SIDECHAT_TRUSTED_USER_HEADER="X-User") as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            forwarded = {"x-user": "carol", "x-forwarded-for": "203.0.113.5"}  # as nginx sends it
+            assert (await http.get("/api/conversations", headers=forwarded)).status_code == 200
+            assert (await http.get("/api/conversations")).status_code == 401
