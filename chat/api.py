@@ -57,7 +57,7 @@ async def stream_reply(request: Request, find: Callable[[], Awaitable[tuple[Mess
         release()
         return Response(status_code=204)
     headers = {"x-conversation-id": str(message.conversation_id), "x-message-id": str(message.id)}
-    return EventStreamResponse(counted(events, release), headers)
+    return EventStreamResponse(counted(events, release), headers, stall=app.settings.client_stall_seconds)
 
 
 async def chat_stream(request: Request) -> Response:

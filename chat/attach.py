@@ -29,11 +29,12 @@ async def reply_events(services: Services, user: str, message: Message, after: i
     if message.status == "streaming":  # its topic ended while we read the row: read it again
         message = await services.store.get_message(user, message.id) or message
     told = stored_events(message, after)
-    return nullcontext(_once(b"".join(told))) if told else None
+    return nullcontext(_each(told)) if told else None
 
 
-async def _once(chunk: bytes) -> AsyncIterator[bytes]:
-    yield chunk
+async def _each(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    while chunks:  # each let go once sent: a slow client holds no copy of what it has
+        yield chunks.pop(0)
 
 
 @asynccontextmanager

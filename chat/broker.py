@@ -17,6 +17,11 @@ Deliberate choices:
   read, so a client that just attached is never mistaken for no client at all.
 - The heartbeat is one timer per subscriber that is moved only when it fires: a
   stream with tokens flowing costs no timer work per token.
+- Events that queued up while a subscriber was busy go out together, but in
+  pieces of at most `CHUNK_BYTES` (or one event, if that is longer): a client
+  that attaches late to a long reply would otherwise get the whole reply as one
+  write, a copy of it the server buffers for as long as that client takes to
+  read it. The one-event case, each token as it comes, stays a plain lookup.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .sse import PING, encode_event
+
+CHUNK_BYTES = 64 * 1024  # the most a subscriber hands out at once, unless one event is longer
 
 
 class Topic:
@@ -100,13 +107,17 @@ class Subscription:
         while True:
             position, end = self._position, len(events)
             if position < end:
+                if end == position + 1:  # the hot path: the one event just published
+                    chunk = events[position]
+                else:
+                    end = _backlog_end(events, position, end)
+                    chunk = b"".join(events[position:end])
                 self._position = end
                 self._last_sent = self._loop.time()
                 if self._ping_due:  # the events go instead of the ping that was due
                     self._ping_due = False
                     self._timer = self._loop.call_at(self._last_sent + self._heartbeat, self._tick)
-                # Events that queued up while this client was busy go out in one write.
-                return events[position] if end == position + 1 else b"".join(events[position:end])
+                return chunk
             if topic.closed:
                 raise StopAsyncIteration
             if self._ping_due:
@@ -120,6 +131,16 @@ class Subscription:
 
     def close(self) -> None:
         self._timer.cancel()
+
+
+def _backlog_end(events: list[bytes], start: int, end: int) -> int:
+    """Where the next chunk of the backlog `events[start:end]` ends: as many events as fit
+    in `CHUNK_BYTES`, and always at least one."""
+    size, stop = len(events[start]), start + 1
+    while stop < end and size + len(events[stop]) <= CHUNK_BYTES:
+        size += len(events[stop])
+        stop += 1
+    return stop
 
 
 class Broker:

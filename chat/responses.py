@@ -5,18 +5,40 @@ server speaks ASGI 2.4 and then only notices a gone client when a write fails,
 which on a quiet stream is up to one heartbeat later. We always listen, so a
 closed tab releases its subscription (and, with `on_disconnect=cancel`, the upstream
 call) at once.
+
+Deliberate choices:
+- A client that stops reading is let go. uvicorn puts each chunk in its transport
+  buffer at once and makes the *next* send wait while that buffer is full; it empties as
+  the client reads (the kernel takes more once a good part of its own buffer was read).
+  So a send not done after `stall` seconds means a client that took in next to nothing
+  for that long. One timer per response looks at a count of sends every `stall / 2`
+  seconds; nothing is timed per token.
+- Letting go is returning without ending the body: ASGI has no way to abort a
+  connection, and a last chunk could not be sent anyway (the send would wait like the
+  others). uvicorn then logs "ASGI callable returned without completing response" and
+  closes the connection once what it buffered has gone out, so the client reads to the end
+  of a chunk, sees the connection end rather than a finished stream, and resumes with
+  `Last-Event-ID`. Until it reads (or goes), the server holds one transport buffer for it
+  (no chunk is longer than `CHUNK_BYTES`) and the connection stays open.
+- A client let go is a client gone: it leaves the topic like a closed tab, so with
+  `on_disconnect=cancel` the generation stops if it was the last one following. A client
+  too slow to take in the reply is not one to keep paying the provider for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterable
 from contextlib import AbstractAsyncContextManager
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .broker import CHUNK_BYTES
 from .sse import retry_field
+
+log = logging.getLogger("sidechat")
 
 RETRY = retry_field(3000)
 
@@ -25,10 +47,14 @@ Events = AbstractAsyncContextManager[AsyncIterable[bytes]]
 
 
 class EventStreamResponse(Response):
+    """Streams `events` until they end, the client leaves, or a send of it has waited
+    `stall` seconds."""
+
     media_type = "text/event-stream; charset=utf-8"
 
-    def __init__(self, events: Events, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, events: Events, headers: dict[str, str] | None = None, *, stall: float = 30.0) -> None:
         self.events = events
+        self.stall = stall
         self.status_code = 200
         self.background = None
         self.init_headers(
@@ -44,23 +70,80 @@ class EventStreamResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
-            stream = asyncio.ensure_future(_stream(chunks, send))
+            sends = Sends(self.stall)
+            stream = asyncio.ensure_future(_stream(chunks, send, sends))
             watch = asyncio.ensure_future(_wait_for_disconnect(receive))
             try:
-                await asyncio.wait((stream, watch), return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((stream, watch, sends.stalled), return_when=asyncio.FIRST_COMPLETED)
             finally:
+                sends.close()
                 watch.cancel()
                 stream.cancel()
                 await asyncio.gather(stream, watch, return_exceptions=True)
-        if stream.done() and not stream.cancelled() and (error := stream.exception()) is not None:
+        if stream.cancelled() and sends.stalled.done():
+            client = scope.get("client") or ("unknown", 0)
+            log.info(
+                "%s %s: let the client at %s:%s go, it took in nothing for %gs (it can resume with"
+                " Last-Event-ID)",
+                scope["method"],
+                scope["path"],
+                *client,
+                self.stall,
+            )
+        elif stream.done() and not stream.cancelled() and (error := stream.exception()) is not None:
             raise error
 
 
-async def _stream(chunks: AsyncIterable[bytes], send: Send) -> None:
-    await send({"type": "http.response.body", "body": RETRY, "more_body": True})
+class Sends:
+    """How far a response's sends got, looked at by one timer every `stall / 2` seconds.
+
+    `count` goes up once as a send begins and once as it ends, so it is odd while one is
+    under way. The same send still under way at three looks in a row has waited at least
+    `stall` seconds (and less than 1.5 × `stall`): then `stalled` is set."""
+
+    __slots__ = ("count", "stalled", "_loop", "_period", "_seen", "_looks", "_timer")
+
+    def __init__(self, stall: float) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self.stalled: asyncio.Future[None] = self._loop.create_future()
+        self._period = stall / 2
+        self._seen = 0  # `count` at the look that first found the send under way now
+        self._looks = 0  # looks since then that found it still under way
+        self._timer = self._loop.call_later(self._period, self._look)
+
+    def _look(self) -> None:
+        if self.count % 2 and self.count == self._seen:
+            self._looks += 1
+            if self._looks == 2:
+                self.stalled.set_result(None)
+                return
+        else:
+            self._seen, self._looks = self.count, 0
+        self._timer = self._loop.call_later(self._period, self._look)
+
+    def close(self) -> None:
+        self._timer.cancel()
+
+
+async def _stream(chunks: AsyncIterable[bytes], send: Send, sends: Sends) -> None:
+    await _send(send, sends, RETRY)
+    limit = CHUNK_BYTES
     async for chunk in chunks:
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if len(chunk) <= limit:  # the per-token path, written out: no call more than needed
+            sends.count += 1
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            sends.count += 1
+        else:  # a stored reply told again, say: handed to the server a piece at a time
+            for start in range(0, len(chunk), CHUNK_BYTES):
+                await _send(send, sends, chunk[start : start + CHUNK_BYTES])
+    await _send(send, sends, b"", more_body=False)
+
+
+async def _send(send: Send, sends: Sends, body: bytes, *, more_body: bool = True) -> None:
+    sends.count += 1
+    await send({"type": "http.response.body", "body": body, "more_body": more_body})
+    sends.count += 1
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
