@@ -15,6 +15,18 @@ CREATE TABLE IF NOT EXISTS conversations (
 CREATE INDEX IF NOT EXISTS conversations_by_activity
     ON conversations (user_id, updated_at DESC, id DESC);
 
+-- Who else may read and post in a conversation: its members. Only the owner (its
+-- `user_id`) renames, deletes or changes members; the owner is never a member too.
+CREATE TABLE IF NOT EXISTS members (
+    conversation_id  INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,
+    user_id          TEXT    NOT NULL,
+    added_at         TEXT    NOT NULL,
+    PRIMARY KEY (conversation_id, user_id)
+);
+
+-- The conversations a user is a member of, for their list and their feed.
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, conversation_id);
+
 CREATE TABLE IF NOT EXISTS messages (
     id               INTEGER PRIMARY KEY,
     conversation_id  INTEGER NOT NULL REFERENCES conversations (id) ON DELETE CASCADE,

@@ -16,11 +16,14 @@ from starlette.responses import JSONResponse, Response
 from .attach import counted, reply_events
 from .bodies import idempotency_key, parse_chat_body
 from .conversations import (
+    add_member,
     create_conversation,
     delete_conversation,
     get_conversation,
     list_conversations,
+    list_members,
     list_messages,
+    remove_member,
     update_conversation,
 )
 from .endpoints import body_of, current_user, last_event_id, path_id, route, services
@@ -28,6 +31,7 @@ from .errors import Conflict, NotFound
 from .outcome import CANCELLED
 from .records import Message
 from .responses import EventStreamResponse
+from .sync import conversation_events, typing, user_events
 from .turns import AcceptedTurn, accept_turn
 
 # -- chat --------------------------------------------------------------------------------
@@ -172,6 +176,11 @@ routes = [
         DELETE=delete_conversation,
     ),
     route("/api/conversations/{conversation_id}/messages", GET=list_messages),
+    route("/api/conversations/{conversation_id}/members", GET=list_members, POST=add_member),
+    route("/api/conversations/{conversation_id}/members/{user}", DELETE=remove_member),
+    route("/api/events", GET=user_events),
+    route("/api/conversations/{conversation_id}/events", GET=conversation_events),
+    route("/api/conversations/{conversation_id}/typing", POST=typing),
     route("/api/providers", GET=list_providers),
     route("/healthz", GET=healthz),
     route("/readyz", GET=readyz),

@@ -1,12 +1,18 @@
 """Fan-out: numbered events on named topics, followed by any number of subscribers.
 
-A topic is one stream of events (today, one generation's), numbered from 1 and
-kept encoded in an in-memory log. A subscriber reads the log by position, so each
-gets every event exactly once and in order, a slow one never holds up the
-publisher or the others, and resuming after `Last-Event-ID` is starting at that
-position. `Broker` is the interface a shared broker (Redis, for several
-processes) stands behind: `open`, `get` and `subscribe`, and a topic's `publish`
-and `close`.
+A topic is one stream of events, kept encoded in an in-memory log: a generation's
+(`open`: numbered from 1, kept whole) or a live feed's (`feed`: a window bounded
+by count and age, numbered from the clock). A subscriber reads the log by
+position, so each gets every event exactly once and in order, a slow one never
+holds up the publisher or the others, and resuming after `Last-Event-ID` is
+starting at that position.
+
+`Broker` is the interface a shared broker (Redis Streams, for several processes)
+stands behind: `open`, `feed`, `get`, `discard` and `subscribe`, and a topic's
+`publish`, `close`, `first` and `last_id`. Only encoded events (bytes) and integer
+positions cross it, never Python objects: a stream entry per event, our id kept
+with it, `first` the oldest id still kept (XTRIM's MAXLEN and MINID are the
+window), and a subscriber's position is its XREAD cursor.
 
 Deliberate choices:
 - A closed topic stays `retention` seconds, so a client that reconnects just
@@ -39,6 +45,10 @@ CHUNK_BYTES = 64 * 1024  # the most a subscriber hands out at once, unless one e
 
 
 class Topic:
+    """A generation's events: the whole log is kept (a reply is bounded), numbered from 1."""
+
+    first = 0  # the id before the log's first event: raised as a window lets old ones go
+
     def __init__(self, name: str, on_close: Callable[[Topic], None]) -> None:
         self.name = name
         self.events: list[bytes] = []  # the log, encoded; only `publish` appends to it
@@ -50,7 +60,7 @@ class Topic:
 
     @property
     def last_id(self) -> int:
-        return len(self.events)
+        return self.first + len(self.events)
 
     def publish(self, event: str, data: dict[str, Any]) -> int:
         """Append an event and wake the subscribers; its id. (The hot path: one call per token.)"""
@@ -63,25 +73,73 @@ class Topic:
                     waiter.set_result(None)
         return len(events)
 
+    def _wake(self) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     def close(self) -> None:
         """No more events: subscribers end once they have read the log."""
         if self.closed:
             return
         self.closed = True
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
         self._on_close(self)
+
+
+class WindowedTopic(Topic):
+    """A feed's events, which never end: only the newest `max_events`, none older than
+    `max_seconds`. Ids start from the clock (milliseconds × 1000), so a feed that was
+    dropped and opened again never reuses an id a client may still hold."""
+
+    def __init__(
+        self,
+        name: str,
+        on_close: Callable[[Topic], None],
+        *,
+        max_events: int,
+        max_seconds: float,
+        clock: Callable[[], float],
+    ) -> None:
+        super().__init__(name, on_close)
+        self.first = int(time.time() * 1000) * 1000
+        self.max_events = max_events
+        self.max_seconds = max_seconds
+        self._clock = clock
+        self._stamps: deque[float] = deque()
+
+    def publish(self, event: str, data: dict[str, Any]) -> int:
+        self.events.append(encode_event(event, data, self.last_id + 1))
+        now = self._clock()
+        self._stamps.append(now)
+        self._trim(now)
+        self._wake()
+        return self.last_id
+
+    def _trim(self, now: float) -> None:
+        # Old events go in batches, so trimming costs nothing per event on average.
+        stamps, oldest = self._stamps, now - self.max_seconds
+        expired = 0
+        while expired < len(stamps) and stamps[expired] < oldest:
+            expired += 1
+        drop = max(expired, len(self.events) - self.max_events)
+        if drop and (drop >= self.max_events // 2 or expired):
+            del self.events[:drop]
+            for _ in range(drop):
+                stamps.popleft()
+            self.first += drop
 
 
 class Subscription:
     """One subscriber's view of a topic: the encoded events after a position, and a
     ping whenever `heartbeat` seconds passed with nothing sent, until the topic closes."""
 
-    def __init__(self, topic: Topic, after: int, heartbeat: float) -> None:
+    def __init__(self, topic: Topic, after: int, heartbeat: float, reset: bytes = b"") -> None:
         self._topic = topic
         self._position = after
+        self._reset = reset  # sent when the window has let go of events this one had not read
+        self.ended = False
         self._heartbeat = heartbeat
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
@@ -104,15 +162,21 @@ class Subscription:
     async def __anext__(self) -> bytes:
         topic = self._topic
         events = topic.events
-        while True:
-            position, end = self._position, len(events)
+        while not self.ended:
+            first = topic.first
+            position, end = self._position - first, len(events)
+            if position < 0:  # the window let go of events not read: say so, go on from now
+                self._position = topic.last_id
+                if self._reset:
+                    return self._reset
+                continue
             if position < end:
                 if end == position + 1:  # the hot path: the one event just published
                     chunk = events[position]
                 else:
                     end = _backlog_end(events, position, end)
                     chunk = b"".join(events[position:end])
-                self._position = end
+                self._position = first + end
                 self._last_sent = self._loop.time()
                 if self._ping_due:  # the events go instead of the ping that was due
                     self._ping_due = False
@@ -128,6 +192,17 @@ class Subscription:
             self._waiter = waiter = self._loop.create_future()
             topic.waiters.append(waiter)
             await waiter
+        raise StopAsyncIteration
+
+    @property
+    def topic(self) -> Topic:
+        return self._topic
+
+    def end(self) -> None:
+        """End this subscriber's stream now (a member removed), whatever the topic does."""
+        self.ended = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def close(self) -> None:
         self._timer.cancel()
@@ -159,16 +234,34 @@ class Broker:
         topic = self._topics[name] = Topic(name, self._closing)
         return topic
 
+    def feed(self, name: str, *, max_events: int, max_seconds: float) -> Topic:
+        """The feed `name`, opened if it is not: a topic that keeps only a window of events."""
+        self._expire()
+        topic = self._topics.get(name)
+        if topic is None or topic.closed:
+            topic = self._topics[name] = WindowedTopic(
+                name, self._closing, max_events=max_events, max_seconds=max_seconds, clock=self._clock
+            )
+        return topic
+
+    def discard(self, topic: Topic) -> None:
+        """Forget an open topic nobody follows (an idle feed); its next publisher opens a new one."""
+        if self._topics.get(topic.name) is topic:
+            del self._topics[topic.name]
+
     def get(self, name: str) -> Topic | None:
         """The topic, open or closed within the retention time; None once it is gone."""
         self._expire()
         return self._topics.get(name)
 
     @asynccontextmanager
-    async def subscribe(self, topic: Topic, after: int, heartbeat: float) -> AsyncIterator[Subscription]:
-        """Follow `topic` from after event `after` for as long as the block lasts."""
+    async def subscribe(
+        self, topic: Topic, after: int, heartbeat: float, reset: bytes = b""
+    ) -> AsyncIterator[Subscription]:
+        """Follow `topic` from after event `after` for as long as the block lasts; `reset` is
+        sent whenever the topic's window has let go of events not yet read."""
         topic.subscribers += 1
-        subscription = Subscription(topic, after, heartbeat)
+        subscription = Subscription(topic, after, heartbeat, reset)
         try:
             yield subscription
         finally:

@@ -70,6 +70,9 @@ class Settings:
     max_connections_per_user: int = 256  # open event streams
     max_connections: int = 10_000
     client_stall_seconds: float = 30.0  # a client that takes in nothing for this long is let go
+    feed_replay_events: int = 1000  # a live feed's window: this many events at most
+    feed_replay_seconds: float = 300.0  # and none older than this
+    typing_seconds: float = 5.0  # a `typing: true` ends by itself after this long
     retry_attempts: int = 3  # attempts in all, the first included
     retry_max_seconds: float = 30.0
     fallback: tuple[tuple[str, str], ...] = ()  # (provider, model); "" is its default model
@@ -274,6 +277,9 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_connections_per_user": ("SIDECHAT_MAX_CONNECTIONS_PER_USER", _positive_int),
     "max_connections": ("SIDECHAT_MAX_CONNECTIONS", _positive_int),
     "client_stall_seconds": ("SIDECHAT_CLIENT_STALL_SECONDS", _positive_float),
+    "feed_replay_events": ("SIDECHAT_FEED_REPLAY_EVENTS", _positive_int),
+    "feed_replay_seconds": ("SIDECHAT_FEED_REPLAY_SECONDS", _positive_float),
+    "typing_seconds": ("SIDECHAT_TYPING_SECONDS", _positive_float),
     "retry_attempts": ("SIDECHAT_RETRY_ATTEMPTS", _positive_int),
     "retry_max_seconds": ("SIDECHAT_RETRY_MAX_SECONDS", _positive_float),
     "fallback": ("SIDECHAT_FALLBACK", _fallback),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ import aiosqlite
 
 from .errors import StartupError
 from .resources import resource
+
+
+def now() -> str:
+    """The time as every timestamp column holds it: UTC, milliseconds, a `Z`."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class StoreError(Exception):

@@ -5,6 +5,7 @@
     ├── BadRequest              400 invalid_json
     ├── ClientGone              400 client_disconnected (nobody is left to read it)
     ├── Unauthorized            401 unauthorized
+    ├── Forbidden               403 forbidden (a member asking for what only the owner may do)
     ├── NotFound                404 not_found
     ├── RequestTimeout          408 request_timeout (and the connection closed)
     ├── Conflict                409 conflict
@@ -64,6 +65,10 @@ class ClientGone(ApiError):
 
 class Unauthorized(ApiError):
     status, type = 401, "unauthorized"
+
+
+class Forbidden(ApiError):
+    status, type = 403, "forbidden"
 
 
 class NotFound(ApiError):

@@ -50,8 +50,10 @@ class Generation:
         user_message_id: int,
         topic: Topic,
         max_chars: int = 2_000_000,
+        watched: dict[int, Topic] | None = None,
     ) -> None:
         self.max_chars = max_chars  # the longest reply; past it, the rest is not read
+        self.watched = watched if watched is not None else {}  # conversation feeds open now
         self.provider = provider
         self.request = request
         self.reply = reply  # the row as stored when the turn was accepted
@@ -146,6 +148,7 @@ class Generation:
         """Publish the provider's deltas as they come; what ended it, and how."""
         relayed = Relayed()
         publish = self.topic.publish
+        watched, conversation_id, message_id = self.watched, self.conversation_id, self.message_id
         try:
             if self._stop_reason is not None:
                 raise asyncio.CancelledError  # stopped before it began: the provider is never called
@@ -167,6 +170,8 @@ class Generation:
                         if checkpoints is not None:
                             checkpoints.added(size)
                         publish("token", {"text": item})
+                        if watched and (feed := watched.get(conversation_id)) is not None:
+                            feed.publish("token", {"message_id": message_id, "text": item})
                     elif isinstance(item, Finish):
                         relayed.finish = item
                     else:
@@ -193,10 +198,18 @@ class Generation:
 class Generations:
     """The running generations of this process, by assistant message id."""
 
-    def __init__(self, broker: Broker, keeper: Keeper, *, max_reply_chars: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        keeper: Keeper,
+        *,
+        max_reply_chars: int = 2_000_000,
+        watched: dict[int, Topic] | None = None,
+    ) -> None:
         self.broker = broker
         self.keeper = keeper
         self.max_reply_chars = max_reply_chars
+        self.watched = watched  # the conversation feeds (`chat.feeds`), which get the tokens too
         self.closing = False  # no new generations: the server is shutting down
         self._running: dict[int, Generation] = {}
         self._shutdown: asyncio.Task[None] | None = None
@@ -213,11 +226,13 @@ class Generations:
         *,
         user_message_id: int,
         stop_when_abandoned: bool = False,
-        on_end: Callable[[], object] | None = None,
+        on_end: Callable[[Generation], object] | None = None,
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
-        generation = Generation(provider, request, reply, user_message_id, topic, self.max_reply_chars)
+        generation = Generation(
+            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched
+        )
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
         self._running[reply.id] = generation
@@ -226,13 +241,13 @@ class Generations:
             generation.stop(SHUTDOWN)
         return generation
 
-    async def _run(self, generation: Generation, on_end: Callable[[], object] | None) -> None:
+    async def _run(self, generation: Generation, on_end: Callable[[Generation], object] | None) -> None:
         try:
             await generation.run(self.keeper)
         finally:
             del self._running[generation.message_id]
             if on_end is not None:
-                on_end()
+                on_end(generation)
 
     async def stop(self, generation: Generation, reason: str) -> bool:
         """Stop it and wait until it has ended, or its end waits for a database that refuses

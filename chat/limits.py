@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from .config import Settings
 from .errors import RateLimited, TooManyConnections
 
+TYPING_RATE = (10, 5.0)  # typing updates per user per so many seconds: a person sends far fewer
 STREAMS_RETRY_AFTER = 2.0  # when a user's own running replies are the limit: soon, probably
 CONNECTIONS_RETRY_AFTER = 5.0
 
@@ -94,6 +95,7 @@ class Limits:
         self.requests = Buckets(*settings.rate_limit, clock=clock)
         self.streams = Counts(settings.max_streams_per_user)
         self.connections = Counts(settings.max_connections_per_user, settings.max_connections)
+        self.typing = Buckets(*TYPING_RATE, clock=clock)
 
     def admit_generation(self, user: str) -> None:
         """Count a new generation of `user`'s, or raise RateLimited; `generation_ended` gives it back."""
@@ -109,6 +111,14 @@ class Limits:
             raise RateLimited(
                 f"more than {self.requests.count} chat requests in the period (SIDECHAT_RATE_LIMIT)",
                 retry_after=wait,
+            )
+
+    def admit_typing(self, user: str) -> None:
+        """A typing update of `user`'s, or RateLimited: a stuck client cannot flood a feed."""
+        wait = self.typing.take(user)
+        if wait is not None:
+            raise RateLimited(
+                "too many typing updates; send one when typing starts or stops", retry_after=wait
             )
 
     def generation_ended(self, user: str) -> None:

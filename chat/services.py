@@ -17,6 +17,7 @@ from . import events
 from .broker import Broker
 from .config import Settings
 from .errors import StartupError
+from .feeds import Feeds
 from .generations import Generations
 from .keeping import Keeper
 from .limits import Limits
@@ -37,6 +38,7 @@ class Services:
     generations: Generations
     providers: dict[str, ProviderInfo]
     limits: Limits
+    feeds: Feeds
     readiness: Readiness | None = None
 
 
@@ -60,17 +62,22 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         async with upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client:
             broker = Broker(retention=settings.replay_seconds)
+            feeds = Feeds(broker, settings)
             keeper = Keeper(
                 store,
                 checkpoint_seconds=settings.checkpoint_seconds,
                 checkpoint_chars=settings.checkpoint_bytes,
                 max_pending=settings.max_pending_writes,
             )
-            generations = Generations(broker, keeper, max_reply_chars=settings.max_reply_chars)
+            generations = Generations(
+                broker, keeper, max_reply_chars=settings.max_reply_chars, watched=feeds.watched
+            )
             providers = build_providers(settings, client, timeouts)
             readiness = await Readiness.open(settings.db, keeper)
             try:
-                yield Services(settings, store, broker, generations, providers, Limits(settings), readiness)
+                yield Services(
+                    settings, store, broker, generations, providers, Limits(settings), feeds, readiness
+                )
             finally:
                 try:
                     await generations.begin_shutdown(settings.shutdown_grace_seconds)

@@ -1,4 +1,5 @@
-"""Every SQL statement sidechat runs, over one aiosqlite connection.
+"""Every SQL statement sidechat runs, over one aiosqlite connection (those on conversations
+and their members are in `chat.store_conversations`, a base class of `Store`).
 
 Deliberate choices:
 - One connection is the one writer (`chat.database.Database`). SQLite allows a
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import UTC, datetime
 from typing import Any
 
 from .database import (
@@ -30,17 +30,15 @@ from .database import (
     KeyTaken,
     StorageFailed,
     StoreError,
+    now,
 )
-from .records import Conversation, Message
+from .records import Message
+from .store_conversations import VISIBLE, ConversationStore
 
-__all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError"]
+__all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError", "now"]
 
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no id is above it
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def storable(text: str) -> str:
@@ -58,11 +56,6 @@ _MESSAGE_COLUMNS = (
 )
 _MESSAGE_FIELDS = _MESSAGE_COLUMNS.split(", ")
 _M_MESSAGE_COLUMNS = ", ".join("m." + column for column in _MESSAGE_FIELDS)
-_CONVERSATION_COLUMNS = """
-    c.id, c.user_id, c.title, c.system, c.provider, c.model, c.created_at, c.updated_at,
-    (SELECT count(*) FROM messages m WHERE m.conversation_id = c.id) AS message_count,
-    (SELECT max(m.created_at) FROM messages m WHERE m.conversation_id = c.id) AS last_message_at
-"""
 
 
 def _message(row: sqlite3.Row) -> Message:
@@ -71,11 +64,7 @@ def _message(row: sqlite3.Row) -> Message:
     return Message(**values)
 
 
-def _conversation(row: sqlite3.Row) -> Conversation:
-    return Conversation(**dict(row))
-
-
-class Store:
+class Store(ConversationStore):
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -99,74 +88,6 @@ class Store:
             " WHERE status = 'streaming'",
             {"now": now(), "error": json.dumps(error)},
         )
-
-    # -- conversations ----------------------------------------------------------------
-
-    async def create_conversation(
-        self,
-        user_id: str,
-        *,
-        title: str | None = None,
-        system: str | None = None,
-        provider: str | None = None,
-        model: str | None = None,
-    ) -> Conversation:
-        rows = await self._db.written(
-            "INSERT INTO conversations"
-            " (user_id, title, system, provider, model, created_at, updated_at)"
-            " VALUES (:user_id, :title, :system, :provider, :model, :now, :now)"
-            " RETURNING id, user_id, title, system, provider, model, created_at, updated_at",
-            {
-                "user_id": user_id,
-                "title": title,
-                "system": system,
-                "provider": provider,
-                "model": model,
-                "now": now(),
-            },
-        )
-        return _conversation(rows[0])
-
-    async def get_conversation(self, user_id: str, conversation_id: int) -> Conversation | None:
-        rows = await self._db.rows(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c WHERE c.id = :id AND c.user_id = :user_id",
-            {"id": conversation_id, "user_id": user_id},
-        )
-        return _conversation(rows[0]) if rows else None
-
-    async def list_conversations(
-        self, user_id: str, *, limit: int, before: tuple[str, int] | None = None
-    ) -> list[Conversation]:
-        """Newest activity first; `before` is the (updated_at, id) of the last row seen."""
-        updated_at, last_id = before or ("\uffff", 2**62)
-        rows = await self._db.rows(
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations c"
-            " WHERE c.user_id = :user_id"
-            " AND (c.updated_at < :updated_at OR (c.updated_at = :updated_at AND c.id < :id))"
-            " ORDER BY c.updated_at DESC, c.id DESC LIMIT :limit",
-            {"user_id": user_id, "updated_at": updated_at, "id": last_id, "limit": limit},
-        )
-        return [_conversation(row) for row in rows]
-
-    async def update_conversation(
-        self, user_id: str, conversation_id: int, changes: dict[str, str | None]
-    ) -> Conversation | None:
-        allowed = {"title", "system", "provider", "model"}
-        assert changes.keys() <= allowed, changes
-        if changes:
-            sets = ", ".join(f"{column} = :{column}" for column in changes)
-            await self._db.write(
-                f"UPDATE conversations SET {sets}, updated_at = :now WHERE id = :id AND user_id = :user_id",
-                {**changes, "now": now(), "id": conversation_id, "user_id": user_id},
-            )
-        return await self.get_conversation(user_id, conversation_id)
-
-    async def delete_conversation(self, user_id: str, conversation_id: int) -> bool:
-        deleted = await self._db.write(
-            "DELETE FROM conversations WHERE id = :id AND user_id = :user_id",
-            {"id": conversation_id, "user_id": user_id},
-        )
-        return deleted > 0
 
     # -- messages ---------------------------------------------------------------------
 
@@ -247,7 +168,7 @@ class Store:
         rows = await self._db.rows(
             f"SELECT {_M_MESSAGE_COLUMNS}"
             " FROM messages m JOIN conversations c ON c.id = m.conversation_id"
-            " WHERE m.id = :id AND c.user_id = :user_id",
+            f" WHERE m.id = :id AND {VISIBLE}",
             {"id": message_id, "user_id": user_id},
         )
         return _message(rows[0]) if rows else None
@@ -276,12 +197,13 @@ class Store:
         self, user_id: str, idempotency_key: str
     ) -> tuple[Message, Message, str | None] | None:
         """The user message stored under this key, the assistant message that answers it, and
-        the hash of what was asked with the key. Keys are stored as given: callers scope them."""
+        the hash of what was asked with the key, in a conversation `user_id` owns or is a member
+        of. Keys are stored as given: callers scope them (to their user)."""
         rows = await self._db.rows(
             f"SELECT {_M_MESSAGE_COLUMNS}, k.request_hash"
             " FROM messages k JOIN conversations c ON c.id = k.conversation_id"
             " JOIN messages m ON m.conversation_id = k.conversation_id AND m.id >= k.id"
-            " WHERE k.idempotency_key = :key AND c.user_id = :user_id"
+            f" WHERE k.idempotency_key = :key AND {VISIBLE}"
             " ORDER BY m.id LIMIT 2",
             {"user_id": user_id, "key": idempotency_key},
         )

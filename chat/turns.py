@@ -22,6 +22,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 
 from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
+from .generations import Generation
 from .history import build_turns
 from .providers import ProviderInfo
 from .providers.base import ChatRequest
@@ -137,7 +138,8 @@ async def _store_and_start(
         earlier = []
     else:
         if conversation.title is None:
-            await store.update_conversation(ask.user, conversation.id, {"title": title_from(ask.message)})
+            owner = conversation.user_id  # a member's first message titles it too
+            await store.update_conversation(owner, conversation.id, {"title": title_from(ask.message)})
         earlier = await store.recent_messages(conversation.id, limit=services.settings.history_messages)
     try:
         user_message, reply = await store.start_turn(
@@ -161,6 +163,9 @@ async def _store_and_start(
         return _retried(twin, fingerprint), False
 
     assert info.provider is not None
+    # Everyone the conversation is shown to, read before the reply starts so that the feeds
+    # announce it before its first token.
+    audience = [ask.user] if created else [conversation.user_id, *await store.members(conversation.id)]
     request = ChatRequest(
         model=model,
         turns=build_turns(earlier, ask.message, limit=services.settings.history_messages),
@@ -168,14 +173,21 @@ async def _store_and_start(
         temperature=ask.temperature,
         max_tokens=ask.max_tokens,
     )
+
+    def ended(generation: Generation) -> None:
+        services.limits.generation_ended(ask.user)
+        if (final := generation.final_row()) is not None:
+            services.feeds.turn_finished(audience, final)
+
     services.generations.start(
         info.provider,
         request,
         reply,
         user_message_id=user_message.id,
         stop_when_abandoned=services.settings.on_disconnect == "cancel",
-        on_end=lambda: services.limits.generation_ended(ask.user),
+        on_end=ended,
     )
+    services.feeds.turn_started(audience, conversation if created else None, user_message, reply)
     return AcceptedTurn(user_message.id, reply), True
 
 

@@ -10,6 +10,7 @@ import pytest
 from chat.attach import reply_events
 from chat.broker import Broker
 from chat.config import Settings
+from chat.feeds import Feeds
 from chat.generations import Generations, topic_name
 from chat.keeping import Keeper
 from chat.limits import Limits
@@ -34,6 +35,7 @@ async def app(tmp_path: Path) -> AsyncIterator[Services]:
         Generations(broker, Keeper(store, checkpoint_seconds=0)),
         {},
         Limits(settings),
+        Feeds(broker, settings),
     )
     await store.close()
 

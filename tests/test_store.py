@@ -148,3 +148,80 @@ async def test_recent_messages_are_the_last_ones_oldest_first(store: Store) -> N
         await store.start_turn(conversation.id, text, metadata={})
     recent = await store.recent_messages(conversation.id, limit=3)
     assert [(m.role, m.content) for m in recent] == [("assistant", ""), ("user", "three"), ("assistant", "")]
+
+
+async def test_a_member_reads_what_the_owner_does_but_changes_nothing(store: Store) -> None:
+    conversation = await store.create_conversation("alice", title="plans")
+    user, reply = await store.start_turn(conversation.id, "hello", metadata={}, idempotency_key="bob:k1")
+    assert await store.add_member(conversation.id, "bob")
+
+    shared = await store.get_conversation("bob", conversation.id)
+    assert shared is not None and shared.user_id == "alice"  # still the owner's
+    assert shared.message_count == 2
+    message = await store.get_message("bob", reply.id)
+    assert message is not None and message.id == reply.id
+    found = await store.find_turn("bob", "bob:k1")
+    assert found is not None and (found[0].id, found[1].id) == (user.id, reply.id)
+    assert [c.id for c in await store.list_conversations("bob", limit=10)] == [conversation.id]
+
+    assert not await store.delete_conversation("bob", conversation.id)
+    assert await store.update_conversation("bob", conversation.id, {"title": "mine"}) == shared
+    for stranger in ("carol", "bo", "%"):
+        assert await store.get_conversation(stranger, conversation.id) is None
+        assert await store.get_message(stranger, reply.id) is None
+        assert await store.find_turn(stranger, "bob:k1") is None
+        assert await store.list_conversations(stranger, limit=10) == []
+
+
+async def test_members_are_added_once_listed_sorted_and_removed(store: Store) -> None:
+    conversation = await store.create_conversation("alice")
+    assert await store.members(conversation.id) == []
+    assert await store.add_member(conversation.id, "carol")
+    assert await store.add_member(conversation.id, "bob")
+    assert not await store.add_member(conversation.id, "bob")
+    assert await store.members(conversation.id) == ["bob", "carol"]
+
+    assert await store.remove_member(conversation.id, "carol")
+    assert not await store.remove_member(conversation.id, "carol")
+    assert not await store.remove_member(conversation.id, "alice")  # the owner is not a member
+    assert await store.members(conversation.id) == ["bob"]
+    assert await store.get_conversation("carol", conversation.id) is None
+
+
+async def test_a_member_of_a_missing_conversation_is_refused(store: Store) -> None:
+    with pytest.raises(ConversationGone):
+        await store.add_member(12345, "bob")
+
+
+async def test_a_deleted_conversations_members_go_with_it(store: Store, tmp_path: Path) -> None:
+    conversation = await store.create_conversation("alice")
+    await store.add_member(conversation.id, "bob")
+    assert await store.delete_conversation("alice", conversation.id)
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        assert db.execute("SELECT count(*) FROM members").fetchone()[0] == 0
+    again = await store.create_conversation("alice")
+    assert again.id == conversation.id  # SQLite hands the id out again ...
+    assert await store.get_conversation("bob", again.id) is None  # ... but not its members
+
+
+async def test_the_list_merges_own_and_shared_conversations_by_activity(store: Store, tmp_path: Path) -> None:
+    mine = [await store.create_conversation("bob") for _ in range(3)]
+    shared = [await store.create_conversation("alice") for _ in range(3)]
+    for conversation in shared:
+        await store.add_member(conversation.id, "bob")
+    await store.create_conversation("alice")  # not shared
+    # Activity times set outright (a turn's are too close to order by); two tie, across halves.
+    order = [mine[2], shared[1], mine[0], shared[2], mine[1], shared[0]]
+    stamps = ["2024-01-06", "2024-01-05", "2024-01-04", "2024-01-04", "2024-01-02", "2024-01-01"]
+    with sqlite3.connect(tmp_path / "chat.db") as db:
+        for conversation, stamp in zip(order, stamps, strict=True):
+            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation.id))
+    assert shared[2].id > mine[0].id  # so the tie goes to the shared one first
+
+    pages: list[list[int]] = []
+    before = None
+    while page := await store.list_conversations("bob", limit=4, before=before):
+        pages.append([c.id for c in page])
+        before = (page[-1].updated_at, page[-1].id)
+    ids = [c.id for c in order]
+    assert pages == [[ids[0], ids[1], ids[3], ids[2]], ids[4:]]

@@ -17,6 +17,7 @@ from chat.errors import (
     ServiceUnavailable,
     StorageUnavailable,
 )
+from chat.feeds import Feeds
 from chat.generations import Generations
 from chat.keeping import Keeper
 from chat.limits import Limits
@@ -72,7 +73,8 @@ async def app(
     store = await Store.open(settings.db)
     broker = Broker(retention=30)
     generations = Generations(broker, Keeper(store, checkpoint_seconds=0))
-    yield Services(settings, store, broker, generations, providers.registry(), Limits(settings))
+    feeds = Feeds(broker, settings)
+    yield Services(settings, store, broker, generations, providers.registry(), Limits(settings), feeds)
     await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
     await store.close()
 
@@ -203,6 +205,7 @@ async def test_a_conversation_deleted_while_the_turn_is_accepted_is_not_found(
             Generations(app.broker, Keeper(store, checkpoint_seconds=0)),
             app.providers,
             app.limits,
+            app.feeds,
         )
         with pytest.raises(NotFound):
             await accept_turn(app, TurnRequest(user="alice", message="hi", conversation_id=conversation.id))
