@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     last_event_id    INTEGER NOT NULL DEFAULT 0,  -- id of the stream's terminal event, for resume
     idempotency_key  TEXT,                        -- '<user>:<Idempotency-Key>' on a generation's user message
     request_hash     TEXT,                        -- with a key: what was asked, so the key is refused for another
+    user_id          TEXT,                        -- who wrote a user message (a shared conversation has several)
     created_at       TEXT    NOT NULL,
     completed_at     TEXT
 );

@@ -67,7 +67,7 @@ def reason_of(exc: sqlite3.OperationalError) -> str:
 
 
 # (table, column, declaration) for each column added to the schema after its table was.
-ADDED_COLUMNS = [("messages", "request_hash", "TEXT")]
+ADDED_COLUMNS = [("messages", "request_hash", "TEXT"), ("messages", "user_id", "TEXT")]
 
 
 async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connection:

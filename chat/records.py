@@ -44,12 +44,14 @@ class Message:
     last_event_id: int  # the id of the stream's terminal event, once it ended
     created_at: str
     completed_at: str | None
+    user_id: str | None = None  # who wrote it, for a user message: in a shared conversation, who
 
     def as_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "conversation_id": self.conversation_id,
             "role": self.role,
+            "user": self.user_id,
             "content": self.content,
             "status": self.status,
             "created_at": self.created_at,

@@ -52,7 +52,7 @@ def storable(text: str) -> str:
 
 
 _MESSAGE_COLUMNS = (
-    "id, conversation_id, role, content, status, metadata, last_event_id, created_at, completed_at"
+    "id, conversation_id, role, content, status, metadata, last_event_id, created_at, completed_at, user_id"
 )
 _MESSAGE_FIELDS = _MESSAGE_COLUMNS.split(", ")
 _M_MESSAGE_COLUMNS = ", ".join("m." + column for column in _MESSAGE_FIELDS)
@@ -99,6 +99,7 @@ class Store(ConversationStore):
         metadata: dict[str, Any],
         idempotency_key: str | None = None,
         request_hash: str | None = None,
+        author: str | None = None,
     ) -> tuple[Message, Message]:
         """Store a user message and its assistant reply-to-be (status `streaming`).
 
@@ -108,9 +109,10 @@ class Store(ConversationStore):
         try:
             rows = await self._db.written(
                 "INSERT INTO messages (conversation_id, role, content, status, metadata,"
-                " idempotency_key, request_hash, created_at, completed_at)"
-                " VALUES (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now),"
-                " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, NULL, :now, NULL)"
+                " idempotency_key, request_hash, created_at, completed_at, user_id)"
+                " VALUES"
+                " (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now, :author),"
+                " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, NULL, :now, NULL, NULL)"
                 " RETURNING id",
                 {
                     "conversation_id": conversation_id,
@@ -118,6 +120,7 @@ class Store(ConversationStore):
                     "metadata": json.dumps(metadata),
                     "key": idempotency_key,
                     "hash": request_hash,
+                    "author": author,
                     "now": stamp,
                 },
             )
@@ -129,7 +132,7 @@ class Store(ConversationStore):
             raise
         user_id, assistant_id = sorted(row[0] for row in rows)
         return (
-            Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp),
+            Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp, author),
             Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),
         )
 

@@ -148,6 +148,7 @@ async def _store_and_start(
             metadata={"provider": info.name, "model": model},
             idempotency_key=key,
             request_hash=fingerprint,
+            author=ask.user,
         )
     except ConversationGone:
         raise NotFound(f"conversation {conversation.id} not found") from None

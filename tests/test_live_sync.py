@@ -112,6 +112,7 @@ async def test_a_members_message_reaches_every_feed_and_the_tokens_are_the_reply
     for feed in (alice_feed, bob_feed, room):
         created = await feed.until("message.created")
         assert created.data["message"]["content"] == "my order?"
+        assert created.data["message"]["user"] == "bob"  # who wrote it, for all to see
         started = await feed.until("generation.started")
         assert started.data["stream_url"] == f"/api/messages/{reply}/stream"
         finished = await feed.until("generation.finished", message_id=reply)

@@ -119,7 +119,7 @@ async def test_a_turn_under_a_key_keeps_the_hash_of_what_was_asked(store: Store)
 
 async def test_an_older_database_gains_the_columns_added_since(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    with sqlite3.connect(path) as db:  # a messages table from before request_hash
+    with sqlite3.connect(path) as db:  # a messages table from before request_hash and user_id
         db.execute(
             "CREATE TABLE conversations (id INTEGER PRIMARY KEY, user_id TEXT NOT NULL DEFAULT 'local',"
             " title TEXT, system TEXT, provider TEXT, model TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)"
@@ -134,10 +134,10 @@ async def test_an_older_database_gains_the_columns_added_since(tmp_path: Path) -
     try:
         conversation = await store.create_conversation("local")
         await store.start_turn(
-            conversation.id, "hi", metadata={}, idempotency_key="local:k", request_hash="h"
+            conversation.id, "hi", metadata={}, idempotency_key="local:k", request_hash="h", author="local"
         )
         found = await store.find_turn("local", "local:k")
-        assert found is not None and found[2] == "h"
+        assert found is not None and found[2] == "h" and found[0].user_id == "local"
     finally:
         await store.close()
 
