@@ -192,6 +192,7 @@ def _stop(services: Services, count: int) -> None:
                 grace,
             )
         generations.begin_shutdown(grace)
+        services.feeds.shut_down()  # their followers reconnect to a server that is still up
     elif count == 2:
         log.warning("ending %d running replies now, with the text they have", generations.running)
         generations.hurry()

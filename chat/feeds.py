@@ -17,7 +17,8 @@ Deliberate choices:
   anywhere) once per token, so a feed nobody follows costs one falsy check.
 - Presence is who follows the conversation feed right now: a user joins with their
   first connection and leaves with their last, however it ended (a closed tab is an
-  `http.disconnect`, which ends the response at once).
+  `http.disconnect`, which ends the response at once). It is sent on every join,
+  so that each new connection learns who is there.
 - Only encoded events cross the broker, and ids are integers per topic, so a broker
   on Redis Streams can stand behind the same calls.
 """
@@ -58,6 +59,8 @@ class Feeds:
         self._followers: dict[tuple[int, str], set[Subscription]] = {}
         self._typing: dict[tuple[int, str], asyncio.TimerHandle] = {}
         self._idle: dict[str, asyncio.TimerHandle] = {}
+        self._followed: set[Topic] = set()
+        self.closing = False  # shutting down: feeds end, and no new ones start
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -159,9 +162,8 @@ class Feeds:
             present = self._present.setdefault(conversation_id, Counter())
             followers = self._followers.setdefault(key, set())
             followers.add(subscription)
-            present[user] += 1
-            if present[user] == 1:
-                topic.publish("presence", {"users": sorted(present)})
+            present[user] += 1  # said on every join: a user's second tab must learn it too
+            topic.publish("presence", {"users": sorted(present)})
             try:
                 yield subscription
             finally:
@@ -176,9 +178,20 @@ class Feeds:
                 if not present:
                     del self._present[conversation_id]
 
+    def shut_down(self) -> None:
+        """End every feed: the server waits for open connections before it stops, and a feed
+        would never end by itself."""
+        self.closing = True
+        for topic in list(self._followed):
+            topic.close()
+        self._followed.clear()
+
     @asynccontextmanager
     async def _follow(self, name: str, after: int) -> AsyncIterator[Subscription]:
         topic = self.broker.feed(name, max_events=self.max_events, max_seconds=self.max_seconds)
+        if self.closing:
+            topic.close()
+        self._followed.add(topic)
         if (idle := self._idle.pop(name, None)) is not None:
             idle.cancel()
         if not after:  # a new follower: from now on (what came before, it reads over REST)
@@ -191,14 +204,18 @@ class Feeds:
             try:
                 yield subscription
             finally:
-                if topic.subscribers == 1 and not topic.closed:  # the last one is leaving
-                    loop = asyncio.get_running_loop()
-                    self._idle[name] = loop.call_later(self.max_seconds, self._forget, topic)
+                if topic.subscribers == 1:  # the last one is leaving
+                    if topic.closed:  # the broker lets it go once its retention is over
+                        self._followed.discard(topic)
+                    else:
+                        loop = asyncio.get_running_loop()
+                        self._idle[name] = loop.call_later(self.max_seconds, self._forget, topic)
 
     def _forget(self, topic: Topic) -> None:
         """Nobody followed it for the replay window: nothing is kept for it any more."""
         self._idle.pop(topic.name, None)
         if topic.subscribers == 0:
+            self._followed.discard(topic)
             self.broker.discard(topic)
             for conversation_id, watched in list(self.watched.items()):
                 if watched is topic:

@@ -15,6 +15,10 @@ Deliberate choices:
 - An event stream's `schema` describes one event (`{event, data, id}`), not the body as
   one string: OpenAPI 3.2 says this with `itemSchema`, and schemathesis reads 3.1 so, so
   every event the fuzz sees is checked.
+- A live feed's event says what its `data` holds with `contentMediaType` and `contentSchema`
+  (one per kind of event), which schemathesis checks; a reply's `Event` leaves `data` a line
+  of JSON. A feed never ends by itself, so a client that reads one to its end waits forever:
+  the tests read its first events and close it.
 - Each error response names the `error.type` values that status can carry, so a new
   kind of error is documented where it can happen or the tests fail.
 """
@@ -32,12 +36,14 @@ from .config import Settings
 from .openapi_parameters import HEADERS, PARAMETERS, SECURITY_SCHEMES
 from .openapi_responses import (
     BODY_ERRORS,
+    OWNER_ONLY,
     TURN_ERRORS,
     Errors,
     answer,
     conversation_links,
     error_response,
     event_stream,
+    feed,
     json_body,
     reply_links,
 )
@@ -86,6 +92,9 @@ def paths() -> dict[str, Any]:
     chat_body, conversation_body = ref("schemas", "ChatBody"), ref("schemas", "ConversationBody")
     conversation = closed({"conversation": ref("schemas", "Conversation")})
     message = closed({"message": ref("schemas", "Message")})
+    members = ref("schemas", "Members")
+    member = {"conversation_id": "$request.path.conversation_id", "user": "$request.body#/user"}
+    member_links = {"remove_member": {"operationId": "remove_member", "parameters": member}}
     return {
         "/api/chat/stream": {
             "post": operation(
@@ -171,6 +180,72 @@ def paths() -> dict[str, Any]:
                 body_required=False,
             ),
         },
+        # Sharing comes before the conversation's own routes: the fuzz (tests/test_fuzz.py) runs
+        # them in this order, and after its deletes there would be nothing left to share.
+        "/api/conversations/{conversation_id}/members": {
+            "get": operation(
+                "list_members",
+                "Who shares it: its owner and its members",
+                {200: answer("the owner and the members", members)},
+                {404: ("not_found",)},
+                parameters=("ConversationId",),
+            ),
+            "post": operation(
+                "add_member",
+                "Share it with a user, who may then read it, post, attach, cancel and subscribe",
+                {
+                    200: answer("a member already; nothing changed", members),
+                    201: answer("added", members, links=member_links),
+                },
+                {**BODY_ERRORS, **OWNER_ONLY, 503: ("storage_unavailable",)},
+                parameters=("ConversationId",),
+                body=ref("schemas", "MemberBody"),
+            ),
+        },
+        "/api/conversations/{conversation_id}/members/{user}": {
+            "delete": operation(
+                "remove_member",
+                "Stop sharing it with a member",
+                {204: answer("removed: every route of the conversation is a 404 to them again")},
+                {**OWNER_ONLY, 503: ("storage_unavailable",)},
+                parameters=("ConversationId", "MemberUser"),
+            )
+        },
+        # Live sync (`chat.sync`): before the conversation's own routes too, for the same reason.
+        "/api/events": {
+            "get": operation(
+                "user_events",
+                "Your live feed: what changes in your conversations and those shared with you",
+                {200: feed("from now, or after Last-Event-ID; it never ends by itself", "UserEvent")},
+                {422: ("invalid_request",), 503: ("too_many_connections",)},
+                parameters=("LastEventId", "LastEventIdQuery"),
+            )
+        },
+        "/api/conversations/{conversation_id}/events": {
+            "get": operation(
+                "conversation_events",
+                "A conversation's live feed: its messages, its replies' tokens, presence, typing",
+                {
+                    200: feed(
+                        "from now, or after Last-Event-ID; it ends only after `conversation.deleted`,"
+                        " or when you are no longer a member",
+                        "ConversationEvent",
+                    )
+                },
+                {404: ("not_found",), 422: ("invalid_request",), 503: ("too_many_connections",)},
+                parameters=("ConversationId", "LastEventId", "LastEventIdQuery"),
+            )
+        },
+        "/api/conversations/{conversation_id}/typing": {
+            "post": operation(
+                "typing",
+                "Say you are typing in it, or have stopped: its feed tells the others",
+                {204: answer("said, to whoever follows the conversation's feed")},
+                {**BODY_ERRORS, 404: ("not_found",), 429: ("rate_limited",)},
+                parameters=("ConversationId",),
+                body=ref("schemas", "TypingBody"),
+            )
+        },
         "/api/conversations/{conversation_id}": {
             "get": operation(
                 "get_conversation",
@@ -198,15 +273,15 @@ def paths() -> dict[str, Any]:
                         "updated", conversation, links=conversation_links("$response.body#/conversation/id")
                     )
                 },
-                {**BODY_ERRORS, 404: ("not_found",), 503: ("storage_unavailable",)},
+                {**BODY_ERRORS, **OWNER_ONLY, 503: ("storage_unavailable",)},
                 parameters=("ConversationId",),
                 body=conversation_body,
             ),
             "delete": operation(
                 "delete_conversation",
-                "Delete it with its messages; its running replies are stopped",
+                "Delete it with its messages and members; its running replies are stopped",
                 {204: answer("deleted")},
-                {404: ("not_found",), 503: ("storage_unavailable",)},
+                {**OWNER_ONLY, 503: ("storage_unavailable",)},
                 parameters=("ConversationId",),
             ),
         },

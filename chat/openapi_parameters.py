@@ -33,6 +33,13 @@ PARAMETERS = {
         "an assistant message",
         required=True,
     ),
+    "MemberUser": parameter(
+        "path",
+        "user",
+        {"type": "string", "minLength": 1, "examples": ["bob"]},
+        "a member's user id",
+        required=True,
+    ),
     "RequestId": parameter(
         "header",
         "X-Request-ID",

@@ -1,11 +1,13 @@
-"""The OpenAPI document's responses: a JSON answer, an event stream, and the error
-responses, each naming the `error.type` values its status can carry (`chat.errors`)."""
+"""The OpenAPI document's responses: a JSON answer, an event stream (a reply's, or a live
+feed), and the error responses, each naming the `error.type` values its status can carry
+(`chat.errors`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from .limits import TYPING_RATE
 from .openapi_schemas import Schema, ref
 
 Errors = dict[int, tuple[str, ...]]
@@ -24,14 +26,19 @@ ERROR_TYPES = {
     "invalid_host": Kind("a Host name this server does not serve (SIDECHAT_ALLOWED_HOSTS; auth off)"),
     "invalid_json": Kind("the body is not JSON"),
     "unauthorized": Kind("no bearer token, or one that is not valid (auth on)"),
-    "not_found": Kind("no such conversation or message, or someone else's"),
+    "forbidden": Kind("only the conversation's owner may do this, and you are a member"),
+    "not_found": Kind("no such conversation or message, or one you neither own nor are a member of"),
     "request_timeout": Kind("the body did not arrive in time"),
     "conflict": Kind("the reply has already finished; `status` says how", ("status",)),
     "payload_too_large": Kind("the body is over SIDECHAT_MAX_BODY_BYTES", ("max_bytes",)),
     "unsupported_media_type": Kind("the body is not sent as application/json"),
     "invalid_request": Kind("fields with problems; `fields` names each one's", ("fields",)),
     "idempotency_key_reused": Kind("the Idempotency-Key was used for a different request"),
-    "rate_limited": Kind("over SIDECHAT_RATE_LIMIT, or SIDECHAT_MAX_STREAMS_PER_USER replies running", RETRY),
+    "rate_limited": Kind(
+        "over SIDECHAT_RATE_LIMIT, or SIDECHAT_MAX_STREAMS_PER_USER replies running; for typing,"
+        f" more than {TYPING_RATE[0]} updates in {TYPING_RATE[1]:g} seconds",
+        RETRY,
+    ),
     "storage_unavailable": Kind("the database refuses writes for now; nothing was stored", RETRY),
     "shutting_down": Kind("the server is stopping", RETRY),
     "too_many_connections": Kind("too many open event streams, the user's or in all", RETRY),
@@ -45,6 +52,7 @@ BODY_ERRORS: Errors = {
     415: ("unsupported_media_type",),
     422: ("invalid_request",),
 }
+OWNER_ONLY: Errors = {403: ("forbidden",), 404: ("not_found",)}  # 403: a member; 404: anyone else
 TURN_ERRORS: Errors = {
     **BODY_ERRORS,
     404: ("not_found",),
@@ -85,6 +93,10 @@ def conversation_links(expression: str) -> dict[str, Any]:
         "list_messages",
         "update_conversation",
         "delete_conversation",
+        "list_members",
+        "add_member",
+        "conversation_events",
+        "typing",
     )
 
 
@@ -111,6 +123,14 @@ def error_response(status: int, types: tuple[str, ...]) -> dict[str, Any]:
         headers["WWW-Authenticate"] = ref("headers", "WWWAuthenticate")
     description = "; ".join(f"`{name}`: {ERROR_TYPES[name].meaning}" for name in types)
     return answer(description, {"allOf": [ref("schemas", "Error"), narrowed]}, **headers)
+
+
+def feed(description: str, event: str) -> dict[str, Any]:
+    """A live feed: events as they happen, `event` the schema of one."""
+    return {
+        "description": f"{description}; the schema is one event's",
+        "content": {"text/event-stream": {"schema": ref("schemas", event)}},
+    }
 
 
 def event_stream(description: str) -> dict[str, Any]:

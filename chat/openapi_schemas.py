@@ -1,6 +1,6 @@
 """The schemas of the OpenAPI document: what the API's bodies hold, both ways.
 
-Shapes are read off the code that makes them (`records.py`, `bodies.py`, `errors.py`,
+Shapes are read off the code that makes them (`records.py`, `bodies.py`, `errors.py`, `feeds.py`,
 `api.py`), and say `additionalProperties` the way the code behaves: a request body's
 unknown fields are ignored, so bodies allow them; a response holds exactly the fields
 listed, so an undocumented one breaks the schema (and `tests/test_openapi.py`).
@@ -66,6 +66,10 @@ STREAM_ERROR = {
     },
 }
 
+FINISH_REASON = nullable(
+    "string", description="`stop`, `length`, `tool_calls`, `content_filter` or `cancelled`"
+)
+
 MESSAGE_METADATA = {
     "type": "object",
     "description": "What the reply was made with and how it went; a user message's is empty."
@@ -86,9 +90,7 @@ MESSAGE_METADATA = {
                 "output_tokens": nullable("integer"),
             },
         },
-        "finish_reason": nullable(
-            "string", description="`stop`, `length`, `tool_calls`, `content_filter` or `cancelled`"
-        ),
+        "finish_reason": FINISH_REASON,
         "duration_ms": nullable("integer"),
         "ttft_ms": nullable("integer"),
         "error": {"oneOf": [ref("schemas", "StreamError"), {"type": "null"}]},
@@ -100,6 +102,11 @@ MESSAGE = closed(
         "id": {"type": "integer"},
         "conversation_id": {"type": "integer"},
         "role": {"enum": ["user", "assistant", "system"]},
+        "user": nullable(
+            "string",
+            description="who wrote it, for a user message (a shared conversation has several authors);"
+            " null for a reply, and for a message stored before authors were",
+        ),
         "content": {"type": "string"},
         "status": {"enum": ["streaming", "completed", "failed", "cancelled", "interrupted"]},
         "created_at": TIMESTAMP,
@@ -139,12 +146,14 @@ PROVIDER = closed(
     }
 )
 
+STREAM_URL = {"type": "string", "pattern": "^/api/messages/[0-9]+/stream$"}
+
 ACCEPTED = closed(
     {
         "conversation_id": {"type": "integer"},
         "user_message_id": {"type": "integer"},
         "message_id": {"type": "integer"},
-        "stream_url": {"type": "string", "pattern": "^/api/messages/[0-9]+/stream$"},
+        "stream_url": STREAM_URL,
     }
 )
 
@@ -168,6 +177,179 @@ the reply's events from 1, for Last-Event-ID.
 - `error` {message_id, error: StreamError, partial}: the end, when the reply failed
 Exactly one of `done` and `error` ends the stream; `: ping` comments keep a quiet one open.""",
 }
+
+MEMBERS = closed(
+    {
+        "owner": {"type": "string", "description": "the owner's user id; not a member"},
+        "members": {"type": "array", "items": {"type": "string"}, "description": "sorted"},
+    }
+)
+
+MEMBER_BODY = {
+    "type": "object",
+    "description": "Unknown fields are ignored.",
+    "required": ["user"],
+    "properties": {
+        "user": {
+            "type": "string",
+            "pattern": r"\S",
+            "maxLength": 200,
+            "examples": ["bob"],
+            "description": "a user id (as a token or the trusted header names them), not the owner's;"
+            " no control characters",
+        }
+    },
+}
+
+TYPING_BODY = {
+    "type": "object",
+    "description": "Unknown fields are ignored.",
+    "required": ["typing"],
+    "properties": {
+        "typing": {
+            "type": "boolean",
+            "description": "`true` as you start, and again every few seconds while you go on;"
+            " `false` as you stop",
+        }
+    },
+}
+
+
+def json_data(description: str, properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
+    """An event's `data`, one line of JSON; `contentSchema` is what that JSON holds."""
+    return {
+        "type": "string",
+        "pattern": r"^\{[^\n]*\}$",
+        "contentMediaType": "application/json",
+        "contentSchema": {**closed(properties, optional=optional), "description": description},
+    }
+
+
+INTEGER = {"type": "integer"}
+STATUS = {"enum": ["completed", "failed", "cancelled", "interrupted"]}
+
+# The kinds of event the feeds send (`chat.feeds`), by name, and what each one's `data` holds.
+CONVERSATION_SHOWN = json_data(
+    "created: new to you (yours, or shared with you); updated: renamed or changed",
+    {"conversation": ref("schemas", "Conversation")},
+)
+FEED_EVENTS = {
+    "conversation.created": CONVERSATION_SHOWN,
+    "conversation.updated": CONVERSATION_SHOWN,
+    "conversation.deleted": json_data(
+        "deleted, or no longer shared with you; a conversation's own feed ends after it",
+        {"conversation_id": INTEGER},
+    ),
+    "message.created": json_data("a user's message was stored", {"message": ref("schemas", "Message")}),
+    "generation.started": json_data(
+        "a reply began; attach to `stream_url` for its tokens",
+        {
+            "conversation_id": INTEGER,
+            "message_id": INTEGER,
+            "user_message_id": INTEGER,
+            "provider": {"type": "string"},
+            "model": {"type": "string"},
+            "stream_url": STREAM_URL,
+        },
+    ),
+    "generation.finished": json_data(
+        "a reply ended; `error` only when it failed or was interrupted",
+        {
+            "conversation_id": INTEGER,
+            "message_id": INTEGER,
+            "status": STATUS,
+            "finish_reason": FINISH_REASON,
+            "usage": closed({"input_tokens": nullable("integer"), "output_tokens": nullable("integer")}),
+            "error": ref("schemas", "StreamError"),
+        },
+        optional=("error",),
+    ),
+    "token": json_data(
+        "a piece of a reply, as it arrives",
+        {"message_id": INTEGER, "text": {"type": "string", "minLength": 1}},
+    ),
+    "presence": json_data(
+        "who follows this conversation's feed now: sent as someone's first connection opens"
+        " and as their last one closes",
+        {
+            "users": {
+                "type": "array",
+                "items": {"type": "string"},
+                "uniqueItems": True,
+                "description": "sorted",
+            }
+        },
+    ),
+    "typing": json_data(
+        "someone started or stopped typing (a `true` not said again ends by itself)",
+        {"user": {"type": "string"}, "typing": {"type": "boolean"}},
+    ),
+    "reset": json_data(
+        "events were missed (a resume from before the feed's window): fetch the current state over"
+        " the API; it has no id of its own",
+        {"reason": {"type": "string"}},
+    ),
+}
+USER_EVENTS = (
+    "conversation.created",
+    "conversation.updated",
+    "conversation.deleted",
+    "message.created",
+    "generation.started",
+    "generation.finished",
+    "reset",
+)
+CONVERSATION_EVENTS = (
+    "conversation.updated",
+    "conversation.deleted",
+    "message.created",
+    "generation.started",
+    "token",
+    "generation.finished",
+    "presence",
+    "typing",
+    "reset",
+)
+
+
+def feed_event(description: str, names: tuple[str, ...]) -> Schema:
+    """One event of a feed: `event` names its kind, and the kind says what `data` holds."""
+    kinds = [
+        {
+            "if": {"properties": {"event": {"const": name}}},
+            "then": {
+                "properties": {"data": FEED_EVENTS[name]},
+                "required": [] if name == "reset" else ["id"],
+            },
+        }
+        for name in names
+    ]
+    shape = closed(
+        {
+            "event": {"enum": list(names)},
+            "data": {"type": "string"},
+            "id": {"type": "string", "pattern": "^[0-9]+$"},
+            "retry": EVENT["properties"]["retry"],
+        },
+        optional=("id", "retry"),
+    )
+    return {**shape, "allOf": kinds, "description": description}
+
+
+USER_EVENT = feed_event(
+    """One event of your feed: what your other tabs and devices need to stay in step, for your
+conversations and those shared with you. `data` is one line of JSON, described by the kind's
+`contentSchema`; `id` is for Last-Event-ID. The feed never ends by itself; `: ping` comments
+keep it open.""",
+    USER_EVENTS,
+)
+CONVERSATION_EVENT = feed_event(
+    """One event of a conversation's feed: its messages and replies (each reply's tokens tagged
+with its message id), who follows it and who is typing. `data` is one line of JSON, described by
+the kind's `contentSchema`; `id` is for Last-Event-ID. The feed ends only after
+`conversation.deleted`, or when you stop being a member; `: ping` comments keep it open.""",
+    CONVERSATION_EVENTS,
+)
 
 HEALTH = closed(
     {"status": {"enum": ["ok", "unavailable"]}, "reason": {"type": "string"}}, optional=("reason",)
@@ -232,6 +414,11 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "Provider": PROVIDER,
         "Health": HEALTH,
         "Accepted": ACCEPTED,
+        "Members": MEMBERS,
+        "MemberBody": MEMBER_BODY,
+        "TypingBody": TYPING_BODY,
+        "UserEvent": USER_EVENT,
+        "ConversationEvent": CONVERSATION_EVENT,
         "ChatBody": chat_body(settings),
         "ConversationBody": conversation_body(settings),
     }

@@ -70,6 +70,9 @@ class EventStreamResponse(Response):
                     "headers": self.raw_headers,
                 }
             )
+            if scope["method"] == "HEAD":  # the headers are the whole answer; a feed never ends
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             sends = Sends(self.stall)
             stream = asyncio.ensure_future(_stream(chunks, send, sends))
             watch = asyncio.ensure_future(_wait_for_disconnect(receive))

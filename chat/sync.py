@@ -19,11 +19,14 @@ from .attach import counted
 from .bodies import Fields
 from .conversations import path_conversation
 from .endpoints import body_of, current_user, last_event_id, services
+from .errors import ServiceUnavailable
 from .responses import Events, EventStreamResponse
 
 
 def feed_response(request: Request, events: Events) -> Response:
     app, user = services(request), current_user(request)
+    if app.feeds.closing:
+        raise ServiceUnavailable("the server is shutting down; reconnect shortly", retry_after=5)
     app.limits.open_stream(user)
     release = partial(app.limits.stream_closed, user)
     return EventStreamResponse(counted(events, release), stall=app.settings.client_stall_seconds)

@@ -267,3 +267,22 @@ async def test_behind_a_proxy_the_trusted_header_is_believed_by_the_proxys_own_a
             forwarded = {"x-user": "carol", "x-forwarded-for": "203.0.113.5"}  # as nginx sends it
             assert (await http.get("/api/conversations", headers=forwarded)).status_code == 200
             assert (await http.get("/api/conversations")).status_code == 401
+
+
+async def test_sigterm_ends_open_feeds_so_the_server_stops(spawn: Spawn) -> None:
+    async with spawn() as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            async with http.stream("GET", "/api/events") as feed:
+                assert feed.status_code == 200
+                server.process.send_signal(signal.SIGTERM)
+                async with asyncio.timeout(5):  # the feed ends, then the server can stop
+                    await feed.aread()
+            assert await exit_status(server) in CLEAN
+
+
+async def test_head_on_a_feed_is_its_headers_and_leaves_the_connection_usable(spawn: Spawn) -> None:
+    async with spawn() as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=5) as http:
+            head = await http.head("/api/events")
+            assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
+            assert (await http.get("/healthz")).status_code == 200  # the same keep-alive connection

@@ -116,15 +116,17 @@ def feeds(**changes: Any) -> Feeds:
     return Feeds(Broker(retention=30), settings)
 
 
-async def test_presence_is_who_follows_now() -> None:
+async def test_presence_is_who_follows_now_and_each_new_connection_hears_it() -> None:
     live = feeds()
     seen: list[list[str]] = []
     async with live.follow_conversation(7, "alice", 0) as alice:
         seen += [d["users"] for n, d, _ in decoded(await take(alice, 1)) if n == "presence"]
-        async with live.follow_conversation(7, "bob", 0), live.follow_conversation(7, "bob", 0):
+        async with live.follow_conversation(7, "bob", 0), live.follow_conversation(7, "bob", 0) as tab:
             seen += [d["users"] for n, d, _ in decoded(await take(alice, 1)) if n == "presence"]
+            assert [d for n, d, _ in decoded(await take(tab, 1))] == [{"users": ["alice", "bob"]}]
         seen += [d["users"] for n, d, _ in decoded(await take(alice, 1)) if n == "presence"]
-    assert seen == [["alice"], ["alice", "bob"], ["alice"]]  # bob's second connection said nothing
+    # bob's two connections: each joined with a presence; he left once, with his last.
+    assert seen == [["alice"], ["alice", "bob"], ["alice", "bob"], ["alice"]]
 
 
 async def test_typing_is_said_once_and_ends_by_itself() -> None:
@@ -163,3 +165,14 @@ async def test_a_feed_nobody_follows_is_forgotten_after_the_window() -> None:
     assert live.broker.get(conversation_feed(7)) is not None  # kept a while, for a resume
     await until(lambda: live.broker.get(conversation_feed(7)) is None, what="the feed to be forgotten")
     assert 7 not in live.watched
+
+
+async def test_shutting_down_ends_every_feed_and_starts_none() -> None:
+    live = feeds()
+    async with live.follow_user("alice", 0) as mine, live.follow_conversation(7, "bob", 0) as room:
+        live.shut_down()
+        assert [chunk async for chunk in mine] == []
+        assert {n for n, _, _ in decoded([chunk async for chunk in room])} <= {"presence"}
+    assert live.closing
+    async with live.follow_user("carol", 0) as late:
+        assert [chunk async for chunk in late] == []

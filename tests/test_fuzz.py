@@ -2,9 +2,10 @@
 
 Every operation gets schemathesis' coverage cases and then `EXAMPLES` generated requests,
 valid and invalid ones; then `test_workflows` follows the document's links through chains of
-calls (create, chat, attach, cancel, patch, delete). All of it goes to one real uvicorn server
-(the event streams too: the demo provider answers at once), and each answer must be no 5xx and
-what the document says: its status, content type, headers and body (each event of a stream).
+calls (create, chat, attach, cancel, follow, type, patch, delete). All of it goes to one real
+uvicorn server (the event streams too: the demo provider answers at once), and each answer must
+be no 5xx and what the document says: its status, content type, headers and body (each event of
+a stream, and for a live feed what each event's `data` holds).
 
 Deliberate choices:
 - Repeatable: Hypothesis is derandomized, the state machine seeded, schemathesis' own seed
@@ -13,6 +14,13 @@ Deliberate choices:
 - The server has bearer tokens on, so schemathesis also checks that every /api operation
   refuses a request without a valid token; the limits are lifted, since the fuzz is one
   user sending hundreds of chat requests a minute (429 is still documented and checked).
+- A live feed never ends by itself, and reading one to its end would wait forever. schemathesis
+  reads an event stream until it ends, until `max-stream-events` events came, or until its
+  request timeout passed, and then checks the events it has. So a feed's first event is
+  enough (a conversation feed's presence comes at once), and a feed gets `FEED_SECONDS`: a
+  quiet one (your feed, with nothing happening) is let go after that long. The same timeout
+  bounds the wait for the headers, which this server sends within milliseconds; a feed that
+  answered 200 and then ended by itself fails (`validate`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from chat.openapi import document
 from tests.live import serve
 
 EXAMPLES = 100  # generated requests per operation, besides schemathesis' coverage cases
+FEEDS = ("user_events", "conversation_events")  # endless: see the docstring
+FEED_SECONDS = 0.5
 SEED = 20240601
 TOKEN = "fuzz-token-0123456789abcdef"
 SETTINGS = Settings(
@@ -47,6 +57,10 @@ SETTINGS = Settings(
 CONFIG = SchemathesisConfig.from_dict(
     {
         "seed": SEED,
+        "request-timeout": 30,
+        "operations": [
+            {"include-operation-id": list(FEEDS), "request-timeout": FEED_SECONDS, "max-stream-events": 1}
+        ],
         "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
         "checks": {
             # A schema-valid request can still be refused for what only the server knows: an
@@ -98,9 +112,12 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         loop.close()
 
 
-def validate(case: schemathesis.Case, response: Any, **transport: Any) -> None:
+def validate(case: schemathesis.Case, response: schemathesis.Response, **transport: Any) -> None:
     ANSWERS[case.operation.label, response.status_code // 100] += 1
     case.validate_response(response, transport_kwargs=transport)
+    if case.operation.definition.raw.get("operationId") in FEEDS and response.status_code == 200:
+        # Cut short is what reading an open feed ends in; an end of its own would be a bug.
+        assert response.stream_cut_short, f"{case.operation.label} ended by itself: {response.content!r}"
 
 
 @schema.parametrize()
@@ -112,7 +129,7 @@ def validate(case: schemathesis.Case, response: Any, **transport: Any) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api(case: schemathesis.Case, base_url: str) -> None:
-    validate(case, case.call(base_url=base_url, timeout=30), base_url=base_url, timeout=30)
+    validate(case, case.call(base_url=base_url), base_url=base_url)
 
 
 def test_workflows(base_url: str) -> None:
@@ -120,7 +137,7 @@ def test_workflows(base_url: str) -> None:
 
     class Workflows(schema.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
-            return {"base_url": base_url, "timeout": 30}
+            return {"base_url": base_url}  # timeouts are in CONFIG, per operation
 
         def validate_response(  # type: ignore[override]
             self, response: Any, case: schemathesis.Case, additional_checks: object = None, **kwargs: Any

@@ -1,18 +1,22 @@
 """GET /openapi.json: a valid OpenAPI 3.1 document that names every route the app serves,
-and that real answers, every status a test can bring about, conform to."""
+and that real answers, every status a test can bring about, conform to.
+
+A live feed never ends by itself, so it is held open while things happen, and what it sent
+by then (its headers and each event) is checked as it is closed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
@@ -21,14 +25,16 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from chat.app import Sidechat
 from chat.config import Settings
+from chat.limits import TYPING_RATE
 from chat.openapi import document
 from chat.sse import SSEDecoder
-from tests.live import serve, until
+from tests.live import Event, EventReader, serve, until
 
 pytestmark = pytest.mark.anyio
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 TOKEN = "openapi-token-0123456789abcdef"
+MEMBER_TOKEN = "openapi-member-token-0123456789"
 BASE = "urn:sidechat:openapi"  # the document's URI, for the schemas' $refs
 JSON = {"content-type": "application/json"}
 
@@ -65,6 +71,24 @@ def documented_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
     }
 
 
+def content_schema(
+    validator: Any, schema: dict[str, Any], instance: object, parent: dict[str, Any]
+) -> Iterator[ValidationError]:
+    """`contentSchema`, which JSON Schema only annotates, checked as schemathesis checks it:
+    a feed event's `data` is the JSON its kind of event says."""
+    if parent.get("contentMediaType") != "application/json" or not isinstance(instance, str):
+        return
+    try:
+        parsed = json.loads(instance)
+    except ValueError as exc:
+        yield ValidationError(f"not JSON: {exc}")
+        return
+    yield from validator.descend(parsed, schema)
+
+
+Validator = validators.extend(Draft202012Validator, {"contentSchema": content_schema})
+
+
 def pointer(*parts: str) -> str:
     return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in parts)
 
@@ -88,7 +112,7 @@ class Conformance:
         return node
 
     def errors(self, instance: object, *at: str) -> list[str]:
-        validator = Draft202012Validator(
+        validator = Validator(
             {"$ref": BASE + "#" + pointer(*at)},
             registry=self.registry,
             format_checker=Draft202012Validator.FORMAT_CHECKER,
@@ -188,6 +212,22 @@ def test_an_answer_the_document_does_not_describe_fails_the_check(doc: dict[str,
         gone = {"error": {"type": "conflict", "message": "…", "status": "completed"}}
         check("DELETE", "/api/conversations/{conversation_id}", httpx.Response(404, headers=ok, json=gone))
 
+    def feed(*events: bytes) -> httpx.Response:
+        return httpx.Response(
+            200, headers={**ok, "content-type": "text/event-stream"}, content=b"".join(events)
+        )
+
+    deleted = b'event: conversation.deleted\ndata: {"conversation_id": 1}\nid: 7\n\n'
+    check("GET", "/api/events", feed(b"retry: 3000\n\n", deleted, b": ping\n\n"))
+    with pytest.raises(AssertionError, match="does not allow"):  # data that is not what its kind holds
+        check("GET", "/api/events", feed(b'event: conversation.deleted\ndata: {"id": 1}\nid: 7\n\n'))
+    with pytest.raises(AssertionError, match="does not allow"):  # not JSON at all
+        check("GET", "/api/events", feed(b"event: conversation.deleted\ndata: {1}\nid: 7\n\n"))
+    with pytest.raises(AssertionError, match="does not allow"):  # an event to resume after, without an id
+        check("GET", "/api/events", feed(b'event: conversation.deleted\ndata: {"conversation_id": 1}\n\n'))
+    with pytest.raises(AssertionError, match="does not allow"):  # a conversation feed's kind of event
+        check("GET", "/api/events", feed(b'event: presence\ndata: {"users": []}\nid: 7\n\n'))
+
 
 async def test_the_served_document_is_the_one_built_for_its_settings(tmp_path: Path) -> None:
     settings = settings_in(tmp_path, max_message_chars=500)
@@ -218,6 +258,54 @@ class Caller:
         assert response.status_code == expect, (method, url or path, response.status_code, response.text)
         self.conformance.check(method, path, response)
         return response
+
+    @asynccontextmanager
+    async def follow(self, path: str, *, url: str | None = None, **kwargs: Any) -> AsyncIterator[Following]:
+        """A live feed, held open while the block runs; what it sent is checked as it closes."""
+        async with self.client.stream("GET", url or path, **kwargs) as response:
+            assert response.status_code == 200, (
+                path,
+                response.status_code,
+                (await response.aread()).decode(),
+            )
+            following = Following(response)
+            yield following
+        self.conformance.check("GET", path, following.read_so_far())
+
+
+class Following:
+    """A live feed being read: its events one at a time, as they come."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.reader = EventReader(response)
+        self.pending: list[Event] = []  # read along with an earlier one, not yet taken
+
+    async def next(self) -> Event:
+        if not self.pending:
+            self.pending = (await self.reader.read(until=1)).events
+            assert self.pending, f"the feed ended after {self.reader.transcript.names}"
+        return self.pending.pop(0)
+
+    async def expect(self, *names: str) -> list[Event]:
+        """The next events, which must be these."""
+        events = [await self.next() for _ in names]
+        assert [e.event for e in events] == list(names), self.reader.transcript.names
+        return events
+
+    async def through(self, name: str) -> list[Event]:
+        """The next events, up to and with the first called `name`."""
+        events = [await self.next()]
+        while events[-1].event != name:
+            events.append(await self.next())
+        return events
+
+    async def ends(self) -> None:
+        rest = self.pending + (await self.reader.read()).events
+        assert not rest, f"the feed went on: {[e.event for e in rest]}"
+
+    def read_so_far(self) -> httpx.Response:
+        transcript = self.reader.transcript
+        return httpx.Response(transcript.status, headers=transcript.headers, content=transcript.raw)
 
 
 async def reply_finished(client: httpx.AsyncClient, conversation: str) -> bool:
@@ -294,16 +382,90 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
         await call("GET", messages, url=f"{one}/messages?after_id=x", expect=422)
         await call("GET", messages, url="/api/conversations/999/messages", expect=404)
 
+        members, member = f"{conversation_path}/members", f"{conversation_path}/members/{{user}}"
+        await call("POST", members, url=f"{one}/members", expect=201, json={"user": "bob"})
+        await call("POST", members, url=f"{one}/members", expect=200, json={"user": "bob"})
+        await call("POST", members, url=f"{one}/members", expect=422, json={"user": "local"})
+        await call("POST", members, url=f"{one}/members", expect=415, content=b"{}")
+        await call("POST", members, url="/api/conversations/999/members", expect=404, json={"user": "bob"})
+        await call("GET", members, url=f"{one}/members", expect=200)
+        await call("GET", members, url="/api/conversations/999/members", expect=404)
+        await call("DELETE", member, url=f"{one}/members/bob", expect=204)
+        await call("DELETE", member, url=f"{one}/members/bob", expect=404)
+
         await call("DELETE", conversation_path, url=one, expect=204)
         await call("DELETE", conversation_path, url=one, expect=404)
 
+        await follow_a_conversation(call)
+        feed, typing = f"{conversation_path}/events", f"{conversation_path}/typing"
+        await call("GET", "/api/events", expect=422, headers={"last-event-id": "soon"})
+        await call("GET", feed, url="/api/conversations/999/events", expect=404)
+        await call("GET", feed, url=f"{one}/events?last_event_id=x", expect=422)
+        await call("POST", typing, url="/api/conversations/999/typing", expect=404, json={"typing": True})
+        made = await client.post("/api/conversations", json={})
+        other = f"/api/conversations/{made.json()['conversation']['id']}"
+        for refused in ({}, {"typing": "yes"}, {"typing": None}, []):
+            await call("POST", typing, url=f"{other}/typing", expect=422, json=refused)
+        await call("POST", typing, url=f"{other}/typing", expect=400, content=b"{", headers=JSON)
+        await call("POST", typing, url=f"{other}/typing", expect=413, content=b" " * 5000, headers=JSON)
+        await call("POST", typing, url=f"{other}/typing", expect=415, content=b'{"typing": true}')
+
         foreign = {"host": "rebinding.example"}
-        for path in ("/openapi.json", "/", "/api/providers"):
+        for path in ("/openapi.json", "/", "/api/providers", "/api/events"):
             await call("GET", path, expect=400, headers=foreign)
         await call("POST", "/api/chat", expect=400, headers=foreign, json={"message": "hi"})
 
     operations = {(method, path) for method, path, _ in conformance.seen}
     assert operations == {(m, p) for p, m in documented_operations(conformance.doc)}
+
+
+async def follow_a_conversation(call: Caller) -> None:
+    """Both feeds open while a conversation is made, typed in, talked in, renamed and deleted;
+    then the user feed resumed after its first event, and from before its window."""
+    one_path = "/api/conversations/{conversation_id}"
+    feed_path, typing_path = f"{one_path}/events", f"{one_path}/typing"
+    async with call.follow("/api/events") as mine:
+        made = (await call("POST", "/api/conversations", expect=201, json={"title": "live"})).json()
+        cid = made["conversation"]["id"]
+        one = one_path.replace("{conversation_id}", str(cid))
+        (created,) = await mine.expect("conversation.created")
+        assert created.data == made
+        async with call.follow(feed_path, url=f"{one}/events") as room:
+            (presence,) = await room.expect("presence")
+            assert presence.data == {"users": ["local"]}
+            for typing in (True, False):
+                await call("POST", typing_path, url=f"{one}/typing", expect=204, json={"typing": typing})
+            typed = await room.expect("typing", "typing")
+            assert [e.data for e in typed] == [{"user": "local", "typing": t} for t in (True, False)]
+
+            chat = {"message": "hello", "conversation_id": cid}
+            accepted = (await call("POST", "/api/chat", expect=202, json=chat)).json()
+            turn = ["message.created", "generation.started", "generation.finished"]
+            told = await mine.through("generation.finished")
+            assert [e.event for e in told] == turn
+            shown = await room.through("generation.finished")
+            assert [e.event for e in shown if e.event != "token"] == turn
+            assert told[1].data == shown[1].data and told[1].data["stream_url"] == accepted["stream_url"]
+            reply = (await call.client.get(one)).json()["messages"][-1]
+            assert "".join(e.data["text"] for e in shown if e.event == "token") == reply["content"]
+
+            await call("PATCH", one_path, url=one, expect=200, json={"title": "renamed"})
+            for feed in (mine, room):
+                (updated,) = await feed.expect("conversation.updated")
+                assert updated.data["conversation"]["title"] == "renamed"
+            await call("DELETE", one_path, url=one, expect=204)
+            for feed in (mine, room):
+                (deleted,) = await feed.expect("conversation.deleted")
+                assert deleted.data == {"conversation_id": cid}
+            await room.ends()
+
+    assert created.id is not None
+    async with call.follow("/api/events", headers={"last-event-id": created.id}) as resumed:
+        again = await resumed.through("conversation.deleted")
+        assert [e.event for e in again] == [*turn, "conversation.updated", "conversation.deleted"]
+    async with call.follow("/api/events", url="/api/events?last_event_id=1") as late:
+        (reset,) = await late.expect("reset")
+        assert reset.id is None
 
 
 async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, conformance: Conformance) -> None:
@@ -316,10 +478,13 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
         accepted = (await call("POST", "/api/chat", expect=202, json={"message": "a long one"})).json()
         attach = "/api/messages/{message_id}/stream"
         mine = attach.replace("{message_id}", str(accepted["message_id"]))
+        one = f"/api/conversations/{accepted['conversation_id']}"
         async with client.stream("GET", mine) as held:  # the user's one open stream
             assert held.status_code == 200
             await call("GET", attach, url=mine, expect=503)
             await call("POST", "/api/chat/stream", expect=503, json={"message": "another"})
+            await call("GET", "/api/events", expect=503)
+            await call("GET", "/api/conversations/{conversation_id}/events", url=f"{one}/events", expect=503)
         cancel = "/api/messages/{message_id}/cancel"
         await call(
             "POST", cancel, url=cancel.replace("{message_id}", str(accepted["message_id"])), expect=200
@@ -329,6 +494,16 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
         await call("POST", "/api/chat", expect=429, json={"message": "four"})
         await call("POST", "/api/chat/stream", expect=429, json={"message": "five"})
         conformance.check("POST", "/api/chat", await half_a_body(url))
+
+        # Typing updates have a rate of their own; it is reached in a burst of a few.
+        typing = "/api/conversations/{conversation_id}/typing"
+        answers = []
+        for _ in range(3 * TYPING_RATE[0]):
+            answers.append(await client.post(f"{one}/typing", json={"typing": True}))
+            conformance.check("POST", typing, answers[-1])
+            if answers[-1].status_code != 204:
+                break
+        assert [a.status_code for a in answers] == [204] * (len(answers) - 1) + [429]
 
 
 async def half_a_body(url: str) -> httpx.Response:
@@ -349,12 +524,46 @@ async def half_a_body(url: str) -> httpx.Response:
 
 
 async def test_refusals_with_tokens_conform_to_the_document(tmp_path: Path, conformance: Conformance) -> None:
-    settings = settings_in(tmp_path, api_tokens=((TOKEN, "alice"),))
+    settings = settings_in(tmp_path, api_tokens=((TOKEN, "alice"), (MEMBER_TOKEN, "bob")))
     async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         call = Caller(client, conformance)
         await call("GET", "/api/conversations", expect=401)
         await call("GET", "/api/providers", expect=401, headers={"authorization": "Bearer wrong"})
         await call("POST", "/api/chat", expect=401, json={"message": "hi"})
+        await call("GET", "/api/events", expect=401)
+        await call(
+            "POST",
+            "/api/conversations/{conversation_id}/typing",
+            url="/api/conversations/1/typing",
+            expect=401,
+            json={"typing": True},
+        )
         await call("GET", "/api/conversations", expect=200, headers={"authorization": f"Bearer {TOKEN}"})
         await call("GET", "/healthz", expect=200)  # the probes and the page stay open
         await call("GET", "/", expect=200)
+
+        # A member is refused what only the owner may do.
+        owner, member = ({"authorization": f"Bearer {token}"} for token in (TOKEN, MEMBER_TOKEN))
+        made = await client.post("/api/conversations", json={"title": "shared"}, headers=owner)
+        one = f"/api/conversations/{made.json()['conversation']['id']}"
+        await client.post(f"{one}/members", json={"user": "bob"}, headers=owner)
+        conversation_path = "/api/conversations/{conversation_id}"
+        members, user = f"{conversation_path}/members", f"{conversation_path}/members/{{user}}"
+        await call("GET", members, url=f"{one}/members", expect=200, headers=member)
+        await call("PATCH", conversation_path, url=one, expect=403, json={"title": "x"}, headers=member)
+        await call("DELETE", conversation_path, url=one, expect=403, headers=member)
+        await call("POST", members, url=f"{one}/members", expect=403, json={"user": "carol"}, headers=member)
+        await call("DELETE", user, url=f"{one}/members/bob", expect=403, headers=member)
+
+        # A member follows it and types in it; a conversation not shared is a 404 to them.
+        feed, typing = f"{conversation_path}/events", f"{conversation_path}/typing"
+        async with call.follow(feed, url=f"{one}/events", headers=member) as room:
+            (presence,) = await room.expect("presence")
+            assert presence.data == {"users": ["bob"]}
+            await call("POST", typing, url=f"{one}/typing", expect=204, json={"typing": True}, headers=member)
+            (typed,) = await room.expect("typing")
+            assert typed.data == {"user": "bob", "typing": True}
+        mine = await client.post("/api/conversations", json={"title": "alice only"}, headers=owner)
+        private = f"/api/conversations/{mine.json()['conversation']['id']}"
+        await call("GET", feed, url=f"{private}/events", expect=404, headers=member)
+        await call("POST", typing, url=f"{private}/typing", expect=404, json={"typing": True}, headers=member)
