@@ -3,7 +3,8 @@
 Built from plain dicts: each operation names its own answers, and `operation()` adds
 what every route shares (the request id both ways, the Host check's 400, and on /api
 the bearer token and its 401). The reusable parts are in `chat.openapi_schemas` (bodies),
-`chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`.
+`chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`; sharing and
+the live feeds are in `chat.openapi_feeds`.
 `tests/test_openapi.py` holds the document to the routes the app serves and to real
 responses, and `tests/test_fuzz.py` fuzzes the API from it.
 
@@ -33,68 +34,26 @@ from starlette.routing import Route
 
 from .cli import package_version
 from .config import Settings
+from .openapi_feeds import feed_schemas, sync_paths
 from .openapi_parameters import HEADERS, PARAMETERS, SECURITY_SCHEMES
 from .openapi_responses import (
     BODY_ERRORS,
     OWNER_ONLY,
     TURN_ERRORS,
-    Errors,
     answer,
+    array,
     conversation_links,
-    error_response,
     event_stream,
-    feed,
-    json_body,
+    operation,
     reply_links,
 )
-from .openapi_schemas import Schema, closed, nullable, ref, schemas
-
-
-def array(name: str) -> Schema:
-    return {"type": "array", "items": ref("schemas", name)}
-
-
-def operation(
-    name: str,
-    summary: str,
-    answers: dict[int, dict[str, Any]],
-    errors: Errors | None = None,
-    *,
-    parameters: tuple[str, ...] = (),
-    body: Schema | None = None,
-    body_required: bool = True,
-    guarded: bool = True,
-    probe: bool = False,
-) -> dict[str, Any]:
-    """One operation, with what every route shares added to what is its own."""
-    errors = dict(errors or {})
-    if not probe:  # a foreign Host is refused before routing, but not for the probes
-        errors[400] = ("invalid_host", *errors.get(400, ()))
-    if guarded:
-        errors[401] = ("unauthorized",)
-    responses = {**answers, **{status: error_response(status, types) for status, types in errors.items()}}
-    for response in responses.values():
-        response.setdefault("headers", {})["X-Request-ID"] = ref("headers", "RequestId")
-    op: dict[str, Any] = {
-        "operationId": name,
-        "summary": summary,
-        "parameters": [ref("parameters", p) for p in (*parameters, "RequestId")],
-        "responses": {str(status): responses[status] for status in sorted(responses)},
-    }
-    if body is not None:
-        op["requestBody"] = {"required": body_required, "content": json_body(body)}
-    if guarded:
-        op["security"] = [{"bearer": []}]
-    return op
+from .openapi_schemas import closed, nullable, ref, schemas
 
 
 def paths() -> dict[str, Any]:
     chat_body, conversation_body = ref("schemas", "ChatBody"), ref("schemas", "ConversationBody")
     conversation = closed({"conversation": ref("schemas", "Conversation")})
     message = closed({"message": ref("schemas", "Message")})
-    members = ref("schemas", "Members")
-    member = {"conversation_id": "$request.path.conversation_id", "user": "$request.body#/user"}
-    member_links = {"remove_member": {"operationId": "remove_member", "parameters": member}}
     return {
         "/api/chat/stream": {
             "post": operation(
@@ -180,72 +139,7 @@ def paths() -> dict[str, Any]:
                 body_required=False,
             ),
         },
-        # Sharing comes before the conversation's own routes: the fuzz (tests/test_fuzz.py) runs
-        # them in this order, and after its deletes there would be nothing left to share.
-        "/api/conversations/{conversation_id}/members": {
-            "get": operation(
-                "list_members",
-                "Who shares it: its owner and its members",
-                {200: answer("the owner and the members", members)},
-                {404: ("not_found",)},
-                parameters=("ConversationId",),
-            ),
-            "post": operation(
-                "add_member",
-                "Share it with a user, who may then read it, post, attach, cancel and subscribe",
-                {
-                    200: answer("a member already; nothing changed", members),
-                    201: answer("added", members, links=member_links),
-                },
-                {**BODY_ERRORS, **OWNER_ONLY, 503: ("storage_unavailable",)},
-                parameters=("ConversationId",),
-                body=ref("schemas", "MemberBody"),
-            ),
-        },
-        "/api/conversations/{conversation_id}/members/{user}": {
-            "delete": operation(
-                "remove_member",
-                "Stop sharing it with a member",
-                {204: answer("removed: every route of the conversation is a 404 to them again")},
-                {**OWNER_ONLY, 503: ("storage_unavailable",)},
-                parameters=("ConversationId", "MemberUser"),
-            )
-        },
-        # Live sync (`chat.sync`): before the conversation's own routes too, for the same reason.
-        "/api/events": {
-            "get": operation(
-                "user_events",
-                "Your live feed: what changes in your conversations and those shared with you",
-                {200: feed("from now, or after Last-Event-ID; it never ends by itself", "UserEvent")},
-                {422: ("invalid_request",), 503: ("too_many_connections",)},
-                parameters=("LastEventId", "LastEventIdQuery"),
-            )
-        },
-        "/api/conversations/{conversation_id}/events": {
-            "get": operation(
-                "conversation_events",
-                "A conversation's live feed: its messages, its replies' tokens, presence, typing",
-                {
-                    200: feed(
-                        "from now, or after Last-Event-ID; it ends only after `conversation.deleted`,"
-                        " or when you are no longer a member",
-                        "ConversationEvent",
-                    )
-                },
-                {404: ("not_found",), 422: ("invalid_request",), 503: ("too_many_connections",)},
-                parameters=("ConversationId", "LastEventId", "LastEventIdQuery"),
-            )
-        },
-        "/api/conversations/{conversation_id}/typing": {
-            "post": operation(
-                "typing",
-                "Say you are typing in it, or have stopped: its feed tells the others",
-                {204: answer("said, to whoever follows the conversation's feed")},
-                {**BODY_ERRORS, 404: ("not_found",), 429: ("rate_limited",)},
-                parameters=("ConversationId",),
-                body=ref("schemas", "TypingBody"),
-            )
-        },
+        **sync_paths(),
         "/api/conversations/{conversation_id}": {
             "get": operation(
                 "get_conversation",
@@ -361,7 +255,7 @@ def document(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths(),
         "components": {
-            "schemas": schemas(settings),
+            "schemas": {**schemas(settings), **feed_schemas()},
             "parameters": PARAMETERS,
             "headers": HEADERS,
             "securitySchemes": SECURITY_SCHEMES,

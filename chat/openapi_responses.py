@@ -146,3 +146,41 @@ def event_stream(description: str) -> dict[str, Any]:
             **reply_links("$response.header.X-Message-ID"),
         },
     }
+
+
+def array(name: str) -> Schema:
+    return {"type": "array", "items": ref("schemas", name)}
+
+
+def operation(
+    name: str,
+    summary: str,
+    answers: dict[int, dict[str, Any]],
+    errors: Errors | None = None,
+    *,
+    parameters: tuple[str, ...] = (),
+    body: Schema | None = None,
+    body_required: bool = True,
+    guarded: bool = True,
+    probe: bool = False,
+) -> dict[str, Any]:
+    """One operation, with what every route shares added to what is its own."""
+    errors = dict(errors or {})
+    if not probe:  # a foreign Host is refused before routing, but not for the probes
+        errors[400] = ("invalid_host", *errors.get(400, ()))
+    if guarded:
+        errors[401] = ("unauthorized",)
+    responses = {**answers, **{status: error_response(status, types) for status, types in errors.items()}}
+    for response in responses.values():
+        response.setdefault("headers", {})["X-Request-ID"] = ref("headers", "RequestId")
+    op: dict[str, Any] = {
+        "operationId": name,
+        "summary": summary,
+        "parameters": [ref("parameters", p) for p in (*parameters, "RequestId")],
+        "responses": {str(status): responses[status] for status in sorted(responses)},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": body_required, "content": json_body(body)}
+    if guarded:
+        op["security"] = [{"bearer": []}]
+    return op
