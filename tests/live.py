@@ -120,3 +120,15 @@ async def chat_stream(
 ) -> Transcript:
     async with client.stream("POST", "/api/chat/stream", json=body, headers=headers) as response:
         return await read_stream(response)
+
+
+async def half_a_body(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A POST /api/chat whose body stops halfway, on a socket of its own, left open."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        b'content-length: 100\r\n\r\n{"message": "half'
+    )
+    await writer.drain()
+    return reader, writer

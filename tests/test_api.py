@@ -14,7 +14,7 @@ import pytest
 
 from chat.config import Settings
 from chat.providers.demo import demo_reply
-from tests.live import chat_stream, serve, until
+from tests.live import chat_stream, half_a_body, serve, until
 
 pytestmark = pytest.mark.anyio
 
@@ -388,13 +388,7 @@ async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(
 async def test_a_body_that_never_finishes_arriving_is_408_and_the_connection_closed(tmp_path: Path) -> None:
     settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", body_timeout=0.2)
     async with serve(settings) as url:
-        host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            b'content-length: 100\r\n\r\n{"message": "half'
-        )
-        await writer.drain()
+        reader, writer = await half_a_body(url)
         answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the end: the server closes
         writer.close()
         async with httpx.AsyncClient(base_url=url) as client:
@@ -449,14 +443,8 @@ async def test_a_bad_page_is_422(client: httpx.AsyncClient, params: dict[str, ob
 async def test_an_aborted_upload_is_one_line_in_the_log(
     client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    host, port = str(client.base_url.host), int(client.base_url.port or 0)
     with caplog.at_level(logging.INFO):
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(
-            b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b'Content-Length: 1000\r\n\r\n{"message": "hal'
-        )
-        await writer.drain()
+        _, writer = await half_a_body(str(client.base_url).rstrip("/"))
         writer.close()
         await writer.wait_closed()
         await until(lambda: "went away before its body had arrived" in caplog.text, what="the log line")

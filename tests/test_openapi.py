@@ -28,7 +28,7 @@ from chat.config import Settings
 from chat.limits import TYPING_RATE
 from chat.openapi import document
 from chat.sse import SSEDecoder
-from tests.live import Event, EventReader, serve, until
+from tests.live import Event, EventReader, half_a_body, serve, until
 
 pytestmark = pytest.mark.anyio
 
@@ -493,7 +493,7 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
         await call("POST", "/api/chat", expect=202, json={"message": "three"})
         await call("POST", "/api/chat", expect=429, json={"message": "four"})
         await call("POST", "/api/chat/stream", expect=429, json={"message": "five"})
-        conformance.check("POST", "/api/chat", await half_a_body(url))
+        conformance.check("POST", "/api/chat", await timed_out_body(url))
 
         # Typing updates have a rate of their own; it is reached in a burst of a few.
         typing = "/api/conversations/{conversation_id}/typing"
@@ -506,15 +506,9 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
         assert [a.status_code for a in answers] == [204] * (len(answers) - 1) + [429]
 
 
-async def half_a_body(url: str) -> httpx.Response:
+async def timed_out_body(url: str) -> httpx.Response:
     """A body that never finishes arriving (the server answers 408 and closes)."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    writer.write(
-        b"POST /api/chat HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-        b'content-length: 100\r\n\r\n{"message": "half'
-    )
-    await writer.drain()
+    reader, writer = await half_a_body(url)
     raw = await asyncio.wait_for(reader.read(), timeout=5)
     writer.close()
     head, _, body = raw.partition(b"\r\n\r\n")
