@@ -67,6 +67,16 @@ BEGIN
     UPDATE conversations SET updated_at = NEW.completed_at WHERE id = NEW.conversation_id;
 END;
 
+-- A regenerated reply or an edited message is a new row whose metadata names the row it
+-- `supersedes`; that row is marked `superseded_by` it in the same statement, so a turn is
+-- never half replaced.
+CREATE TRIGGER IF NOT EXISTS message_superseded AFTER INSERT ON messages
+    WHEN json_extract(NEW.metadata, '$.supersedes') IS NOT NULL
+BEGIN
+    UPDATE messages SET metadata = json_set(metadata, '$.superseded_by', NEW.id)
+    WHERE id = json_extract(NEW.metadata, '$.supersedes') AND conversation_id = NEW.conversation_id;
+END;
+
 -- /readyz writes here to learn whether the database still takes writes: one row, rewritten.
 CREATE TABLE IF NOT EXISTS readiness (
     id          INTEGER PRIMARY KEY CHECK (id = 1),

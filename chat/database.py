@@ -43,6 +43,11 @@ class KeyTaken(StoreError):
     """Another turn holds this idempotency key already (a twin request won the race)."""
 
 
+class NotLatest(StoreError):
+    """The message a write would replace is not its conversation's newest of its kind any more,
+    or its reply is still streaming: another request changed the conversation first."""
+
+
 class StorageFailed(StoreError):
     """A write that failed for a reason that can pass: a lock held elsewhere, a full disk,
     a read-only file, an I/O error. `reason` says which, in words for a user."""

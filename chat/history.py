@@ -1,10 +1,12 @@
 """What a provider is sent: the earlier completed turns and the new message.
 
-Only completed, non-empty assistant replies go back (providers reject empty
-turns, and a failed or interrupted fragment is not something the model said).
-Dropping those leaves user messages with no answer; of consecutive user messages
-only the last is kept, because it is usually the same question asked again,
-and every provider accepts strict user/assistant alternation.
+A message that was replaced (a reply generated again, an edited question: `superseded_by`
+in its metadata) is no longer part of the conversation, and is never sent. Only
+completed, non-empty assistant replies go back (providers reject empty turns, and a
+failed or interrupted fragment is not something the model said). Dropping those
+leaves user messages with no answer; of consecutive user messages only the last is
+kept, because it is usually the same question asked again, and every provider
+accepts strict user/assistant alternation.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from .records import Message
 def build_turns(earlier: Iterable[Message], text: str, *, limit: int) -> list[Turn]:
     turns: list[Turn] = []
     for message in earlier:
+        if "superseded_by" in message.metadata:
+            continue
         if message.role == "user":
             turn = Turn("user", message.content)
         elif message.role == "assistant" and message.status == "completed" and message.content.strip():

@@ -1,5 +1,6 @@
 """Every SQL statement sidechat runs, over one aiosqlite connection (those on conversations
-and their members are in `chat.store_conversations`, a base class of `Store`).
+and their members are in `chat.store_conversations`, those that replace a turn in
+`chat.store_rewrites`: base classes of `Store`).
 
 Deliberate choices:
 - One connection is the one writer (`chat.database.Database`). SQLite allows a
@@ -13,7 +14,7 @@ Deliberate choices:
   round trip (measured at ~70 us here), so a generation costs two calls when it
   is accepted and one when it ends -- and nothing per token.
 - What a caller must handle comes in the store's own terms: the conflicts
-  (`ConversationGone`, `KeyTaken`), a write that failed for a reason that can
+  (`ConversationGone`, `KeyTaken`, `NotLatest`), a write that failed for a reason that can
   pass (`StorageFailed`: locked, full, read-only, I/O), and on opening, a
   `StartupError`; so callers need not know SQL.
 """
@@ -28,14 +29,16 @@ from .database import (
     ConversationGone,
     Database,
     KeyTaken,
+    NotLatest,
     StorageFailed,
     StoreError,
     now,
 )
 from .records import Message
 from .store_conversations import VISIBLE, ConversationStore
+from .store_rewrites import RewriteStore, current
 
-__all__ = ["ConversationGone", "KeyTaken", "StorageFailed", "Store", "StoreError", "now"]
+__all__ = ["ConversationGone", "KeyTaken", "NotLatest", "StorageFailed", "Store", "StoreError", "now"]
 
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: no id is above it
@@ -64,7 +67,7 @@ def _message(row: sqlite3.Row) -> Message:
     return Message(**values)
 
 
-class Store(ConversationStore):
+class Store(RewriteStore, ConversationStore):
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -195,6 +198,27 @@ class Store(ConversationStore):
             {"conversation_id": conversation_id, "before_id": before_id, "limit": limit},
         )
         return [_message(row) for row in reversed(rows)]
+
+    async def history(self, conversation_id: int, *, limit: int, before_id: int = MAX_ID) -> list[Message]:
+        """What a provider is sent of the conversation so far: its newest `limit` messages
+        before `before_id` that were not replaced (regenerated or edited), oldest first."""
+        rows = await self._db.rows(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages m"
+            " WHERE conversation_id = :conversation_id AND id < :before_id"
+            f" AND {current('m')} ORDER BY id DESC LIMIT :limit",
+            {"conversation_id": conversation_id, "before_id": before_id, "limit": limit},
+        )
+        return [_message(row) for row in reversed(rows)]
+
+    async def newest_current(self, conversation_id: int) -> dict[str, Message]:
+        """The conversation's newest message of each role that was not replaced, by role: the
+        only ones that may be (`chat.store_rewrites`)."""
+        rows = await self._db.rows(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id IN (SELECT max(m.id) FROM messages m"
+            f" WHERE m.conversation_id = :conversation_id AND {current('m')} GROUP BY m.role)",
+            {"conversation_id": conversation_id},
+        )
+        return {row["role"]: _message(row) for row in rows}
 
     async def find_turn(
         self, user_id: str, idempotency_key: str

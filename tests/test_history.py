@@ -62,3 +62,23 @@ def test_limit_keeps_the_newest_and_starts_with_a_user_turn() -> None:
 
 def test_system_rows_are_not_turns() -> None:
     assert build_turns([msg("system", "be nice"), msg("user", "a")], "b", limit=10) == [Turn("user", "b")]
+
+
+def test_replaced_messages_are_not_part_of_the_history() -> None:
+    question, answer = msg("user", "q"), msg("assistant", "first try")
+    question.metadata["superseded_by"] = 99
+    answer.metadata["superseded_by"] = 100
+    again = msg("assistant", "second try")
+    again.metadata["superseded_by"] = 101
+    earlier = [msg("user", "a"), msg("assistant", "b"), question, answer, again]
+    assert build_turns(earlier, "q, better", limit=10) == [
+        Turn("user", "a"),
+        Turn("assistant", "b"),
+        Turn("user", "q, better"),
+    ]
+    kept = [msg("user", "a"), msg("assistant", "b"), msg("user", "q"), answer, msg("assistant", "third")]
+    assert build_turns(kept, "next", limit=10)[-3:] == [
+        Turn("user", "q"),
+        Turn("assistant", "third"),
+        Turn("user", "next"),
+    ]
