@@ -7,6 +7,11 @@ step, as event streams from the same broker the generations use.
                          `token`s tagged with its message id, presence, typing
 
 Deliberate choices:
+- A regenerated reply or an edited message is told as a new turn: `message.created` for an
+  edited message (its metadata says which it `supersedes`), none when a reply is generated
+  again (its question is not new), and `generation.started` with `supersedes`, the reply it
+  replaces. The replaced rows get no event of their own: those ids say all a client needs
+  to mark them, and `GET /api/conversations/{id}` shows them with `superseded_by`.
 - A feed exists while someone follows it, and for `SIDECHAT_FEED_REPLAY_SECONDS`
   after the last one left, so a dropped tab resumes exactly; after that, nothing is
   kept for it and publishing to it costs nothing. Its window is bounded by count and
@@ -85,13 +90,21 @@ class Feeds:
         self.to_users(users, event, data)
 
     def turn_started(
-        self, users: list[str], conversation: Conversation | None, asked: Message, reply: Message
+        self,
+        users: list[str],
+        conversation: Conversation | None,
+        asked: Message,
+        reply: Message,
+        *,
+        asked_is_new: bool = True,
     ) -> None:
-        """A turn was stored and its generation runs; `conversation` when it is new."""
+        """A turn was stored and its generation runs; `conversation` when it is new, and
+        `asked_is_new` unless a reply to an earlier message is generated again."""
         cid = reply.conversation_id
         if conversation is not None:
             self.to_users(users, "conversation.created", {"conversation": conversation.as_json()})
-        self.to_everyone(cid, users, "message.created", {"message": asked.as_json()})
+        if asked_is_new:
+            self.to_everyone(cid, users, "message.created", {"message": asked.as_json()})
         started = {
             "conversation_id": cid,
             "message_id": reply.id,
@@ -100,6 +113,8 @@ class Feeds:
             "model": reply.metadata.get("model"),
             "stream_url": f"/api/messages/{reply.id}/stream",
         }
+        if "supersedes" in reply.metadata:
+            started["supersedes"] = reply.metadata["supersedes"]
         self.to_everyone(cid, users, "generation.started", started)
 
     def turn_finished(self, users: list[str], final: Message) -> None:

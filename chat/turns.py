@@ -12,13 +12,16 @@ Deliberate choices:
   key reused for a different request is refused rather than answered wrongly.
 - A conversation's model goes with its provider: a turn that names another
   provider gets that provider's default model, not the conversation's.
+- A turn replaced (a reply generated again, the last message edited) is `chat.rewrites`;
+  it shares the admission, the choice of model and the start of the reply made here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 
 from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
@@ -70,6 +73,14 @@ def title_from(text: str) -> str:
     return title if len(title) <= TITLE_CHARS else title[: TITLE_CHARS - 1].rstrip() + "…"
 
 
+@dataclass(slots=True)
+class Slot:
+    """One of `user`'s running replies, admitted by the limits; a generation takes it over."""
+
+    user: str
+    taken: bool = False
+
+
 def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderInfo:
     info = providers.get(name)
     if info is None:
@@ -80,8 +91,20 @@ def choose_provider(providers: dict[str, ProviderInfo], name: str) -> ProviderIn
     return info
 
 
-async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
-    """Store the turn and start its generation, or find the one a retry asks for."""
+def choose_model(
+    services: Services, provider: str | None, model: str | None, usual: tuple[str | None, str | None]
+) -> tuple[ProviderInfo, str]:
+    """The provider and model a reply is made with: those asked for, else the `usual` ones
+    (the conversation's, or the replaced reply's), else the server's; a model goes with its
+    provider."""
+    usual_provider, usual_model = usual
+    info = choose_provider(services.providers, provider or usual_provider or services.settings.provider)
+    same_provider = usual_provider in (None, info.name)
+    return info, model or (usual_model if same_provider else None) or info.default_model
+
+
+def refuse_when_busy(services: Services) -> None:
+    """No new reply while shutting down, or while too many wait for the database."""
     if services.generations.closing:
         raise ServiceUnavailable("the server is shutting down; try again shortly", retry_after=5)
     if services.generations.keeper.full:
@@ -90,45 +113,87 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
             retry_after=5,
             cause="the database is refusing writes",
         )
+
+
+@contextmanager
+def admitted(services: Services, user: str) -> Iterator[Slot]:
+    """A slot for one more running reply of `user`'s (else `RateLimited`), given back on the
+    way out unless a generation took it (`start_reply`), which gives it back as it ends."""
+    services.limits.admit_generation(user)
+    slot = Slot(user)
+    try:
+        yield slot
+    finally:
+        if not slot.taken:
+            services.limits.generation_ended(user)
+
+
+def start_reply(
+    services: Services,
+    slot: Slot,
+    info: ProviderInfo,
+    request: ChatRequest,
+    asked: Message,
+    reply: Message,
+    *,
+    audience: list[str],
+    created: Conversation | None = None,
+    asked_is_new: bool = True,
+) -> AcceptedTurn:
+    """Run the generation of `reply` (stored, `streaming`) to `asked`, and tell the feeds of
+    everyone in `audience`; `created` when the conversation is new."""
+    assert info.provider is not None
+
+    def ended(generation: Generation) -> None:
+        services.limits.generation_ended(slot.user)
+        if (final := generation.final_row()) is not None:
+            services.feeds.turn_finished(audience, final)
+
+    services.generations.start(
+        info.provider,
+        request,
+        reply,
+        user_message_id=asked.id,
+        stop_when_abandoned=services.settings.on_disconnect == "cancel",
+        on_end=ended,
+    )
+    slot.taken = True
+    services.feeds.turn_started(audience, created, asked, reply, asked_is_new=asked_is_new)
+    return AcceptedTurn(asked.id, reply)
+
+
+async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
+    """Store the turn and start its generation, or find the one a retry asks for."""
+    refuse_when_busy(services)
     store = services.store
     conversation: Conversation | None = None
     if ask.conversation_id is not None:
         conversation = await store.get_conversation(ask.user, ask.conversation_id)
         if conversation is None:
             raise NotFound(f"conversation {ask.conversation_id} not found")
-
-    asked = ask.provider or (conversation and conversation.provider) or services.settings.provider
-    info = choose_provider(services.providers, asked)
-    same_provider = conversation is not None and conversation.provider in (None, info.name)
-    model = (
-        ask.model or (conversation.model if conversation and same_provider else None) or info.default_model
-    )
+    usual = (conversation.provider, conversation.model) if conversation else (None, None)
+    info, model = choose_model(services, ask.provider, ask.model, usual)
 
     key = f"{ask.user}:{ask.idempotency_key}" if ask.idempotency_key else None
     fingerprint = ask.fingerprint() if key else None
     if key and (first := await store.find_turn(ask.user, key)):
         return _retried(first, fingerprint)  # a retry: no new reply, so no limit applies
 
-    services.limits.admit_generation(ask.user)  # given back when the generation ends
-    started = False
-    try:
-        accepted, started = await _store_and_start(services, ask, conversation, info, model, key, fingerprint)
-        return accepted
-    finally:
-        if not started:
-            services.limits.generation_ended(ask.user)
+    with admitted(services, ask.user) as slot:
+        return await _store_and_start(services, slot, ask, conversation, info, model, key, fingerprint)
 
 
 async def _store_and_start(
     services: Services,
+    slot: Slot,
     ask: TurnRequest,
     conversation: Conversation | None,
     info: ProviderInfo,
     model: str,
     key: str | None,
     fingerprint: str | None,
-) -> tuple[AcceptedTurn, bool]:
-    """The stored turn, and whether its generation was started here (not by a twin)."""
+) -> AcceptedTurn:
+    """The stored turn, its generation started with `slot`; or a twin's, which has its own."""
     store = services.store
     created = conversation is None
     if conversation is None:
@@ -140,7 +205,7 @@ async def _store_and_start(
         if conversation.title is None:
             owner = conversation.user_id  # a member's first message titles it too
             await store.update_conversation(owner, conversation.id, {"title": title_from(ask.message)})
-        earlier = await store.recent_messages(conversation.id, limit=services.settings.history_messages)
+        earlier = await store.history(conversation.id, limit=services.settings.history_messages)
     try:
         user_message, reply = await store.start_turn(
             conversation.id,
@@ -161,9 +226,8 @@ async def _store_and_start(
         twin = await store.find_turn(ask.user, key or "")
         if twin is None:  # and its conversation is gone already
             raise NotFound(f"conversation {conversation.id} not found") from None
-        return _retried(twin, fingerprint), False
+        return _retried(twin, fingerprint)
 
-    assert info.provider is not None
     # Everyone the conversation is shown to, read before the reply starts so that the feeds
     # announce it before its first token.
     audience = [ask.user] if created else [conversation.user_id, *await store.members(conversation.id)]
@@ -174,22 +238,10 @@ async def _store_and_start(
         temperature=ask.temperature,
         max_tokens=ask.max_tokens,
     )
-
-    def ended(generation: Generation) -> None:
-        services.limits.generation_ended(ask.user)
-        if (final := generation.final_row()) is not None:
-            services.feeds.turn_finished(audience, final)
-
-    services.generations.start(
-        info.provider,
-        request,
-        reply,
-        user_message_id=user_message.id,
-        stop_when_abandoned=services.settings.on_disconnect == "cancel",
-        on_end=ended,
+    created_one = conversation if created else None
+    return start_reply(
+        services, slot, info, request, user_message, reply, audience=audience, created=created_one
     )
-    services.feeds.turn_started(audience, conversation if created else None, user_message, reply)
-    return AcceptedTurn(user_message.id, reply), True
 
 
 def _retried(first: tuple[Message, Message, str | None], fingerprint: str | None) -> AcceptedTurn:

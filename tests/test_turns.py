@@ -55,7 +55,7 @@ class Providers:
 class VanishingStore(Store):
     """A store whose conversation is deleted between being read and the turn being stored."""
 
-    async def recent_messages(self, conversation_id: int, *, limit: int, before_id: int = 0) -> list[Message]:
+    async def history(self, conversation_id: int, *, limit: int, before_id: int = 0) -> list[Message]:
         await self.delete_conversation("alice", conversation_id)
         return []
 
