@@ -3,15 +3,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 import trustme
+from playwright.async_api import Browser
 
 from chat.config import Settings
+from tests.browser import Console, chromium
 from tests.fakeupstream import FakeUpstream
 from tests.live import serve, until
 from tests.processes import free_port
@@ -107,3 +109,18 @@ async def tls_upstream(authority: trustme.CA) -> AsyncIterator[FakeUpstream]:
     authority.issue_cert("localhost", "127.0.0.1").configure_cert(context)
     async with FakeUpstream(tls=context) as fake:
         yield fake
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless (tests/browser.py)."""
+    async with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def console() -> Iterator[Console]:
+    """The browser console of every page a test opens: it must stay free of errors."""
+    watched = Console()
+    yield watched
+    assert not watched.problems, "the page logged problems:\n" + "\n".join(watched.problems)
