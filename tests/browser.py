@@ -67,6 +67,14 @@ class Console:
 
     def __init__(self) -> None:
         self.problems: list[str] = []
+        self.allowed: list[str] = []
+
+    def allow(self, *fragments: str) -> None:
+        """Problems a test causes on purpose (a connection it cuts, a 401 it asks for)."""
+        self.allowed.extend(fragments)
+
+    def unexpected(self) -> list[str]:
+        return [p for p in self.problems if not any(fragment in p for fragment in self.allowed)]
 
     def watch(self, page: Page) -> Page:
         page.on("console", self._logged)

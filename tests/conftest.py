@@ -123,4 +123,5 @@ def console() -> Iterator[Console]:
     """The browser console of every page a test opens: it must stay free of errors."""
     watched = Console()
     yield watched
-    assert not watched.problems, "the page logged problems:\n" + "\n".join(watched.problems)
+    problems = watched.unexpected()
+    assert not problems, "the page logged problems:\n" + "\n".join(problems)

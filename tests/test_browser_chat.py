@@ -143,8 +143,9 @@ async def test_escape_stops_and_shift_enter_breaks_the_line(
 
 
 async def test_a_dropped_connection_resumes_without_repeating_text(
-    browser: Browser, page: Page, upstream: FakeUpstream, tmp_path: Path
+    browser: Browser, page: Page, upstream: FakeUpstream, tmp_path: Path, console: Console
 ) -> None:
+    console.allow("net::ERR_")  # the cut connections themselves
     hold = asyncio.Event()
     upstream.add(held_reply("First half.", " Second half.", hold=hold))
     async with sidechat(browser, settings_for(upstream, tmp_path)) as url:
