@@ -59,6 +59,13 @@ FOREIGN_HOST = JSONResponse(
 )
 
 
+def route_path(scope: Scope) -> str:
+    """The path as the routes see it: below the prefix the app is served under (`root_path`,
+    as `uvicorn --root-path /chat` or a proxy sets it), which is in `path` too."""
+    path, prefix = scope["path"], scope.get("root_path", "")
+    return path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
+
+
 class Sidechat:
     """Every HTTP request passes, in order: its request id; the Host check (not for the
     probes); CORS, when configured; the gate, which finds the user or answers 401; the routes."""
@@ -94,7 +101,7 @@ class Sidechat:
         else:
             scope[REQUEST_ID] = value = request_id(scope)
             send = stamped(send, value)
-            if scope["path"] not in PROBES and not self.hosts.allow(scope):
+            if route_path(scope) not in PROBES and not self.hosts.allow(scope):
                 await FOREIGN_HOST(scope, receive, send)
             else:
                 await self.checked(scope, receive, send)
@@ -102,7 +109,7 @@ class Sidechat:
     async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.gate.on:
             scope[USER] = LOCAL_USER
-        elif self.gate.guards(scope["path"]):
+        elif self.gate.guards(route_path(scope)):
             user = self.gate.user(scope)
             if user is None:
                 body, challenge = unauthorized_body(scope)

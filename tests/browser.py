@@ -15,14 +15,10 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Error, Page, async_playwright
-from starlette.responses import PlainTextResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import create_app
 from chat.config import Settings
-from tests.live import serve, until
+from tests.live import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("SIDECHAT_CHROMIUM", "/usr/bin/chromium"))
@@ -59,49 +55,12 @@ async def sidechat(browser: Browser, settings: Settings, prefix: str = "") -> As
     """sidechat on a loopback port for `browser`, whose pages are closed before it stops
     (a page holding a stream open would keep the server waiting for it). With a `prefix`
     (`/chat`) it lives under that path only, and the URL answered is the page's, `…/chat/`."""
-    served = serve_under(prefix, settings) if prefix else serve(settings)
-    async with served as url:
+    async with serve(settings, prefix=prefix) as url:
         try:
-            yield url
+            yield f"{url}/" if prefix else url
         finally:
             for context in browser.contexts:
                 await context.close()
-
-
-class Prefixed:
-    """An app as a reverse proxy and `uvicorn --root-path` present it under `prefix`: the path
-    keeps the prefix and `root_path` names it (the ASGI spec's form). Anything outside the
-    prefix is a 404, as it would be at the proxy, so an absolute URL fails visibly."""
-
-    def __init__(self, app: ASGIApp, prefix: str) -> None:
-        self.app = app
-        self.prefix = prefix.rstrip("/")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, receive, send)
-        elif scope["path"].startswith(self.prefix + "/"):
-            await self.app({**scope, "root_path": self.prefix}, receive, send)
-        else:
-            await PlainTextResponse(f"only {self.prefix}/ is served here", 404)(scope, receive, send)
-
-
-@asynccontextmanager
-async def serve_under(prefix: str, settings: Settings) -> AsyncIterator[str]:
-    """Like `tests.live.serve`, with the app `Prefixed`; answers the URL of the page."""
-    app = Prefixed(create_app(settings), prefix)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    await until(lambda: server.started or task.done(), what="the server to start")
-    if not server.started:
-        task.result()
-        raise AssertionError("the server did not start; its log says why")
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}{app.prefix}/"
-    finally:
-        server.should_exit = True
-        await task
 
 
 class Console:

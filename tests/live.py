@@ -17,17 +17,40 @@ from typing import Any
 
 import httpx
 import uvicorn
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import create_app
 from chat.config import Settings
 from chat.sse import SSEDecoder
 
 
+class Prefixed:
+    """An app as a reverse proxy and `uvicorn --root-path` present it under `prefix`: the path
+    keeps the prefix and `root_path` names it (the ASGI spec's form). Anything outside the
+    prefix is a 404, as it would be at the proxy, so an absolute URL fails visibly."""
+
+    def __init__(self, app: ASGIApp, prefix: str) -> None:
+        self.app = app
+        self.prefix = prefix.rstrip("/")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+        elif scope["path"].startswith(self.prefix + "/"):
+            await self.app({**scope, "root_path": self.prefix}, receive, send)
+        else:
+            await PlainTextResponse(f"only {self.prefix}/ is served here", 404)(scope, receive, send)
+
+
 @contextlib.asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    )
+async def serve(settings: Settings, *, prefix: str = "") -> AsyncIterator[str]:
+    """sidechat on a loopback port, answering its URL; under `prefix` (`/chat`) if given,
+    as behind a proxy, and then the URL ends with the prefix."""
+    app: ASGIApp = create_app(settings)
+    if prefix:
+        app = Prefixed(app, prefix)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     await until(lambda: server.started or task.done(), what="the server to start")
     if not server.started:
@@ -35,7 +58,7 @@ async def serve(settings: Settings) -> AsyncIterator[str]:
         raise AssertionError("the server did not start; its log says why")
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}{prefix.rstrip('/')}"
     finally:
         server.should_exit = True
         await task

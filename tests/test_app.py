@@ -286,3 +286,15 @@ async def test_head_on_a_feed_is_its_headers_and_leaves_the_connection_usable(sp
             head = await http.head("/api/events")
             assert head.status_code == 200 and head.headers["content-type"].startswith("text/event-stream")
             assert (await http.get("/healthz")).status_code == 200  # the same keep-alive connection
+
+
+async def test_under_a_path_prefix_tokens_and_probes_work_as_at_the_root(tmp_path: Path) -> None:
+    token = "alice-token-0123456789"
+    settings = Settings(db=str(tmp_path / "chat.db"), api_tokens=((token, "alice"),))
+    async with serve(settings, prefix="/chat") as url, httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/api/conversations")).status_code == 401
+        signed = await http.get("/api/conversations", headers={"authorization": f"Bearer {token}"})
+        assert signed.status_code == 200 and signed.json()["conversations"] == []
+        foreign = await http.get("/healthz", headers={"host": "rebinding.example"})
+        assert foreign.status_code == 200  # a probe, under the prefix too
+        assert (await http.get("/", headers={"host": "127.0.0.1"})).status_code == 200

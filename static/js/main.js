@@ -109,22 +109,29 @@ function failed(error) {
   return null;
 }
 
+function showSidebar(open) {
+  document.body.classList.toggle("sidebar-open", open);
+  $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+}
+
 function route() {
   const match = /^#\/c\/(\d+)$/.exec(location.hash);
   const id = match ? Number(match[1]) : null;
-  document.body.classList.remove("sidebar-open");
+  showSidebar(false);
   if (id !== chat.id || id === null) chat.open(id).then(() => composer.focus());
 }
 
 $("new-chat").addEventListener("click", () => {
+  showSidebar(false);
   view.navigated(null);
   composer.focus();
 });
 $("notice-close").addEventListener("click", () => view.notice(""));
 $("load-earlier").addEventListener("click", () => chat.earlier().catch(failed));
-$("toggle-sidebar").addEventListener("click", () => {
-  const open = document.body.classList.toggle("sidebar-open");
-  $("toggle-sidebar").setAttribute("aria-expanded", String(open));
+$("toggle-sidebar").addEventListener("click", () => showSidebar(!document.body.classList.contains("sidebar-open")));
+document.querySelector(".skip").addEventListener("click", (event) => {
+  event.preventDefault(); // its #message would be taken for a route
+  composer.focus();
 });
 $("system-toggle").addEventListener("click", () => {
   const panel = $("system-panel");

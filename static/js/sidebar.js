@@ -35,7 +35,13 @@ export class Sidebar {
     this.cursor = undefined; // undefined: not loaded yet; null: everything loaded
     this.current = null;
     this.loading = null;
-    new IntersectionObserver((seen) => seen.some((s) => s.isIntersecting) && this.more()).observe(sentinel);
+    this.sentinel = sentinel;
+    // Only after the first page, which the page asks for itself: then whenever the end of
+    // the list comes into view.
+    this.observer = new IntersectionObserver((seen) => {
+      if (this.cursor !== undefined && seen.some((s) => s.isIntersecting)) this.more();
+    });
+    this.observer.observe(sentinel);
     setInterval(() => this.render(), 60_000); // "5 minutes ago" moves on
   }
 
@@ -54,6 +60,11 @@ export class Sidebar {
         for (const c of page.conversations) this.conversations.set(c.id, c);
         this.cursor = page.next_cursor;
         this.render();
+        if (this.cursor) {
+          // Look again: a tall window may show the end of the list with nothing to scroll.
+          this.observer.unobserve(this.sentinel);
+          this.observer.observe(this.sentinel);
+        }
       } finally {
         this.loading = null;
       }

@@ -101,7 +101,7 @@ export class Thread {
       let node = this.nodes.get(message.id);
       const options = { editable: message === lastUser && !busy, latest: message === lastReply };
       if (!node || this.pending.has(message.id) || node.dataset.options !== JSON.stringify(options)) {
-        const drawn = this.draw(message, options);
+        const drawn = this.draw(message, options, node);
         if (node) node.replaceWith(drawn);
         node = drawn;
         this.nodes.set(message.id, node);
@@ -114,7 +114,9 @@ export class Thread {
     this.onRender?.(shown.length);
   }
 
-  draw(message, options) {
+  // `old`, the node drawn before: a reply keeps its content element, so that a screen
+  // reader hears one live region grow rather than a new one for every token.
+  draw(message, options, old = null) {
     const item = element("li", `message ${message.role}`);
     item.dataset.id = message.id;
     item.dataset.status = message.status;
@@ -128,7 +130,8 @@ export class Thread {
       bubble.append(this.editor(message));
       return item;
     }
-    const content = element("div", message.role === "assistant" ? "content markdown" : "content");
+    const kept = message.role === "assistant" ? old?.querySelector(":scope > .bubble > .content") : null;
+    const content = kept ?? element("div", message.role === "assistant" ? "content markdown" : "content");
     bubble.append(content);
     if (message.role === "user") {
       content.textContent = message.content;
@@ -136,7 +139,7 @@ export class Thread {
       const streaming = message.status === "streaming";
       content.setAttribute("aria-live", "polite");
       content.setAttribute("aria-busy", String(streaming));
-      if (streaming && !message.content) content.append(typingDots());
+      if (streaming && !message.content) content.replaceChildren(typingDots());
       else renderMarkdown(content, message.content);
       const label = statusLabel(message);
       if (label) item.append(element("p", "status-label", label));
