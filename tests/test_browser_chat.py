@@ -184,8 +184,11 @@ async def test_a_failed_reply_is_labelled_with_its_error_and_can_be_retried(
     browser: Browser, page: Page, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.add(
-        Reply(status=400, script=[b'{"error": {"message": "this model is asleep", "type": "invalid_request"}}'],
-              headers={"content-type": "application/json"}),
+        Reply(
+            status=400,
+            script=[b'{"error": {"message": "this model is asleep", "type": "invalid_request"}}'],
+            headers={"content-type": "application/json"},
+        ),
         Reply(openai_reply("Awake now.")),
     )
     async with sidechat(browser, settings_for(upstream, tmp_path)) as url:
