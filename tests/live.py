@@ -112,9 +112,10 @@ class Transcript:
 class EventReader:
     """Reads an event stream in steps, timing each event and ping as it arrives."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: httpx.Response, *, decoded: bool = False) -> None:
+        """`decoded`: read the body as its Content-Encoding gives it (a proxy may compress it)."""
         self.transcript = Transcript(response.status_code, response.headers)
-        self._chunks = response.aiter_raw()
+        self._chunks = response.aiter_bytes() if decoded else response.aiter_raw()
         self._decoder = SSEDecoder()
 
     async def read(self, until: int | None = None) -> Transcript:
