@@ -62,7 +62,8 @@ FOREIGN_HOST = JSONResponse(
 def route_path(scope: Scope) -> str:
     """The path as the routes see it: below the prefix the app is served under (`root_path`,
     as `uvicorn --root-path /chat` or a proxy sets it), which is in `path` too."""
-    path, prefix = scope["path"], scope.get("root_path", "")
+    path: str = scope["path"]
+    prefix: str = scope.get("root_path", "")
     return path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
 
 
