@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .attach import counted, reply_events
-from .bodies import idempotency_key, parse_chat_body
+from .bodies import idempotency_key, parse_chat_body, parse_rewrite_body
 from .conversations import (
     add_member,
     create_conversation,
@@ -31,6 +31,7 @@ from .errors import Conflict, NotFound
 from .outcome import CANCELLED
 from .records import Message
 from .responses import EventStreamResponse
+from .rewrites import edit, regenerate
 from .sync import conversation_events, typing, user_events
 from .turns import AcceptedTurn, accept_turn
 
@@ -73,8 +74,13 @@ async def chat_stream(request: Request) -> Response:
 
 
 async def chat(request: Request) -> Response:
-    app = services(request)
     accepted, wait = await start_turn(request)
+    return await answer_turn(request, accepted, wait)
+
+
+async def answer_turn(request: Request, accepted: AcceptedTurn, wait: bool) -> Response:
+    """202 with where to attach to the reply; with `wait`, 200 with the reply once it ended."""
+    app = services(request)
     reply = accepted.reply
     if wait:
         generation = app.generations.get(reply.id)
@@ -104,6 +110,24 @@ async def reply_of(request: Request) -> Message:
     if message is None or message.role != "assistant":
         raise NotFound(f"message {message_id} not found")
     return message
+
+
+async def regenerate_reply(request: Request) -> Response:
+    """The reply generated again (or tried again, if it failed), from the same history."""
+    message_id = path_id(request, "message_id")
+    app = services(request)
+    body = parse_rewrite_body(await body_of(request, optional=True), app.settings, edit=False)
+    accepted = await regenerate(app, body.ask(current_user(request), message_id))
+    return await answer_turn(request, accepted, body.wait)
+
+
+async def edit_message(request: Request) -> Response:
+    """The conversation's last user message replaced by the body's, with a new reply."""
+    message_id = path_id(request, "message_id")
+    app = services(request)
+    body = parse_rewrite_body(await body_of(request), app.settings, edit=True)
+    accepted = await edit(app, body.ask(current_user(request), message_id))
+    return await answer_turn(request, accepted, body.wait)
 
 
 async def attach(request: Request) -> Response:
@@ -168,6 +192,8 @@ routes = [
     route("/api/chat", POST=chat),
     route("/api/messages/{message_id}/stream", GET=attach),
     route("/api/messages/{message_id}/cancel", POST=cancel),
+    route("/api/messages/{message_id}/regenerate", POST=regenerate_reply),
+    route("/api/messages/{message_id}/edit", POST=edit_message),
     route("/api/conversations", GET=list_conversations, POST=create_conversation),
     route(
         "/api/conversations/{conversation_id}",

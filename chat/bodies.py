@@ -23,6 +23,7 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from .rewrites import RewriteRequest
 from .turns import TurnRequest
 
 MAX_KEY_CHARS = 200  # an Idempotency-Key
@@ -178,16 +179,59 @@ class ChatBody:
         )
 
 
+@dataclass(slots=True)
+class RewriteBody:
+    """A regenerate's body (all of it optional), or an edit's (its `message` required)."""
+
+    message: str
+    provider: str | None
+    model: str | None
+    temperature: float | None
+    max_tokens: int | None
+    wait: bool
+
+    def ask(self, user: str, message_id: int) -> RewriteRequest:
+        return RewriteRequest(
+            user=user,
+            message_id=message_id,
+            message=self.message,
+            provider=self.provider,
+            model=self.model,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+        )
+
+
+def _options(fields: Fields) -> dict[str, Any]:
+    """What every body that starts a reply may choose: provider, model, and sampling."""
+    return {
+        "provider": fields.text("provider", max_chars=40, printable=True),
+        "model": fields.text("model", max_chars=200, printable=True),
+        "temperature": fields.number("temperature", low=0, high=2),
+        "max_tokens": fields.integer("max_tokens", high=1_000_000),
+    }
+
+
 def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
     fields = Fields(data)
     body = ChatBody(
         message=fields.text("message", required=True, max_chars=settings.max_message_chars) or "",
         conversation_id=fields.integer("conversation_id"),
-        provider=fields.text("provider", max_chars=40, printable=True),
-        model=fields.text("model", max_chars=200, printable=True),
-        temperature=fields.number("temperature", low=0, high=2),
-        max_tokens=fields.integer("max_tokens", high=1_000_000),
+        **_options(fields),
         system=fields.text("system", max_chars=settings.max_message_chars, blank=True),
+        wait=fields.boolean("wait"),
+    )
+    fields.check()
+    return body
+
+
+def parse_rewrite_body(data: dict[str, Any], settings: Settings, *, edit: bool) -> RewriteBody:
+    """An edit's body must have the new `message`; a regenerate's has none (one sent is ignored)."""
+    fields = Fields(data)
+    longest = settings.max_message_chars
+    body = RewriteBody(
+        message=(fields.text("message", required=True, max_chars=longest) or "") if edit else "",
+        **_options(fields),
         wait=fields.boolean("wait"),
     )
     fields.check()

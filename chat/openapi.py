@@ -4,7 +4,7 @@ Built from plain dicts: each operation names its own answers, and `operation()` 
 what every route shares (the request id both ways, the Host check's 400, and on /api
 the bearer token and its 401). The reusable parts are in `chat.openapi_schemas` (bodies),
 `chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`; sharing and
-the live feeds are in `chat.openapi_feeds`.
+the live feeds are in `chat.openapi_feeds`; regenerating and editing in `chat.openapi_rewrites`.
 `tests/test_openapi.py` holds the document to the routes the app serves and to real
 responses, and `tests/test_fuzz.py` fuzzes the API from it.
 
@@ -45,8 +45,9 @@ from .openapi_responses import (
     conversation_links,
     event_stream,
     operation,
-    reply_links,
+    turn_answers,
 )
+from .openapi_rewrites import rewrite_paths, rewrite_schemas
 from .openapi_schemas import closed, nullable, ref, schemas
 
 
@@ -69,24 +70,7 @@ def paths() -> dict[str, Any]:
             "post": operation(
                 "chat",
                 "Send a message; the reply runs on, to attach to or wait for",
-                {
-                    200: answer(
-                        "with `wait`: the finished reply",
-                        message,
-                        links={
-                            **conversation_links("$response.body#/message/conversation_id"),
-                            **reply_links("$response.body#/message/id"),
-                        },
-                    ),
-                    202: answer(
-                        "stored and started; attach to `stream_url`",
-                        ref("schemas", "Accepted"),
-                        links={
-                            **conversation_links("$response.body#/conversation_id"),
-                            **reply_links("$response.body#/message_id"),
-                        },
-                    ),
-                },
+                turn_answers(),
                 TURN_ERRORS,
                 parameters=("IdempotencyKey",),
                 body=chat_body,
@@ -113,6 +97,7 @@ def paths() -> dict[str, Any]:
                 parameters=("MessageId",),
             )
         },
+        **rewrite_paths(),
         "/api/conversations": {
             "get": operation(
                 "list_conversations",
@@ -255,7 +240,7 @@ def document(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths(),
         "components": {
-            "schemas": {**schemas(settings), **feed_schemas()},
+            "schemas": {**schemas(settings), **feed_schemas(), **rewrite_schemas(settings)},
             "parameters": PARAMETERS,
             "headers": HEADERS,
             "securitySchemes": SECURITY_SCHEMES,

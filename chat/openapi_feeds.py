@@ -36,7 +36,8 @@ FEED_EVENTS = {
     ),
     "message.created": json_data("a user's message was stored", {"message": ref("schemas", "Message")}),
     "generation.started": json_data(
-        "a reply began; attach to `stream_url` for its tokens",
+        "a reply began; attach to `stream_url` for its tokens. `supersedes`: the reply it replaces"
+        " (generated again, or its message edited), which the page no longer shows",
         {
             "conversation_id": INTEGER,
             "message_id": INTEGER,
@@ -44,7 +45,9 @@ FEED_EVENTS = {
             "provider": {"type": "string"},
             "model": {"type": "string"},
             "stream_url": STREAM_URL,
+            "supersedes": INTEGER,
         },
+        optional=("supersedes",),
     ),
     "generation.finished": json_data(
         "a reply ended; `error` only when it failed or was interrupted",

@@ -33,6 +33,13 @@ PARAMETERS = {
         "an assistant message",
         required=True,
     ),
+    "UserMessageId": parameter(
+        "path",
+        "message_id",
+        {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        "a user message",
+        required=True,
+    ),
     "MemberUser": parameter(
         "path",
         "user",

@@ -29,7 +29,12 @@ ERROR_TYPES = {
     "forbidden": Kind("only the conversation's owner may do this, and you are a member"),
     "not_found": Kind("no such conversation or message, or one you neither own nor are a member of"),
     "request_timeout": Kind("the body did not arrive in time"),
-    "conflict": Kind("the reply has already finished; `status` says how", ("status",)),
+    "conflict": Kind(
+        "not now: a reply to cancel has already finished, or a message to regenerate or edit is not"
+        " the conversation's latest, or its reply is still streaming; `status` is the message's,"
+        " `superseded_by` what replaced it when it was replaced already",
+        ("status",),
+    ),
     "payload_too_large": Kind("the body is over SIDECHAT_MAX_BODY_BYTES", ("max_bytes",)),
     "unsupported_media_type": Kind("the body is not sent as application/json"),
     "invalid_request": Kind("fields with problems; `fields` names each one's", ("fields",)),
@@ -101,7 +106,38 @@ def conversation_links(expression: str) -> dict[str, Any]:
 
 
 def reply_links(expression: str) -> dict[str, Any]:
-    return links_to("message_id", expression, "attach", "cancel")
+    return links_to("message_id", expression, "attach", "cancel", "regenerate")
+
+
+def turn_answers() -> dict[int, dict[str, Any]]:
+    """What a request that starts a turn answers: 202 with where to attach, or with `wait`
+    200 with the finished reply."""
+    message = {
+        "type": "object",
+        "required": ["message"],
+        "properties": {"message": ref("schemas", "Message")},
+        "additionalProperties": False,
+    }
+    return {
+        200: answer(
+            "with `wait`: the finished reply",
+            message,
+            links={
+                **conversation_links("$response.body#/message/conversation_id"),
+                **reply_links("$response.body#/message/id"),
+                **links_to("message_id", "$response.body#/message/metadata/user_message_id", "edit"),
+            },
+        ),
+        202: answer(
+            "stored and started; attach to `stream_url`",
+            ref("schemas", "Accepted"),
+            links={
+                **conversation_links("$response.body#/conversation_id"),
+                **reply_links("$response.body#/message_id"),
+                **links_to("message_id", "$response.body#/user_message_id", "edit"),
+            },
+        ),
+    }
 
 
 def error_response(status: int, types: tuple[str, ...]) -> dict[str, Any]:

@@ -72,8 +72,8 @@ FINISH_REASON = nullable(
 
 MESSAGE_METADATA = {
     "type": "object",
-    "description": "What the reply was made with and how it went; a user message's is empty."
-    " Fields appear as the reply gets that far.",
+    "description": "What the reply was made with and how it went; a user message's has only"
+    " `supersedes` and `superseded_by`, when it was edited. Fields appear as the reply gets that far.",
     "properties": {
         "provider": {"type": "string"},
         "model": {"type": "string"},
@@ -94,6 +94,8 @@ MESSAGE_METADATA = {
         "duration_ms": nullable("integer"),
         "ttft_ms": nullable("integer"),
         "error": {"oneOf": [ref("schemas", "StreamError"), {"type": "null"}]},
+        "supersedes": {"type": "integer", "description": "the message it replaced (regenerated, edited)"},
+        "superseded_by": {"type": "integer", "description": "what replaced it: no longer sent to providers"},
     },
 }
 
@@ -130,8 +132,9 @@ ERROR = closed(
                 "retry_after": {"type": "number", "minimum": 0, "description": "seconds"},
                 "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
                 "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
+                "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
             },
-            optional=("fields", "status", "retry_after", "max_bytes", "cause"),
+            optional=("fields", "status", "retry_after", "max_bytes", "cause", "superseded_by"),
         )
     }
 )
@@ -220,12 +223,23 @@ HEALTH = closed(
 )
 
 
-def text(max_chars: int, *, blank: bool = False, null: str = "the same as leaving it out") -> Schema:
+def text(
+    max_chars: int, *, blank: bool = False, printable: bool = False, null: str = "the same as leaving it out"
+) -> Schema:
     """A text field as `bodies.Fields.text` checks it; `null` says what a JSON null means."""
     schema: Schema = nullable("string", maxLength=max_chars, description=f"null is {null}")
-    if not blank:
-        schema["pattern"] = r"\S"  # not empty, nor only whitespace
+    if not blank:  # not empty, nor only whitespace; a name has no control characters either
+        schema["pattern"] = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$" if printable else r"\S"
     return schema
+
+
+# What every body that starts a reply may choose (`bodies._options`).
+OPTIONS = {
+    "provider": text(40, printable=True),
+    "model": text(200, printable=True),
+    "temperature": nullable("number", minimum=0, maximum=2),
+    "max_tokens": nullable("integer", minimum=1, maximum=1_000_000),
+}
 
 
 def chat_body(settings: Settings) -> Schema:
@@ -239,10 +253,7 @@ def chat_body(settings: Settings) -> Schema:
             "conversation_id": nullable(
                 "integer", minimum=1, maximum=2**62, description="continue this conversation"
             ),
-            "provider": text(40),
-            "model": text(200),
-            "temperature": nullable("number", minimum=0, maximum=2),
-            "max_tokens": nullable("integer", minimum=1, maximum=1_000_000),
+            **OPTIONS,
             "system": text(longest, blank=True),
             "wait": {
                 "type": "boolean",

@@ -368,6 +368,7 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
         cancel = "/api/messages/{message_id}/cancel"
         await call("POST", cancel, url=cancel.replace("{message_id}", str(mid)), expect=409)
         await call("POST", cancel, url="/api/messages/999/cancel", expect=404)
+        await replace_turns(call)
 
         await call("GET", "/api/conversations", url="/api/conversations?limit=1", expect=200)
         await call("GET", "/api/conversations", url="/api/conversations?cursor=!!", expect=422)
@@ -417,6 +418,28 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
 
     operations = {(method, path) for method, path, _ in conformance.seen}
     assert operations == {(m, p) for p, m in documented_operations(conformance.doc)}
+
+
+async def replace_turns(call: Caller) -> None:
+    """A reply generated again, twice, then its question edited; and their refusals."""
+    regenerate, edit = "/api/messages/{message_id}/regenerate", "/api/messages/{message_id}/edit"
+    waited = await call("POST", "/api/chat", expect=200, json={"message": "again", "wait": True})
+    old = regenerate.replace("{message_id}", str(waited.json()["message"]["id"]))
+    new = (await call("POST", regenerate, url=old, expect=200, json={"wait": True})).json()["message"]
+    await call("POST", regenerate, url=old, expect=409)  # replaced already: `superseded_by`
+    newer = regenerate.replace("{message_id}", str(new["id"]))
+    accepted = (await call("POST", regenerate, url=newer, expect=202)).json()
+    one = f"/api/conversations/{accepted['conversation_id']}"
+    await until(lambda: reply_finished(call.client, one), what="the regenerated reply to finish")
+    question = edit.replace("{message_id}", str(accepted["user_message_id"]))
+    await call("POST", edit, url=question, expect=202, json={"message": "again?", "temperature": 1})
+    await call("POST", edit, url=question, expect=409, json={"message": "again?"})
+    await call("POST", edit, url=question, expect=422, json={"message": ""})
+    await call("POST", edit, url=question, expect=415, content=b'{"message": "x"}')
+    await call("POST", edit, url=question, expect=400, content=b"{", headers=JSON)
+    await call("POST", regenerate, url=newer, expect=422, json={"max_tokens": 0})
+    await call("POST", regenerate, url="/api/messages/999/regenerate", expect=404)
+    await call("POST", edit, url="/api/messages/999/edit", expect=404, json={"message": "x"})
 
 
 async def follow_a_conversation(call: Caller) -> None:
@@ -493,6 +516,9 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
         await call("POST", "/api/chat", expect=202, json={"message": "three"})
         await call("POST", "/api/chat", expect=429, json={"message": "four"})
         await call("POST", "/api/chat/stream", expect=429, json={"message": "five"})
+        regenerate = "/api/messages/{message_id}/regenerate"
+        again = regenerate.replace("{message_id}", str(accepted["message_id"]))
+        await call("POST", regenerate, url=again, expect=429)
         conformance.check("POST", "/api/chat", await timed_out_body(url))
 
         # Typing updates have a rate of their own; it is reached in a burst of a few.
@@ -525,6 +551,9 @@ async def test_refusals_with_tokens_conform_to_the_document(tmp_path: Path, conf
         await call("GET", "/api/providers", expect=401, headers={"authorization": "Bearer wrong"})
         await call("POST", "/api/chat", expect=401, json={"message": "hi"})
         await call("GET", "/api/events", expect=401)
+        await call(
+            "POST", "/api/messages/{message_id}/regenerate", url="/api/messages/1/regenerate", expect=401
+        )
         await call(
             "POST",
             "/api/conversations/{conversation_id}/typing",

@@ -34,6 +34,7 @@ class World:
     anonymous: httpx.AsyncClient
     conversation: int  # alice's, with one finished turn
     finished: int  # its reply
+    question: int  # and its user message
     running: int  # a reply of alice's still being generated, in another conversation
     running_conversation: int
 
@@ -63,12 +64,14 @@ async def world(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[World]:
                 anonymous,
                 conversation=finished["conversation_id"],
                 finished=finished["id"],
+                question=finished["metadata"]["user_message_id"],
                 running=running["message_id"],
                 running_conversation=running["conversation_id"],
             )
 
 
-# (method, path, body): {c} is alice's conversation, {m} her finished reply, {r} her running one.
+# (method, path, body): {c} is alice's conversation, {m} her finished reply, {u} its question,
+# {r} her running reply.
 FOREIGN = [
     ("GET", "/api/conversations/{c}", None),
     ("PATCH", "/api/conversations/{c}", {"title": "mine now"}),
@@ -85,11 +88,14 @@ FOREIGN = [
     ("GET", "/api/messages/{r}/stream", None),
     ("POST", "/api/messages/{r}/cancel", None),
     ("POST", "/api/messages/{m}/cancel", None),
+    ("POST", "/api/messages/{m}/regenerate", None),
+    ("POST", "/api/messages/{r}/regenerate", {"wait": True}),
+    ("POST", "/api/messages/{u}/edit", {"message": "mine now"}),
 ]
 
 
 def fill(template: Any, world: World) -> Any:
-    ids = {"{c}": world.conversation, "{m}": world.finished, "{r}": world.running}
+    ids = {"{c}": world.conversation, "{m}": world.finished, "{u}": world.question, "{r}": world.running}
     if isinstance(template, str):
         for name, value in ids.items():
             if template == name:
@@ -164,6 +170,8 @@ ROUTES = [
     ("POST", "/api/chat/stream"),
     ("GET", "/api/messages/1/stream"),
     ("POST", "/api/messages/1/cancel"),
+    ("POST", "/api/messages/1/regenerate"),
+    ("POST", "/api/messages/1/edit"),
     ("GET", "/api/providers"),
 ]
 

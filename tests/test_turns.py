@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,18 +67,31 @@ def providers() -> Providers:
     return Providers()
 
 
+@asynccontextmanager
+async def scripted_services(
+    path: Path, providers: Providers, store_class: type[Store] = Store, **changes: Any
+) -> AsyncIterator[Services]:
+    """The whole service over a real store at `path`, its providers scripted."""
+    settings = Settings(db=str(path), provider="openai", **changes)
+    store = await store_class.open(settings.db)
+    broker = Broker(retention=30)
+    generations = Generations(broker, Keeper(store, checkpoint_seconds=0))
+    feeds = Feeds(broker, settings)
+    try:
+        yield Services(settings, store, broker, generations, providers.registry(), Limits(settings), feeds)
+    finally:
+        await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
+        await store.close()
+
+
 @pytest.fixture
 async def app(
     tmp_path: Path, providers: Providers, request: pytest.FixtureRequest
 ) -> AsyncIterator[Services]:
-    settings = Settings(db=str(tmp_path / "chat.db"), provider="openai", **getattr(request, "param", {}))
-    store = await Store.open(settings.db)
-    broker = Broker(retention=30)
-    generations = Generations(broker, Keeper(store, checkpoint_seconds=0))
-    feeds = Feeds(broker, settings)
-    yield Services(settings, store, broker, generations, providers.registry(), Limits(settings), feeds)
-    await generations.begin_shutdown(grace=0)  # none outlives the store it writes to
-    await store.close()
+    async with scripted_services(
+        tmp_path / "chat.db", providers, **getattr(request, "param", {})
+    ) as services:
+        yield services
 
 
 async def finished(app: Services, reply: Message) -> Message:
