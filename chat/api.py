@@ -171,6 +171,12 @@ async def list_providers(request: Request) -> Response:
     )
 
 
+async def whoami(request: Request) -> Response:
+    """Who the caller is, as the token or the trusted header names them (`local` with auth
+    off): a page tells its own presence and typing from others' by it."""
+    return JSONResponse({"user": current_user(request)})
+
+
 async def healthz(request: Request) -> Response:
     if await services(request).store.ping():
         return JSONResponse({"status": "ok"})
@@ -208,6 +214,7 @@ routes = [
     route("/api/conversations/{conversation_id}/events", GET=conversation_events),
     route("/api/conversations/{conversation_id}/typing", POST=typing),
     route("/api/providers", GET=list_providers),
+    route("/api/me", GET=whoami),
     route("/healthz", GET=healthz),
     route("/readyz", GET=readyz),
 ]

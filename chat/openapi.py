@@ -185,6 +185,13 @@ def paths() -> dict[str, Any]:
                 },
             )
         },
+        "/api/me": {
+            "get": operation(
+                "whoami",
+                "Who the caller is: the user a token or the trusted header names (`local` with auth off)",
+                {200: answer("the caller", closed({"user": {"type": "string"}}))},
+            )
+        },
         "/healthz": {
             "get": operation(
                 "healthz",

@@ -470,3 +470,7 @@ async def test_hostile_values_are_422_never_500(client: httpx.AsyncClient, raw: 
     response = await client.post("/api/chat", content=raw, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert field in error_of(response)["fields"]  # type: ignore[operator]
+
+
+async def test_with_auth_off_the_caller_is_the_local_user(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/api/me")).json() == {"user": "local"}

@@ -317,7 +317,7 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
     async with serve(settings_in(tmp_path)) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
         call = Caller(client, conformance)
         conversation_path = "/api/conversations/{conversation_id}"
-        for path in ("/healthz", "/readyz", "/openapi.json", "/", "/api/providers"):
+        for path in ("/healthz", "/readyz", "/openapi.json", "/", "/api/providers", "/api/me"):
             answered = await call("GET", path, expect=200, headers={"x-request-id": "req-1.2:3"})
             assert answered.headers["x-request-id"] == "req-1.2:3"
         await call("GET", "/readyz", url="/readyz?deep=1", expect=200)

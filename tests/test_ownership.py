@@ -131,6 +131,11 @@ async def test_the_list_shows_each_user_only_their_own(world: World) -> None:
     assert sorted(alice) == sorted([world.conversation, world.running_conversation])
 
 
+async def test_each_token_is_told_whose_it_is(world: World) -> None:
+    assert (await world.alice.get("/api/me")).json() == {"user": "alice"}
+    assert (await world.bob.get("/api/me")).json() == {"user": "bob"}
+
+
 async def test_the_same_idempotency_key_is_each_users_own(world: World) -> None:
     key = {"idempotency-key": "shared-key-1"}
     first = await world.alice.post("/api/chat", json={"message": "one"}, headers=key)
@@ -173,6 +178,7 @@ ROUTES = [
     ("POST", "/api/messages/1/regenerate"),
     ("POST", "/api/messages/1/edit"),
     ("GET", "/api/providers"),
+    ("GET", "/api/me"),
 ]
 
 
