@@ -80,9 +80,6 @@ async def test_the_page_sends_and_streams_a_reply_in_a_browser_through_nginx_und
     browser: Browser, console: Console, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.add(Reply(openai_reply("Hello ", "through nginx")))
-    # The page asks for `api/me`, which the server does not answer yet (with or without
-    # nginx): the one 404 allowed here, until that route exists.
-    console.allow("/chat/api/me")
     async with fronted(upstream, tmp_path) as (_, proxy):
         context = await new_context(browser, console)
         try:
