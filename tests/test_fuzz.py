@@ -9,8 +9,13 @@ a stream, and for a live feed what each event's `data` holds).
 
 Deliberate choices:
 - Repeatable: Hypothesis is derandomized, the state machine seeded, schemathesis' own seed
-  fixed, and no example database is kept, so each run sends the same requests (what can
-  differ is timing: whether a cancel finds its reply still running).
+  fixed, and no example database is kept, so each run sends the same requests. Hypothesis
+  calls a scenario flaky when steps it drew before get other answers now (they decide which
+  links can be followed next), so the same steps must get the same answers: the workflows
+  have a server of their own, each scenario starts from an empty database
+  (`forget_everything`), and a reply started with a 202 is followed to its end before the next
+  request (`settle`), so whether a cancel, a regenerate or an edit finds it still running is
+  not a matter of timing.
 - The server has bearer tokens on, so schemathesis also checks that every /api operation
   refuses a request without a valid token; the limits are lifted, since the fuzz is one
   user sending hundreds of chat requests a minute (429 is still documented and checked).
@@ -29,8 +34,11 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, seed, settings
@@ -86,9 +94,23 @@ ANSWERS: Counter[tuple[str, int]] = Counter()  # (operation, status class) -> ho
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serving(tmp_path_factory.mktemp("fuzz")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_url(tmp_path: Path) -> Iterator[str]:
+    """A server of its own for the workflows: the same steps must find the same data each time
+    Hypothesis draws them, whatever `test_api` left behind."""
+    with serving(tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def serving(directory: Path) -> Iterator[str]:
     """sidechat on a real server, on an event loop of its own in a thread: schemathesis calls
     it with `requests`, which blocks."""
-    settings = SETTINGS.override(db=str(tmp_path_factory.mktemp("fuzz") / "chat.db"))
+    settings = SETTINGS.override(db=str(directory / "chat.db"))
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
@@ -112,6 +134,25 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         loop.close()
 
 
+def settle(response: schemathesis.Response, base_url: str) -> None:
+    """A reply that a 202 started, followed to its end (see the docstring)."""
+    if response.status_code != 202:
+        return
+    stream_url = response.json().get("stream_url")
+    if stream_url:
+        with httpx.Client(base_url=base_url, timeout=30) as client:
+            client.get(stream_url, headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
+
+
+def forget_everything(base_url: str) -> None:
+    """Delete every conversation, so the next ids are 1 again (SQLite gives out the highest plus
+    one): each scenario of the workflows starts from the same, empty, database."""
+    with httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+        while page := client.get("/api/conversations", params={"limit": 100}).json()["conversations"]:
+            for conversation in page:
+                client.delete(f"/api/conversations/{conversation['id']}").raise_for_status()
+
+
 def validate(case: schemathesis.Case, response: schemathesis.Response, **transport: Any) -> None:
     ANSWERS[case.operation.label, response.status_code // 100] += 1
     case.validate_response(response, transport_kwargs=transport)
@@ -129,13 +170,19 @@ def validate(case: schemathesis.Case, response: schemathesis.Response, **transpo
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_api(case: schemathesis.Case, base_url: str) -> None:
-    validate(case, case.call(base_url=base_url), base_url=base_url)
+    response = case.call(base_url=base_url)
+    validate(case, response, base_url=base_url)
+    settle(response, base_url)
 
 
-def test_workflows(base_url: str) -> None:
+def test_workflows(fresh_url: str) -> None:
     """Chains of calls along the document's links, in the orders Hypothesis finds."""
+    base_url = fresh_url
 
     class Workflows(schema.as_state_machine()):  # type: ignore[misc]
+        def setup(self) -> None:
+            forget_everything(base_url)
+
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"base_url": base_url}  # timeouts are in CONFIG, per operation
 
@@ -143,6 +190,7 @@ def test_workflows(base_url: str) -> None:
             self, response: Any, case: schemathesis.Case, additional_checks: object = None, **kwargs: Any
         ) -> None:
             validate(case, response, **kwargs)
+            settle(response, base_url)
 
     seed(SEED)(Workflows).run(
         settings=settings(
