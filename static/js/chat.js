@@ -252,7 +252,14 @@ export class Chat {
         break;
       case "message.created":
         this.sidebar.touched(data.message.conversation_id, data.message.created_at);
-        if (here(data.message.conversation_id) && !this.thread.get(data.message.id)) this.thread.upsert(data.message);
+        if (here(data.message.conversation_id) && !this.thread.get(data.message.id)) {
+          // This tab's own message, told by the feed before its reply's `start` named it.
+          const pending = this.thread.get("pending");
+          if (pending && data.message.role === "user" && data.message.content === pending.content) {
+            this.thread.remove("pending");
+          }
+          this.thread.upsert(data.message);
+        }
         break;
       case "generation.started":
         if (here(data.conversation_id)) {
