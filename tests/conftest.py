@@ -13,6 +13,7 @@ import trustme
 from playwright.async_api import Browser
 
 from chat.config import Settings
+from chat.store import Store
 from tests.browser import Console, chromium
 from tests.fakeupstream import FakeUpstream
 from tests.live import serve, until
@@ -22,6 +23,14 @@ from tests.processes import free_port
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    """A store on a new database file of the test's own."""
+    opened = await Store.open(str(tmp_path / "chat.db"))
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture

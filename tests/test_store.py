@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,13 +9,6 @@ from chat import events
 from chat.store import ConversationGone, KeyTaken, Store
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(str(tmp_path / "chat.db"))
-    yield opened
-    await opened.close()
 
 
 async def test_schema_applies_twice_and_sets_wal_and_foreign_keys(tmp_path: Path) -> None:

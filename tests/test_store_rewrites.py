@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,6 @@ from chat.records import Message
 from chat.store import NotLatest, Store
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(str(tmp_path / "chat.db"))
-    yield opened
-    await opened.close()
 
 
 async def finish(store: Store, reply: Message, text: str, status: str = "completed") -> None:
