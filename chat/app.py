@@ -44,6 +44,7 @@ from .requestid import request_id, stamped
 from .resources import resource
 from .services import Services, open_services
 from .store import StorageFailed
+from .telemetry import RequestRecord, telemetry_for
 
 log = logging.getLogger("sidechat")
 
@@ -68,8 +69,9 @@ def route_path(scope: Scope) -> str:
 
 
 class Sidechat:
-    """Every HTTP request passes, in order: its request id; the Host check (not for the
-    probes); CORS, when configured; the gate, which finds the user or answers 401; the routes."""
+    """Every HTTP request passes, in order: its request id, and the telemetry's watch for as
+    long as it lasts; the Host check (not for the probes); CORS, when configured; the gate,
+    which finds the user or answers 401; the routes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -90,6 +92,7 @@ class Sidechat:
                 Exception: render_internal_error,
             },
         )
+        self.telemetry = telemetry_for(settings, self.router.routes)
         self.checked: ASGIApp = self._gated
         if settings.cors_origins:
             self.checked = cors(self._gated, settings.cors_origins)
@@ -101,11 +104,16 @@ class Sidechat:
             await self.router(scope, receive, send)
         else:
             scope[REQUEST_ID] = value = request_id(scope)
-            send = stamped(send, value)
-            if route_path(scope) not in PROBES and not self.hosts.allow(scope):
-                await FOREIGN_HOST(scope, receive, send)
-            else:
-                await self.checked(scope, receive, send)
+            record = RequestRecord(scope, value.decode(), self.gate.proxies.client(scope))
+            send = stamped(send, value, record)
+            with self.telemetry.request(record):
+                try:
+                    if route_path(scope) not in PROBES and not self.hosts.allow(scope):
+                        await FOREIGN_HOST(scope, receive, send)
+                    else:
+                        await self.checked(scope, receive, send)
+                finally:
+                    record.user = scope.get(USER)
 
     async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.gate.on:
@@ -123,7 +131,7 @@ class Sidechat:
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         await receive()  # lifespan.startup
-        opening = open_services(self.settings)
+        opening = open_services(self.settings, self.telemetry)
         try:
             services = await opening.__aenter__()
         except StartupError as exc:

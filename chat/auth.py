@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -33,6 +32,7 @@ from starlette.types import Scope
 
 from .config import Settings, parse_tokens
 from .errors import StartupError
+from .forwarded import Proxies
 
 log = logging.getLogger("sidechat")
 
@@ -94,7 +94,7 @@ class Gate:
         self._fixed: Digests = tuple((digest(token), user) for token, user in settings.api_tokens)
         self.file = TokenFile(settings.api_tokens_file) if settings.api_tokens_file else None
         self._header = settings.trusted_user_header.lower().encode() if settings.trusted_user_header else None
-        self._proxies = [ipaddress.ip_network(p, strict=False) for p in settings.trusted_proxies]
+        self.proxies = Proxies(settings.trusted_proxies)
         self.tokens = bool(self._fixed) or self.file is not None
         self.on = self.tokens or self._header is not None
 
@@ -111,7 +111,7 @@ class Gate:
                 bearer = value
             elif name == self._header:
                 named = value
-        if named is not None and self._trusted(scope):
+        if named is not None and self.proxies.peer_trusted(scope):
             user = named.decode("latin-1").strip()
             if 0 < len(user) <= MAX_USER_CHARS and user.isprintable():
                 return user
@@ -129,16 +129,6 @@ class Gate:
             if hmac.compare_digest(candidate, presented):
                 found = user
         return found
-
-    def _trusted(self, scope: Scope) -> bool:
-        client = scope.get("client")
-        if not client:
-            return False
-        try:
-            address = ipaddress.ip_address(client[0])
-        except ValueError:  # a Unix socket's peer has no address: the socket's mode guards it
-            return False
-        return any(address in network for network in self._proxies)
 
 
 def unauthorized_body(scope: Scope) -> tuple[dict[str, object], str]:

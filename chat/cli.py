@@ -31,6 +31,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .errors import StartupError
+    from .logs import configure as configure_logs
 
     try:
         settings = Settings.from_env().override(host=args.host, port=args.port, db=args.db)
@@ -38,13 +39,20 @@ def serve(args: argparse.Namespace) -> int:
     except (ConfigError, StartupError) as exc:
         print(f"sidechat cannot start: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # it logs every upstream request at INFO
+    configure_logs(settings.log_format)
     logging.getLogger("sidechat").info("provider %s; database %s", settings.provider, settings.db)
     # No proxy headers: the trusted user header is believed by the address of the peer itself,
-    # which uvicorn would otherwise replace with whatever X-Forwarded-For says.
+    # which uvicorn would otherwise replace with whatever X-Forwarded-For says; the log's client
+    # address is taken through the trusted proxies by sidechat (`chat.forwarded`). No access
+    # log of uvicorn's, and no logging set-up of its: sidechat logs each request itself.
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level="info", proxy_headers=False
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        proxy_headers=False,
+        access_log=False,
+        log_config=None,
     )
     server = uvicorn.Server(config)
     try:

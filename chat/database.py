@@ -24,6 +24,7 @@ import aiosqlite
 
 from .errors import StartupError
 from .resources import resource
+from .telemetry import NOTHING, Telemetry
 
 
 def now() -> str:
@@ -140,15 +141,21 @@ class Database:
     """The writer and the reader connections; a write the database refuses for now is a
     `StorageFailed`, whose reason is in words for a user."""
 
-    def __init__(self, writer: aiosqlite.Connection, reader: aiosqlite.Connection | None) -> None:
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection | None,
+        telemetry: Telemetry = NOTHING,
+    ) -> None:
         self._writer = writer
         self._reader = reader or writer
+        self._telemetry = telemetry  # times each write
 
     @classmethod
-    async def open(cls, path: str, *, busy_timeout: float = 10.0) -> Database:
+    async def open(cls, path: str, *, busy_timeout: float = 10.0, telemetry: Telemetry = NOTHING) -> Database:
         writer = await connect(path, busy_timeout=busy_timeout)
         try:
-            return cls(writer, await connect_reader(path))
+            return cls(writer, await connect_reader(path), telemetry)
         except BaseException:
             await writer.close()
             raise
@@ -166,7 +173,8 @@ class Database:
     async def written(self, sql: str, parameters: dict[str, Any]) -> list[sqlite3.Row]:
         """A write's RETURNING rows."""
         try:
-            found: Iterable[sqlite3.Row] = await self._writer.execute_fetchall(sql, parameters)
+            with self._telemetry.db_write(sql):
+                found: Iterable[sqlite3.Row] = await self._writer.execute_fetchall(sql, parameters)
         except sqlite3.OperationalError as exc:
             raise StorageFailed(reason_of(exc)) from exc
         return list(found)
@@ -174,7 +182,8 @@ class Database:
     async def write(self, sql: str, parameters: dict[str, Any]) -> int:
         """A write's row count."""
         try:
-            cursor = await self._writer.execute(sql, parameters)
+            with self._telemetry.db_write(sql):
+                cursor = await self._writer.execute(sql, parameters)
         except sqlite3.OperationalError as exc:
             raise StorageFailed(reason_of(exc)) from exc
         return cursor.rowcount

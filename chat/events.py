@@ -16,7 +16,8 @@ INTERRUPTED = {"type": "interrupted", "message": "the process running this reply
 
 
 def start(conversation_id: int, message_id: int, metadata: dict[str, Any]) -> dict[str, Any]:
-    """`start` names what was asked for, even when a fallback answered instead."""
+    """`start` names what was asked for, even when a fallback answered instead, and the
+    `X-Request-ID` of the request that started it (to find its log lines by)."""
     asked = metadata.get("requested") or metadata
     return {
         "conversation_id": conversation_id,
@@ -24,6 +25,7 @@ def start(conversation_id: int, message_id: int, metadata: dict[str, Any]) -> di
         "user_message_id": metadata.get("user_message_id"),
         "provider": asked.get("provider"),
         "model": asked.get("model"),
+        "request_id": metadata.get("request_id"),
     }
 
 

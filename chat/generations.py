@@ -32,6 +32,7 @@ from .keeping import Checkpoints, Keeper
 from .outcome import CANCELLED, SHUTDOWN, Relayed, conclude
 from .providers.base import ChatRequest, Finish, Provider, ProviderError, close_stream
 from .records import Message
+from .telemetry import NOTHING, Telemetry
 from .waits import first_of
 
 log = logging.getLogger("sidechat.generations")
@@ -51,7 +52,9 @@ class Generation:
         topic: Topic,
         max_chars: int = 2_000_000,
         watched: dict[int, Topic] | None = None,
+        user: str | None = None,
     ) -> None:
+        self.user = user  # who asked for it
         self.max_chars = max_chars  # the longest reply; past it, the rest is not read
         self.watched = watched if watched is not None else {}  # conversation feeds open now
         self.provider = provider
@@ -205,7 +208,9 @@ class Generations:
         *,
         max_reply_chars: int = 2_000_000,
         watched: dict[int, Topic] | None = None,
+        telemetry: Telemetry = NOTHING,
     ) -> None:
+        self.telemetry = telemetry
         self.broker = broker
         self.keeper = keeper
         self.max_reply_chars = max_reply_chars
@@ -227,11 +232,12 @@ class Generations:
         user_message_id: int,
         stop_when_abandoned: bool = False,
         on_end: Callable[[Generation], object] | None = None,
+        user: str | None = None,
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
         generation = Generation(
-            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched
+            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched, user
         )
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
@@ -243,7 +249,8 @@ class Generations:
 
     async def _run(self, generation: Generation, on_end: Callable[[Generation], object] | None) -> None:
         try:
-            await generation.run(self.keeper)
+            with self.telemetry.generation(generation):
+                await generation.run(self.keeper)
         finally:
             del self._running[generation.message_id]
             if on_end is not None:

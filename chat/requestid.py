@@ -12,6 +12,8 @@ import uuid
 
 from starlette.types import Message, Scope, Send
 
+from .telemetry import RequestRecord
+
 HEADER = b"x-request-id"
 KEY = "sidechat.request_id"  # where the scope keeps it
 _SANE = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
@@ -26,12 +28,15 @@ def request_id(scope: Scope) -> bytes:
     return uuid.uuid4().hex.encode()
 
 
-def stamped(send: Send, value: bytes) -> Send:
-    """`send`, with the request id added to the response's headers."""
+def stamped(send: Send, value: bytes, record: RequestRecord | None = None) -> Send:
+    """`send`, with the request id added to the response's headers (and its status noted in
+    `record`)."""
 
     async def send_stamped(message: Message) -> None:
         if message["type"] == "http.response.start":
             message["headers"] = [*message.get("headers", ()), (HEADER, value)]
+            if record is not None:
+                record.status = message["status"]
         await send(message)
 
     return send_stamped

@@ -29,7 +29,7 @@ from .providers.base import ChatRequest
 from .records import Conversation, Message
 from .services import Services
 from .store import NotLatest
-from .turns import AcceptedTurn, admitted, choose_model, refuse_when_busy, start_reply
+from .turns import AcceptedTurn, admitted, choose_model, refuse_when_busy, reply_metadata, start_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ async def regenerate(services: Services, ask: RewriteRequest) -> AcceptedTurn:
     audience = [conversation.user_id, *await store.members(conversation.id)]
     with admitted(services, ask.user) as slot:
         try:
-            reply = await store.regenerate_reply(old.id, metadata={"provider": info.name, "model": model})
+            reply = await store.regenerate_reply(old.id, metadata=reply_metadata(info.name, model))
         except NotLatest:
             raise await _refusal(services, ask.user, old.id) from None
         request = _request(services, conversation, earlier, asked.content, model, ask)
@@ -84,7 +84,7 @@ async def edit(services: Services, ask: RewriteRequest) -> AcceptedTurn:
                 old.id,
                 reply.id if reply else None,
                 ask.message,
-                metadata={"provider": info.name, "model": model},
+                metadata=reply_metadata(info.name, model),
                 author=ask.user,
             )
         except NotLatest:

@@ -25,6 +25,7 @@ from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
 from .store import StorageFailed, Store
+from .telemetry import NOTHING, Telemetry
 from .transport import upstream_client
 
 log = logging.getLogger("sidechat")
@@ -40,12 +41,13 @@ class Services:
     limits: Limits
     feeds: Feeds
     readiness: Readiness | None = None
+    telemetry: Telemetry = NOTHING
 
 
 @asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
+async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> AsyncIterator[Services]:
     """Everything the routes need; on the way out, running generations get the grace period."""
-    store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout)
+    store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout, telemetry=telemetry)
     try:
         try:
             interrupted = await store.interrupt_streaming(events.INTERRUPTED)
@@ -70,13 +72,25 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 max_pending=settings.max_pending_writes,
             )
             generations = Generations(
-                broker, keeper, max_reply_chars=settings.max_reply_chars, watched=feeds.watched
+                broker,
+                keeper,
+                max_reply_chars=settings.max_reply_chars,
+                watched=feeds.watched,
+                telemetry=telemetry,
             )
-            providers = build_providers(settings, client, timeouts)
+            providers = build_providers(settings, client, timeouts, telemetry)
             readiness = await Readiness.open(settings.db, keeper)
             try:
                 yield Services(
-                    settings, store, broker, generations, providers, Limits(settings), feeds, readiness
+                    settings,
+                    store,
+                    broker,
+                    generations,
+                    providers,
+                    Limits(settings),
+                    feeds,
+                    readiness,
+                    telemetry,
                 )
             finally:
                 try:

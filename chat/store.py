@@ -37,6 +37,7 @@ from .database import (
 from .records import Message
 from .store_conversations import VISIBLE, ConversationStore
 from .store_rewrites import RewriteStore, current
+from .telemetry import NOTHING, Telemetry
 
 __all__ = ["ConversationGone", "KeyTaken", "NotLatest", "StorageFailed", "Store", "StoreError", "now"]
 
@@ -72,8 +73,8 @@ class Store(RewriteStore, ConversationStore):
         self._db = db
 
     @classmethod
-    async def open(cls, path: str, *, busy_timeout: float = 10.0) -> Store:
-        return cls(await Database.open(path, busy_timeout=busy_timeout))
+    async def open(cls, path: str, *, busy_timeout: float = 10.0, telemetry: Telemetry = NOTHING) -> Store:
+        return cls(await Database.open(path, busy_timeout=busy_timeout, telemetry=telemetry))
 
     async def close(self) -> None:
         await self._db.close()

@@ -32,6 +32,7 @@ from .providers.base import ChatRequest
 from .records import Conversation, Message
 from .services import Services
 from .store import ConversationGone, KeyTaken, StorageFailed
+from .telemetry import current_request_id
 
 TITLE_CHARS = 50
 
@@ -66,6 +67,11 @@ class AcceptedTurn:
     @property
     def conversation_id(self) -> int:
         return self.reply.conversation_id
+
+
+def reply_metadata(provider: str, model: str) -> dict[str, str | None]:
+    """What a reply row starts with: who is asked, and the request that asked (`X-Request-ID`)."""
+    return {"provider": provider, "model": model, "request_id": current_request_id()}
 
 
 def title_from(text: str) -> str:
@@ -156,6 +162,7 @@ def start_reply(
         user_message_id=asked.id,
         stop_when_abandoned=services.settings.on_disconnect == "cancel",
         on_end=ended,
+        user=slot.user,
     )
     slot.taken = True
     services.feeds.turn_started(audience, created, asked, reply, asked_is_new=asked_is_new)
@@ -210,7 +217,7 @@ async def _store_and_start(
         user_message, reply = await store.start_turn(
             conversation.id,
             ask.message,
-            metadata={"provider": info.name, "model": model},
+            metadata=reply_metadata(info.name, model),
             idempotency_key=key,
             request_hash=fingerprint,
             author=ask.user,

@@ -22,7 +22,9 @@ def test_start_names_what_was_asked_even_when_a_fallback_answered() -> None:
         "user_message_id": 1,
         "provider": "openai",
         "model": "gpt-4o-mini",
+        "request_id": None,
     }
+    assert events.start(3, 2, {**META, "request_id": "abc"})["request_id"] == "abc"
     assert (events.start(3, 2, answered)["provider"], events.start(3, 2, answered)["model"]) == (
         "openai",
         "gpt-4o",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import httpx
 
 from ..config import Settings
+from ..telemetry import NOTHING, Telemetry
 from .anthropic import AnthropicProvider
 from .base import Provider
 from .deadlines import Timeouts
@@ -60,7 +61,7 @@ class Adapter:
 
 
 def build_providers(
-    settings: Settings, client: httpx.AsyncClient, timeouts: Timeouts
+    settings: Settings, client: httpx.AsyncClient, timeouts: Timeouts, telemetry: Telemetry = NOTHING
 ) -> dict[str, ProviderInfo]:
     def model(name: str) -> str | None:
         return settings.model if settings.provider == name else None
@@ -107,7 +108,10 @@ def build_providers(
 
     retrying: dict[str, Provider] = {
         a.provider.name: RetryingProvider(
-            a.provider, attempts=settings.retry_attempts, max_seconds=settings.retry_max_seconds
+            a.provider,
+            attempts=settings.retry_attempts,
+            max_seconds=settings.retry_max_seconds,
+            telemetry=telemetry,
         )
         for a in adapters
         if a.usable
@@ -124,7 +128,7 @@ def build_providers(
             default_model=a.provider.default_model,
             key_variable=a.key_variable,
             key_set=a.key_set,
-            provider=with_fallback(retrying[a.provider.name], chain) if a.usable else None,
+            provider=with_fallback(retrying[a.provider.name], chain, telemetry) if a.usable else None,
         )
         for a in adapters
     }

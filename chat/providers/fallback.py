@@ -25,13 +25,17 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from ..telemetry import NOTHING, Telemetry
 from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
 
 log = logging.getLogger("sidechat.providers")
 
 
 class FallbackProvider:
-    def __init__(self, first: Provider, chain: Sequence[tuple[Provider, str]]) -> None:
+    def __init__(
+        self, first: Provider, chain: Sequence[tuple[Provider, str]], telemetry: Telemetry = NOTHING
+    ) -> None:
+        self.telemetry = telemetry
         self.name = first.name
         self.default_model = first.default_model
         self.first = first
@@ -74,6 +78,7 @@ class FallbackProvider:
         try:
             if answerer is not None:
                 log.warning("%s:%s answers instead", answerer.provider, answerer.model)
+                self.telemetry.fell_back(self.name, answerer.provider)
                 yield answerer
             yield first
             async for item in stream:
@@ -82,7 +87,9 @@ class FallbackProvider:
             await close_stream(stream)
 
 
-def with_fallback(first: Provider, chain: Sequence[tuple[Provider, str]]) -> Provider:
+def with_fallback(
+    first: Provider, chain: Sequence[tuple[Provider, str]], telemetry: Telemetry = NOTHING
+) -> Provider:
     """`first`, handing over to `chain` when it fails before answering; `first` itself when
     the chain is empty."""
-    return FallbackProvider(first, chain) if chain else first
+    return FallbackProvider(first, chain, telemetry) if chain else first

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 import httpx
 
 from ..sse import LineDecoder, ServerSentEvent, SSEDecoder, TooLong
+from ..telemetry import upstream_headers
 from .base import ChatRequest, Finish, ProviderError
 from .deadlines import DEFAULT_TIMEOUTS, Deadline, Timeouts, read_within
 from .errors import (
@@ -168,6 +169,7 @@ class HTTPProvider:
     framing: ClassVar[str] = "sse"
     done_data: ClassVar[str | None] = None
     json_ok: ClassVar[bool] = False  # see open_stream
+    request_id_header: ClassVar[str | None] = None  # where the provider takes our request id
 
     def __init__(
         self,
@@ -219,7 +221,7 @@ class HTTPProvider:
                 self._client,
                 self.url(request.model),
                 body=self.build_body(request),
-                headers=self._headers,
+                headers={**self._headers, **upstream_headers(self.request_id_header)},
                 timeouts=self._timeouts,
                 provider=name,
                 json_ok=self.json_ok,

@@ -100,6 +100,7 @@ class OpenAIProvider(HTTPProvider):
     path = "/chat/completions"
     key_header = ("authorization", "Bearer {}")
     done_data = "[DONE]"
+    request_id_header = "x-client-request-id"  # OpenAI logs it with the request, for its support
     build_body = staticmethod(build_body)
 
     def reading(self) -> OpenAIReading:

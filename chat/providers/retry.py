@@ -33,6 +33,7 @@ import random as _random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from ..telemetry import NOTHING, Telemetry
 from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
 
 log = logging.getLogger("sidechat.providers")
@@ -50,7 +51,9 @@ class RetryingProvider:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
+        telemetry: Telemetry = NOTHING,
     ) -> None:
+        self.telemetry = telemetry  # hears of every failure of the inner stream
         assert attempts >= 1, attempts
         self.name = inner.name
         self.default_model = inner.default_model
@@ -97,10 +100,11 @@ class RetryingProvider:
                     status=error.status,
                     retry_after=error.retry_after,
                 ) from None
-            if not error.retryable or attempt >= self.attempts:
-                raise error
-            wait = self.backoff(attempt, error)
+            wait = self.backoff(attempt, error) if error.retryable and attempt < self.attempts else None
             left = deadline - self._clock()
+            self.telemetry.upstream_failed(self.name, error, retried=wait is not None and wait <= left)
+            if wait is None:
+                raise error
             if wait > left:
                 log.warning(
                     "not retrying %s: a %.1fs wait is more than the %.1fs left of the budget; after: %s",
@@ -129,5 +133,8 @@ class RetryingProvider:
             yield first
             async for item in stream:
                 yield item
+        except ProviderError as exc:
+            self.telemetry.upstream_failed(self.name, exc, retried=False)
+            raise
         finally:
             await close_stream(stream)
