@@ -50,7 +50,11 @@ async def serve(settings: Settings, *, prefix: str = "") -> AsyncIterator[str]:
     app: ASGIApp = create_app(settings)
     if prefix:
         app = Prefixed(app, prefix)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    # Without uvicorn's proxy headers, as `sidechat serve` runs it (chat.forwarded says why).
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", proxy_headers=False
+    )
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await until(lambda: server.started or task.done(), what="the server to start")
     if not server.started:
