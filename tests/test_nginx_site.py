@@ -6,14 +6,17 @@ and the ones sidechat answers with, and the body limit the two share.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
+from chat.logs import FIELDS
 from tests.browser import Console, new_context
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_reply
@@ -117,6 +120,24 @@ async def test_nginx_forwards_host_client_scheme_prefix_and_request_id(tmp_path:
     assert root.headers["x-request-id"] == "mine-1"
     generated = prefixed.headers["x-request-id"]
     assert HEX_ID.fullmatch(generated) and f"request_id={generated} " in proxy.access_log
+
+
+async def test_sidechats_log_names_the_client_nginx_saw_not_one_it_claims(
+    upstream: FakeUpstream, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="sidechat.requests")
+    async with fronted(upstream, tmp_path) as (_, proxy):
+        # From 127.0.0.2, which is not a trusted proxy (127.0.0.1 is), claiming to be another.
+        transport = httpx.AsyncHTTPTransport(local_address="127.0.0.2")
+        async with httpx.AsyncClient(base_url=proxy.url, transport=transport, timeout=10) as http:
+            answer = await http.get("/api/providers", headers={"x-forwarded-for": "6.6.6.6"})
+    assert answer.status_code == 200
+    [line] = [getattr(r, FIELDS) for r in caplog.records if r.name == "sidechat.requests"]
+    assert (line["client"], line["route"], line["request_id"]) == (
+        "127.0.0.2",
+        "/api/providers",
+        answer.headers["x-request-id"],
+    )
 
 
 async def test_sidechat_serves_the_forwarded_host_it_allows_and_returns_the_request_id(
