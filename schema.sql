@@ -1,4 +1,5 @@
 -- sidechat's whole schema. Applied at every start-up, so every statement is idempotent.
+-- A change here that an older database needs besides is a numbered step in chat/upgrades.py.
 
 CREATE TABLE IF NOT EXISTS conversations (
     id          INTEGER PRIMARY KEY,
@@ -49,6 +50,10 @@ CREATE INDEX IF NOT EXISTS messages_by_conversation ON messages (conversation_id
 
 -- Start-up recovery finds rows a crash left mid-generation without a full scan.
 CREATE INDEX IF NOT EXISTS messages_streaming ON messages (status) WHERE status = 'streaming';
+
+-- A user's usage between two times (/api/usage) reads replies by when they ended (version 2).
+CREATE INDEX IF NOT EXISTS replies_by_completion
+    ON messages (completed_at) WHERE role = 'assistant';
 
 -- A retried POST with the same Idempotency-Key finds the first attempt's messages.
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_idempotency_key

@@ -4,9 +4,10 @@ words), and what its errors mean to the store's callers.
 Deliberate choices:
 - WAL mode, so readers (other tools, backups) never block the writer, and
   `synchronous=NORMAL`, which in WAL mode is still safe against corruption.
-- `schema.sql` is the whole schema of a new database. SQLite's `CREATE TABLE IF
-  NOT EXISTS` leaves an older table as it was, so a column added since is also
-  listed in `ADDED_COLUMNS` and added to an older database at start-up.
+- `schema.sql` is the whole schema of a new database; an older one is upgraded to it
+  by numbered steps (`chat.upgrades`), and one newer than this code is refused.
+- A new database takes `auto_vacuum = INCREMENTAL` (it must precede the first table,
+  and WAL's header), so `sidechat prune` can give space back while the server runs.
 - A connection whose set-up fails is closed before the error goes up: aiosqlite
   runs each connection on a thread of its own, and a thread left running keeps
   the process from ever exiting.
@@ -25,11 +26,17 @@ import aiosqlite
 from .errors import StartupError
 from .resources import resource
 from .telemetry import NOTHING, Telemetry
+from .upgrades import TooNew, upgrade
+
+
+def stamp(moment: datetime) -> str:
+    """A time as every timestamp column holds it: UTC, milliseconds, a `Z`; so they sort as text."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def now() -> str:
-    """The time as every timestamp column holds it: UTC, milliseconds, a `Z`."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, as a timestamp column holds it."""
+    return stamp(datetime.now(UTC))
 
 
 class StoreError(Exception):
@@ -72,10 +79,6 @@ def reason_of(exc: sqlite3.OperationalError) -> str:
     return f"the database could not be written ({exc})"
 
 
-# (table, column, declaration) for each column added to the schema after its table was.
-ADDED_COLUMNS = [("messages", "request_hash", "TEXT"), ("messages", "user_id", "TEXT")]
-
-
 async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connection:
     """A connection with the schema applied; a `StartupError` that says why when it cannot be had."""
     schema = resource("schema.sql").read_text()
@@ -85,23 +88,25 @@ async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connect
         sqlite3.connect(path).close()
         db = await aiosqlite.connect(path, isolation_level=None)
     except sqlite3.Error as exc:
-        raise _startup_error(path, exc) from None
+        raise opening_error(path, exc) from None
     try:
         db.row_factory = sqlite3.Row
         # A short foreign lock (a backup, `sqlite3` in a shell) is waited out, not failed.
         await db.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
+        await db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # a new database only: see above
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = NORMAL")
         await db.execute("PRAGMA foreign_keys = ON")
-        await db.executescript(schema)
-        for table, column, declaration in ADDED_COLUMNS:
-            present = {row[1] for row in await db.execute_fetchall(f"PRAGMA table_info({table})")}
-            if column not in present:
-                await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        await upgrade(db, schema)
     except BaseException as exc:
         await db.close()
         if isinstance(exc, sqlite3.Error):
-            raise _startup_error(path, exc) from None
+            raise opening_error(path, exc) from None
+        if isinstance(exc, TooNew):
+            raise StartupError(
+                f"the database {path} (SIDECHAT_DB or --db) has {exc}: it was upgraded by a newer"
+                " sidechat; run that one, or restore a backup made before the upgrade"
+            ) from None
         raise
     return db
 
@@ -122,7 +127,8 @@ async def connect_reader(path: str) -> aiosqlite.Connection | None:
     return db
 
 
-def _startup_error(path: str, exc: sqlite3.Error) -> StartupError:
+def opening_error(path: str, exc: sqlite3.Error) -> StartupError:
+    """Why the database at `path` could not be opened, in one line."""
     where = f"the database {path} (SIDECHAT_DB or --db)"
     reason = str(exc)
     if "not a database" in reason:
@@ -134,6 +140,8 @@ def _startup_error(path: str, exc: sqlite3.Error) -> StartupError:
         return StartupError(f"cannot open {where}: its directory or the file cannot be written")
     if "readonly" in reason:
         return StartupError(f"cannot write to {where}: it is read-only")
+    if "locked" in reason:
+        return StartupError(f"cannot use {where}: it is locked by another process")
     return StartupError(f"cannot use {where}: {reason}")
 
 
