@@ -1,20 +1,27 @@
 """The command line: `sidechat` (the console script), `python -m chat`, and `python app.py` (`serve` alone).
 
     sidechat serve [--host HOST] [--port PORT] [--db PATH]
+    sidechat prune --days N [--dry-run] [--vacuum] [--db PATH]
+    sidechat export --conversation ID [--format json|markdown] [--db PATH]
+    sidechat stats [--json] [--db PATH]
+    sidechat backup PATH [--db PATH]
     sidechat --version
 
 Each command is a function taking the parsed arguments and returning the exit
-status; `main` parses and dispatches, so commands to come (prune, export, stats)
-are one function and one subparser each.
+status; `main` parses and dispatches, so a command is one function and one
+subparser. The maintenance commands' work is in `chat.maintenance`, `chat.prune`
+and `chat.export`; here they are parsed, run, and their one-line errors printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from .config import ConfigError, Settings
 
@@ -77,6 +84,108 @@ def serve_main(argv: Sequence[str], *, prog: str) -> int:
     )
 
 
+def maintain(args: argparse.Namespace, work: Callable[[Settings], Coroutine[Any, Any, str]]) -> int:
+    """Run a maintenance command's work against the database the server would use; print
+    what it answers, or its one-line error."""
+    from .errors import StartupError
+    from .maintenance import CommandError
+
+    try:
+        settings = Settings.from_env().override(db=args.db)
+    except ConfigError as exc:
+        print(f"sidechat {args.name}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        said = asyncio.run(work(settings))
+    except (CommandError, StartupError) as exc:
+        print(f"sidechat {args.name}: {exc}", file=sys.stderr)
+        return 1
+    print(said)
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    from .prune import prune as prune_database
+
+    async def work(settings: Settings) -> str:
+        pruned = await prune_database(
+            settings.db,
+            days=args.days,
+            dry_run=args.dry_run,
+            vacuum=args.vacuum,
+            busy_timeout=settings.db_busy_timeout,
+        )
+        return pruned.as_text()
+
+    return maintain(args, work)
+
+
+def export(args: argparse.Namespace) -> int:
+    from .export import export as export_conversation
+
+    async def work(settings: Settings) -> str:
+        return await export_conversation(
+            settings.db, args.conversation, args.format, busy_timeout=settings.db_busy_timeout
+        )
+
+    return maintain(args, work)
+
+
+def stats(args: argparse.Namespace) -> int:
+    from .maintenance import stats as database_stats
+
+    async def work(settings: Settings) -> str:
+        found = await database_stats(settings.db, busy_timeout=settings.db_busy_timeout)
+        return found.as_json() if args.json else found.as_text()
+
+    return maintain(args, work)
+
+
+def backup(args: argparse.Namespace) -> int:
+    from .maintenance import backup as back_up
+
+    async def work(settings: Settings) -> str:
+        made = await back_up(settings.db, args.path, busy_timeout=settings.db_busy_timeout)
+        return made.as_text(settings.db)
+
+    return maintain(args, work)
+
+
+def count(text: str) -> int:
+    """A whole number of 0 or more, for argparse."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, not {text!r}")
+    return int(text)
+
+
+def maintenance_parsers(commands: Any) -> None:
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--db", help="SQLite database path (default $SIDECHAT_DB or ./sidechat.db)")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], what: str) -> argparse.ArgumentParser:
+        added: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[database], help=what, description=what
+        )
+        added.set_defaults(command=run, name=name)
+        return added
+
+    pruning = command(
+        "prune", prune, "delete conversations idle for N days or more, and give their space back"
+    )
+    pruning.add_argument("--days", type=count, required=True, help="idle for this many days or more; 0: all")
+    pruning.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    pruning.add_argument(
+        "--vacuum", action="store_true", help="rewrite the whole file (VACUUM): shrinks an older database"
+    )
+    exporting = command("export", export, "print one conversation and its messages")
+    exporting.add_argument("--conversation", type=int, required=True, metavar="ID")
+    exporting.add_argument("--format", choices=("json", "markdown"), default="json")
+    counting = command("stats", stats, "conversations, messages, replies by status, database size")
+    counting.add_argument("--json", action="store_true", help="as JSON")
+    copying = command("backup", backup, "a consistent copy of the database, while the server runs")
+    copying.add_argument("path", metavar="PATH", help="the copy's file, or a directory to put it in")
+
+
 def parser(prog: str = "sidechat") -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=prog, description="A small, fast streaming-chat service.")
     top.add_argument("--version", action="version", version=f"sidechat {package_version()}")
@@ -84,6 +193,7 @@ def parser(prog: str = "sidechat") -> argparse.ArgumentParser:
     serve_arguments(
         commands.add_parser("serve", help="serve the API and the page", description="Serve sidechat.")
     )
+    maintenance_parsers(commands)
     return top
 
 

@@ -1,11 +1,9 @@
-"""Schema versions: a database made by the last release (its schema.sql, saved as
-tests/data/schema-5c2620b.sql from `git show 5c2620b:schema.sql`) is upgraded at start-up
-with its rows whole; a newer one is refused; a failed step changes nothing."""
+"""Schema versions: a database made by the last release (tests/oldschema.py) is upgraded at
+start-up with its rows whole; a newer one is refused; a failed step changes nothing."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from pathlib import Path
 
@@ -18,42 +16,10 @@ from chat.errors import StartupError
 from chat.store import Store
 from chat.upgrades import LATEST, STEPS, Step, TooNew, add_columns, statements, upgrade
 from tests.live import chat_stream, serve
+from tests.oldschema import old_database
 from tests.processes import PYTHON, free_port, run
 
 pytestmark = pytest.mark.anyio
-
-OLD_SCHEMA = Path(__file__).parent / "data" / "schema-5c2620b.sql"
-REPLY = json.dumps({"provider": "demo", "model": "demo-1", "usage": {"input_tokens": 3, "output_tokens": 9}})
-
-
-def old_database(path: Path) -> None:
-    """A database as sidechat 0.2.0 left it: its schema, and rows as its store wrote them: a
-    finished turn under an idempotency key, a member, and a reply a crash left streaming."""
-    with sqlite3.connect(path) as db:
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA foreign_keys = ON")
-        db.executescript(OLD_SCHEMA.read_text())
-        db.execute(
-            "INSERT INTO conversations (id, user_id, title, created_at, updated_at)"
-            " VALUES (1, 'alice', 'Old times', '2025-01-02T03:04:05.000Z', '2025-01-02T03:04:05.000Z'),"
-            " (2, 'bob', NULL, '2025-02-01T00:00:00.000Z', '2025-02-01T00:00:00.000Z')"
-        )
-        db.execute("INSERT INTO members VALUES (1, 'bob', '2025-01-02T03:05:00.000Z')")
-        db.execute(
-            "INSERT INTO messages (conversation_id, role, content, status, metadata, idempotency_key,"
-            " request_hash, created_at, completed_at, user_id, last_event_id) VALUES"
-            " (1, 'user', 'hello there', 'completed', '{}', 'alice:key-1', 'hash-1',"
-            "  '2025-01-02T03:04:06.000Z', '2025-01-02T03:04:06.000Z', 'alice', 0),"
-            " (1, 'assistant', 'General Kenobi', 'completed', :reply, NULL, NULL,"
-            "  '2025-01-02T03:04:06.000Z', '2025-01-02T03:04:07.000Z', NULL, 5),"
-            " (2, 'user', 'cut off', 'completed', '{}', NULL, NULL,"
-            "  '2025-02-01T00:00:01.000Z', '2025-02-01T00:00:01.000Z', 'bob', 0),"
-            " (2, 'assistant', 'half a rep', 'streaming', :reply, NULL, NULL,"
-            "  '2025-02-01T00:00:01.000Z', NULL, NULL, 0)",
-            {"reply": REPLY},
-        )
-    with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (0,)
 
 
 def version(path: Path) -> int:
