@@ -37,6 +37,8 @@ from .errors import (
     render_storage_failed,
 )
 from .hosts import AllowedHosts
+from .metrics_page import PATH as METRICS
+from .metrics_page import MetricsPage
 from .openapi import routes as openapi_routes
 from .page import Files, index
 from .requestid import KEY as REQUEST_ID
@@ -70,8 +72,9 @@ def route_path(scope: Scope) -> str:
 
 class Sidechat:
     """Every HTTP request passes, in order: its request id, and the telemetry's watch for as
-    long as it lasts; the Host check (not for the probes); CORS, when configured; the gate,
-    which finds the user or answers 401; the routes."""
+    long as it lasts; the Host check (not for the probes, nor for /metrics behind its token);
+    CORS, when configured; /metrics, which guards itself; the gate, which finds the user or
+    answers 401; the routes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -92,7 +95,11 @@ class Sidechat:
                 Exception: render_internal_error,
             },
         )
-        self.telemetry = telemetry_for(settings, self.router.routes)
+        self.metrics = MetricsPage(settings)  # served before the router: not an API route
+        self.telemetry = telemetry_for(settings, [*self.router.routes, self.metrics.route])
+        self.metrics.serve(self.telemetry)
+        # With a token, /metrics needs no Host check: a rebinding page has no token to send.
+        self.unchecked = (*PROBES, METRICS) if settings.metrics_token else PROBES
         self.checked: ASGIApp = self._gated
         if settings.cors_origins:
             self.checked = cors(self._gated, settings.cors_origins)
@@ -108,7 +115,7 @@ class Sidechat:
             send = stamped(send, value, record)
             with self.telemetry.request(record):
                 try:
-                    if route_path(scope) not in PROBES and not self.hosts.allow(scope):
+                    if route_path(scope) not in self.unchecked and not self.hosts.allow(scope):
                         await FOREIGN_HOST(scope, receive, send)
                     else:
                         await self.checked(scope, receive, send)
@@ -116,6 +123,9 @@ class Sidechat:
                     record.user = scope.get(USER)
 
     async def _gated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if route_path(scope) == METRICS:  # its own token, or this machine (chat.metrics_page)
+            await self.metrics(scope, receive, send)
+            return
         if not self.gate.on:
             scope[USER] = LOCAL_USER
         elif self.gate.guards(route_path(scope)):
@@ -141,6 +151,7 @@ class Sidechat:
             await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
             raise
         self.router.state.services = services
+        self.telemetry.opened(services)
         on_stop_signal(lambda count: _stop(services, count))
         if self.gate.file is not None:
             on_signal(signal.SIGHUP, self.gate.file.reload)

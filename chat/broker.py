@@ -226,6 +226,7 @@ class Broker:
         self._clock = clock
         self._topics: dict[str, Topic] = {}
         self._closed: deque[tuple[float, Topic]] = deque()  # (when it expires, topic), in order
+        self.subscribers = 0  # on every topic, for the metrics
 
     def open(self, name: str) -> Topic:
         """A new topic; one that is still open under this name is a bug."""
@@ -261,12 +262,14 @@ class Broker:
         """Follow `topic` from after event `after` for as long as the block lasts; `reset` is
         sent whenever the topic's window has let go of events not yet read."""
         topic.subscribers += 1
+        self.subscribers += 1
         subscription = Subscription(topic, after, heartbeat, reset)
         try:
             yield subscription
         finally:
             subscription.close()
             topic.subscribers -= 1
+            self.subscribers -= 1
             if topic.subscribers == 0 and topic.on_abandoned is not None:
                 topic.on_abandoned()
 

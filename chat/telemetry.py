@@ -8,7 +8,9 @@ sink hears of it. The moments are few and none is per token:
 - a generation, for as long as its task runs (`generation`, a context inside it,
   so a sink can make it current, as a trace span, for the upstream call);
 - an upstream failure, retried or not (`upstream_failed`), and a fallback (`fell_back`);
-- a database write (`db_write`, a context).
+- a database write (`db_write`, a context);
+- and once, at start-up, the services the app opened (`opened`), for a sink that reads
+  their state when asked (the metrics' gauges of running replies and subscribers).
 
 The request id and the caller travel as context variables (`current`), which
 the generation's task inherits when the request starts it: a sink, and the
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .generations import Generation
     from .providers.base import ProviderError
+    from .services import Services
 
 
 @dataclass(slots=True)
@@ -77,6 +80,9 @@ def upstream_headers(request_id_header: str | None) -> dict[str, str]:
 class Sink:
     """A watcher; each moment does nothing unless a sink says otherwise."""
 
+    def opened(self, services: Services) -> None:
+        pass
+
     @contextmanager
     def request(self, record: RequestRecord) -> Iterator[None]:
         yield
@@ -101,6 +107,10 @@ class Telemetry:
 
     def __init__(self, sinks: Sequence[Sink] = ()) -> None:
         self.sinks = tuple(sinks)
+
+    def opened(self, services: Services) -> None:
+        for sink in self.sinks:
+            sink.opened(services)
 
     @contextmanager
     def request(self, record: RequestRecord) -> Iterator[None]:
@@ -136,8 +146,24 @@ NOTHING = Telemetry()  # for code run without an app: tests, scripts
 
 
 def telemetry_for(settings: Settings, routes: list[BaseRoute]) -> Telemetry:
-    """The sinks the settings turn on, for an app of `routes`."""
+    """The sinks the settings turn on, for an app of `routes`: the log and the metrics
+    always, the traces when OpenTelemetry is installed."""
     from .logs import LogSink
+    from .metrics import MetricsSink
 
-    sinks: list[Sink] = [LogSink(settings, routes)]
+    sinks: list[Sink] = [LogSink(settings, routes), MetricsSink(settings, routes)]
+    if (tracing := tracing_sink(settings, routes)) is not None:
+        sinks.append(tracing)
     return Telemetry(sinks)
+
+
+def tracing_sink(settings: Settings, routes: list[BaseRoute]) -> Sink | None:
+    """`chat.tracing`'s sink, or None when `opentelemetry` cannot be imported (the `otel`
+    extra is not installed): then not one of its modules is loaded."""
+    try:
+        from .tracing import TracingSink
+    except ModuleNotFoundError as exc:
+        if exc.name == "opentelemetry" or (exc.name or "").startswith("opentelemetry."):
+            return None
+        raise
+    return TracingSink(settings, routes)
