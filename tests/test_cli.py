@@ -31,6 +31,19 @@ async def test_no_command_prints_the_commands_and_fails() -> None:
     assert "serve" in result.stderr
 
 
+async def test_the_help_lists_every_command() -> None:
+    result = await run([SIDECHAT, "--help"])
+    assert result.returncode == 0
+    for command in ("serve", "prune", "export", "stats", "backup"):
+        assert f"    {command} " in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("command", ["prune", "export", "stats", "backup"])
+async def test_every_maintenance_command_takes_the_database(command: str) -> None:
+    result = await run([PYTHON, "-m", "chat", command, "--help"])
+    assert result.returncode == 0 and "--db DB" in result.stdout
+
+
 async def test_python_app_py_is_serve() -> None:
     result = await run([PYTHON, "app.py", "--help"])
     assert result.returncode == 0
