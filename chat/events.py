@@ -35,10 +35,12 @@ def provider(name: str, model: str) -> dict[str, Any]:
 
 
 def done(message_id: int, metadata: dict[str, Any]) -> dict[str, Any]:
+    """`cost_usd` is null for a model without a price, and for a row stored before costs were."""
     payload = {
         "message_id": message_id,
         "finish_reason": metadata.get("finish_reason"),
         "usage": metadata.get("usage"),
+        "cost_usd": metadata.get("cost_usd"),
         "duration_ms": metadata.get("duration_ms"),
         "ttft_ms": metadata.get("ttft_ms"),
     }

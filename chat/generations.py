@@ -30,7 +30,8 @@ from . import events
 from .broker import Broker, Topic
 from .keeping import Checkpoints, Keeper
 from .outcome import CANCELLED, SHUTDOWN, Relayed, conclude
-from .providers.base import ChatRequest, Finish, Provider, ProviderError, close_stream
+from .prices import Prices
+from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage, close_stream
 from .records import Message
 from .telemetry import NOTHING, Telemetry
 from .waits import first_of
@@ -53,8 +54,10 @@ class Generation:
         max_chars: int = 2_000_000,
         watched: dict[int, Topic] | None = None,
         user: str | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self.user = user  # who asked for it
+        self.prices = prices  # what its usage costs (`cost_usd`); None: not priced
         self.max_chars = max_chars  # the longest reply; past it, the rest is not read
         self.watched = watched if watched is not None else {}  # conversation feeds open now
         self.provider = provider
@@ -116,10 +119,10 @@ class Generation:
             self._ending = True
             if checkpoints is not None:
                 await checkpoints.close()
-        ended = time.monotonic()
+        took = time.monotonic() - started
 
         def row() -> dict[str, Any]:
-            status, metadata = conclude(relayed, self._stop_reason, self.metadata, ended - started)
+            status, metadata = conclude(relayed, self._stop_reason, self.metadata, took, self.prices)
             return {
                 "status": status,
                 "metadata": metadata,
@@ -175,10 +178,13 @@ class Generation:
                         publish("token", {"text": item})
                         if watched and (feed := watched.get(conversation_id)) is not None:
                             feed.publish("token", {"message_id": message_id, "text": item})
+                    elif isinstance(item, Usage):  # the counts so far: kept should the end not come
+                        relayed.usage = item
                     elif isinstance(item, Finish):
                         relayed.finish = item
                     else:
                         relayed.answerer = item
+                        relayed.usage = None  # what follows is the answering provider's count
                         publish("provider", events.provider(item.provider, item.model))
             finally:
                 await close_stream(stream)  # the upstream connection goes with it, now
@@ -233,11 +239,12 @@ class Generations:
         stop_when_abandoned: bool = False,
         on_end: Callable[[Generation], object] | None = None,
         user: str | None = None,
+        prices: Prices | None = None,
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
         generation = Generation(
-            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched, user
+            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched, user, prices
         )
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)

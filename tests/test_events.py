@@ -54,3 +54,10 @@ def test_an_error_with_no_stored_cause_is_an_interruption() -> None:
         {"message_id": 2, "error": events.INTERRUPTED, "partial": True},
     )
     assert events.INTERRUPTED["type"] == "interrupted" and events.SHUTDOWN["type"] == "shutdown"
+
+
+def test_done_carries_the_cost_and_null_for_a_row_from_before_costs() -> None:
+    assert events.done(2, {**META, "cost_usd": 3.0e-6})["cost_usd"] == 3.0e-6
+    assert events.done(2, {**META, "cost_usd": None})["cost_usd"] is None
+    old = {k: v for k, v in META.items() if k != "cost_usd"}
+    assert events.done(2, old)["cost_usd"] is None

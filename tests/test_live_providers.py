@@ -344,7 +344,8 @@ async def test_without_a_fallback_the_done_event_is_unchanged(upstream: FakeUpst
 
     transcript, row = await talk(settings, {"message": "hi"})
 
-    assert set(transcript.terminal.data) == {"message_id", "finish_reason", "usage", "duration_ms", "ttft_ms"}
+    done = {"message_id", "finish_reason", "usage", "cost_usd", "duration_ms", "ttft_ms"}
+    assert set(transcript.terminal.data) == done
     assert "requested" not in row["metadata"]
 
 

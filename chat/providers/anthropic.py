@@ -9,6 +9,12 @@ any time and `error` ends the stream with an error object.
 We dispatch on the JSON `type`, which repeats the event name, and ignore types
 we do not know: Anthropic documents that new ones may appear. Only
 `text_delta` is text; thinking, signatures and tool input never are.
+
+The prompt's tokens come in `message_start`, the output's (cumulative) in each
+`message_delta`; prompt-cache reads and writes are counted apart, and priced
+apart (`chat.prices`): a write, at the 5-minute rate, even when it was a 1-hour
+one (sidechat asks for no caching itself; only a proxy adding `cache_control`
+makes writes happen).
 """
 
 from __future__ import annotations
@@ -47,25 +53,33 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _input_tokens(usage: dict[str, Any]) -> int | None:
-    # Cached prompt tokens are reported apart from `input_tokens`; all were read.
-    total = None
-    for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-        value = usage.get(key)
-        if value is not None:
-            total = (total or 0) + value
-    return total
+def _usage(counted: dict[str, Any], before: Usage) -> Usage:
+    """What one event's `usage` says, over what earlier ones said. Anthropic counts the prompt
+    in three parts: `input_tokens` (not cached), `cache_read_input_tokens` and
+    `cache_creation_input_tokens`; all were read, so `input_tokens` here is their sum."""
+    fresh = counted.get("input_tokens")
+    read = _either(counted.get("cache_read_input_tokens"), before.cached_input_tokens)
+    written = _either(counted.get("cache_creation_input_tokens"), before.cache_write_tokens)
+    if fresh is None:  # a message_delta with the output count only: the prompt is as it was
+        input_tokens = before.input_tokens
+    else:
+        input_tokens = fresh + (read or 0) + (written or 0)
+    return Usage(input_tokens, _either(counted.get("output_tokens"), before.output_tokens), read, written)
+
+
+def _either(value: int | None, before: int | None) -> int | None:
+    return before if value is None else value
 
 
 class AnthropicReading:
-    """What the events so far have told us: usage and the stop reason, until `message_stop`."""
+    """What the events so far have told us: `usage` (from `message_start`, then each
+    `message_delta`) and the stop reason, until `message_stop`."""
 
-    __slots__ = ("input_tokens", "output_tokens", "provider", "stop_reason")
+    __slots__ = ("provider", "stop_reason", "usage")
 
     def __init__(self, provider: str = "anthropic") -> None:
         self.provider = provider
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
+        self.usage = Usage()
         self.stop_reason: str | None = None
 
     def feed(self, payload: Any) -> tuple[str, Finish | None]:
@@ -83,20 +97,15 @@ class AnthropicReading:
             if block.get("type") == "text" and block.get("text"):
                 return str(block["text"]), None
         elif kind == "message_start":
-            usage = payload["message"].get("usage") or {}
-            self.input_tokens = _input_tokens(usage)
-            self.output_tokens = usage.get("output_tokens")
+            self.usage = _usage(payload["message"].get("usage") or {}, self.usage)
         elif kind == "message_delta":
             reason = (payload.get("delta") or {}).get("stop_reason")
             if reason:
                 self.stop_reason = _STOP_REASONS.get(reason, "stop")
-            usage = payload.get("usage") or {}
-            if usage.get("output_tokens") is not None:
-                self.output_tokens = usage["output_tokens"]
-            if usage.get("input_tokens") is not None:
-                self.input_tokens = _input_tokens(usage)
+            if counted := payload.get("usage"):
+                self.usage = _usage(counted, self.usage)
         elif kind == "message_stop":
-            return "", Finish(self.stop_reason or "stop", Usage(self.input_tokens, self.output_tokens))
+            return "", Finish(self.stop_reason or "stop", self.usage)
         elif kind == "error":
             raise error_from_event(payload, self.provider)
         return "", None  # ping, content_block_stop, and types added later

@@ -2,12 +2,15 @@
 
 An adapter is a small class with a `name`, a `default_model` and one method,
 `stream(request)`: an async iterator that yields each text delta as a plain
-`str`, then exactly one `Finish` record, then stops. Anything that goes wrong
+`str`, then exactly one `Finish` record, then stops. Whenever the provider tells
+how many tokens it has counted so far, the adapter also yields a `Usage` (the
+counts so far, not an increment), so that a reply cancelled or cut off before
+its `Finish` still knows what it cost. Anything that goes wrong
 upstream is raised as a `ProviderError`; adapters translate httpx's exceptions
 themselves so nothing above them needs to know about HTTP.
 
 Deltas are bare strings rather than records on purpose: the per-token path is
-the hot path, and a string is all it needs. The one other record is `Answerer`:
+the hot path, and a string is all it needs. The other record is `Answerer`:
 a wrapper that hands the request to a fallback provider yields it once, before
 that provider's first delta, so the stream can say who really answered.
 
@@ -25,17 +28,17 @@ Around this contract:
 - `errors.py`: turning what upstream sent (statuses, error bodies, mid-stream
   error events, httpx exceptions) into `ProviderError`s, keys redacted;
 - `retry.py`, `fallback.py`: wrappers that are providers themselves, retrying
-  or handing over to another provider, but only before the first delta.
+  or handing over to another provider, but only before the first delta (a
+  `Usage` is not one: it passes through and a failure after it is still retried).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 Role = Literal["user", "assistant"]
-_T = TypeVar("_T")
 
 ERROR_TYPES = frozenset(
     {
@@ -70,11 +73,28 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens as the provider counts them, None where it said nothing. `input_tokens` is the
+    whole prompt: `cached_input_tokens` (read from the provider's prompt cache) and
+    `cache_write_tokens` (written to it: Anthropic's cache creation) are parts of it, priced
+    apart (`chat.prices`)."""
+
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+
+    @property
+    def reported(self) -> bool:
+        return self.input_tokens is not None or self.output_tokens is not None
 
     def as_dict(self) -> dict[str, int | None]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        """The two counts always (null when unknown); the cache's only when reported."""
+        out = {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        if self.cached_input_tokens is not None:
+            out["cached_input_tokens"] = self.cached_input_tokens
+        if self.cache_write_tokens is not None:
+            out["cache_write_tokens"] = self.cache_write_tokens
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,13 +155,16 @@ class ProviderError(Exception):
         return out
 
 
+Item = str | Finish | Usage | Answerer  # what a provider's stream yields
+
+
 class Provider(Protocol):
     @property
     def name(self) -> str: ...
     @property
     def default_model(self) -> str: ...
 
-    def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]: ...
+    def stream(self, request: ChatRequest) -> AsyncIterator[Item]: ...
 
 
 async def close_stream(stream: AsyncIterator[object]) -> None:
@@ -149,12 +172,3 @@ async def close_stream(stream: AsyncIterator[object]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()
-
-
-async def first_item(stream: AsyncIterator[_T]) -> _T | None:
-    """The first item of `stream`, None if it has none; a stream that fails first is closed."""
-    try:
-        return await anext(stream, None)
-    except BaseException:
-        await close_stream(stream)
-        raise

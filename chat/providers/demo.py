@@ -4,6 +4,8 @@ It exists so the service, the page and `curl -N` work on a fresh machine with
 no key and no network. The reply is a pure function of the last user turn
 (`demo_reply`), so tests can compare against it; it is cut into word-sized
 pieces that keep their leading whitespace, so the deltas join back exactly.
+Its tokens are words: the prompt's, told before the first piece (so a cancelled
+demo reply has a usage, as a real one does), and the pieces, told at the end.
 """
 
 from __future__ import annotations
@@ -57,11 +59,12 @@ class DemoProvider:
     def __repr__(self) -> str:
         return f"DemoProvider(delay={self._delay!r})"
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Usage]:
         prompt = next((t.content for t in reversed(request.turns) if t.role == "user"), "")
         pieces = split_pieces(demo_reply(prompt))
+        words = len((request.system or "").split()) + sum(len(t.content.split()) for t in request.turns)
+        yield Usage(input_tokens=words, output_tokens=0)  # the prompt's count first, as Anthropic's
         for piece in pieces:
             await asyncio.sleep(self._delay)
             yield piece
-        words = len((request.system or "").split()) + sum(len(t.content.split()) for t in request.turns)
         yield Finish("stop", Usage(input_tokens=words, output_tokens=len(pieces)))

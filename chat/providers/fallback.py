@@ -7,6 +7,9 @@ in the chain is asked, with its own model. Before the first item of a stream
 that is not the one asked for, the wrapper yields an `Answerer`, so the event
 stream and the stored message can say who really answered. Once anything went
 downstream, errors pass through: an answer is never stitched from two models.
+A `Usage` is not a first item: a failure after it still moves on. The asked
+provider's counts pass at once; a fallback's wait for its `Answerer`, so that
+what follows an `Answerer` is all the answering provider's.
 
 Deliberate departures from the obvious:
 
@@ -26,7 +29,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
 from ..telemetry import NOTHING, Telemetry
-from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
+from .base import Answerer, ChatRequest, Item, Provider, ProviderError, Usage, close_stream
 
 log = logging.getLogger("sidechat.providers")
 
@@ -58,18 +61,29 @@ class FallbackProvider:
             out.append((provider, replace(request, model=model), Answerer(provider.name, model)))
         return out
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Item]:
         failure: ProviderError | None = None
+        held: Usage | None = None
         for provider, asked, answerer in self.attempts(request):  # noqa: B007 (used after the break)
-            stream = provider.stream(asked)
+            stream, held = provider.stream(asked), None
             try:
-                first = await first_item(stream)
+                while isinstance(first := await anext(stream, None), Usage):
+                    # A count of tokens is no answer: a failure after it still moves on. The
+                    # asked provider's passes at once; another's waits for its Answerer.
+                    if answerer is None:
+                        yield first
+                    else:
+                        held = first
                 break
             except ProviderError as exc:
+                await close_stream(stream)
                 if exc.type == "prompt_blocked":
                     raise
                 log.warning("%s:%s failed before answering: %s", provider.name, asked.model, exc.message)
                 failure = failure or exc
+            except BaseException:
+                await close_stream(stream)
+                raise
         else:
             assert failure is not None
             raise failure
@@ -80,6 +94,8 @@ class FallbackProvider:
                 log.warning("%s:%s answers instead", answerer.provider, answerer.model)
                 self.telemetry.fell_back(self.name, answerer.provider)
                 yield answerer
+                if held is not None:
+                    yield held
             yield first
             async for item in stream:
                 yield item

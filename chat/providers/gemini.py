@@ -50,27 +50,31 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
     return body
 
 
-def _usage(payload: dict[str, Any]) -> Usage:
-    meta = payload.get("usageMetadata") or {}
+def _usage(meta: dict[str, Any]) -> Usage:
     output = meta.get("candidatesTokenCount")
     thoughts = meta.get("thoughtsTokenCount")
     if thoughts is not None:
         output = (output or 0) + thoughts
-    return Usage(meta.get("promptTokenCount"), output)
+    # `cachedContentTokenCount` is the part of `promptTokenCount` read from a cache.
+    return Usage(meta.get("promptTokenCount"), output, meta.get("cachedContentTokenCount"))
 
 
 class GeminiReading:
-    """Each chunk is a whole response: its text, and a `Finish` on the one with a finishReason."""
+    """Each chunk is a whole response: its text, its `usageMetadata` (the counts so far, kept
+    as `usage`), and a `Finish` on the one with a finishReason."""
 
-    __slots__ = ("provider",)
+    __slots__ = ("provider", "usage")
 
     def __init__(self, provider: str = "gemini") -> None:
         self.provider = provider
+        self.usage = Usage()
 
     def feed(self, payload: Any) -> tuple[str, Finish | None]:
         provider = self.provider
         if payload.get("error"):
             raise error_from_event(payload, provider)
+        if meta := payload.get("usageMetadata"):
+            self.usage = _usage(meta)
         candidates = payload.get("candidates")
         if not candidates:
             blocked = (payload.get("promptFeedback") or {}).get("blockReason")
@@ -96,7 +100,7 @@ class GeminiReading:
             raise ProviderError(
                 "prompt_blocked", f"{provider} stopped the answer ({reason})", provider_code=reason
             )
-        return text, Finish(_FINISH_REASONS.get(reason, "stop"), _usage(payload))
+        return text, Finish(_FINISH_REASONS.get(reason, "stop"), self.usage)
 
     def end(self) -> Finish:
         raise truncated_error(self.provider, "a finishReason")

@@ -37,10 +37,11 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
 class OllamaReading:
     """Each line's text, and a `Finish` on the line that says `"done": true`."""
 
-    __slots__ = ("provider",)
+    __slots__ = ("provider", "usage")
 
     def __init__(self, provider: str = "ollama") -> None:
         self.provider = provider
+        self.usage = Usage()  # Ollama counts only on its last line
 
     def feed(self, payload: Any) -> tuple[str, Finish | None]:
         if payload.get("error"):
@@ -52,7 +53,8 @@ class OllamaReading:
         if not payload.get("done"):
             return text, None
         reason = _DONE_REASONS.get(payload.get("done_reason") or "stop", "stop")
-        return text, Finish(reason, Usage(payload.get("prompt_eval_count"), payload.get("eval_count")))
+        self.usage = Usage(payload.get("prompt_eval_count"), payload.get("eval_count"))
+        return text, Finish(reason, self.usage)
 
     def end(self) -> Finish:
         raise truncated_error(self.provider, '"done": true')

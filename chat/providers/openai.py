@@ -7,8 +7,10 @@ OpenRouter, Groq) differ at the edges, so we are lenient there:
 
 - comment lines (`: OPENROUTER PROCESSING`) and `event:` names are ignored,
   except `event: error`, whose data is an error object;
-- usage may ride in its own chunk with empty `choices` or in the last content
-  chunk;
+- usage (asked for with `stream_options.include_usage`) may ride in its own
+  chunk with empty `choices`, in the last content chunk, or (vLLM's continuous
+  usage stats) in every chunk; `prompt_tokens_details.cached_tokens` is the
+  part of the prompt read from OpenAI's prompt cache;
 - a body that ends after a `finish_reason` counts as finished even without
   `[DONE]`; a `[DONE]` with no `finish_reason` before it is `truncated`;
 - `refusal` deltas are the answer's text; tool-call deltas and reasoning
@@ -53,7 +55,8 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
 
 
 class OpenAIReading:
-    """A chunk's text goes out at once; the finish reason and usage wait for the end."""
+    """A chunk's text goes out at once; the finish reason waits for the end, and `usage` is
+    the latest the server reported."""
 
     __slots__ = ("provider", "reason", "usage")
 
@@ -84,7 +87,10 @@ class OpenAIReading:
                 self.reason = _FINISH_REASONS.get(finish, "stop")
         usage = payload.get("usage")
         if usage:
-            self.usage = Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+            details = usage.get("prompt_tokens_details") or {}
+            self.usage = Usage(
+                usage.get("prompt_tokens"), usage.get("completion_tokens"), details.get("cached_tokens")
+            )
         return text, None
 
     def end(self) -> Finish:

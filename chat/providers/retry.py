@@ -5,6 +5,9 @@ default model. When the inner stream raises a `ProviderError` marked
 `retryable` (connection errors, 408/409/429/5xx/529, timeouts, a stream cut off)
 before it yielded anything, the wrapper closes it and asks again after a pause;
 everything else, and anything after the first item, passes through unchanged.
+A `Usage` (the provider's count of the prompt, say, before any text) is not a
+first item: it passes through at once, and a failure after it is still retried
+(the next attempt's counts then replace it).
 Which errors are retryable is decided where they are made, in `errors.py`:
 auth failures, 400/404 and quota or spend-limit 429s never are.
 
@@ -34,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from ..telemetry import NOTHING, Telemetry
-from .base import Answerer, ChatRequest, Finish, Provider, ProviderError, close_stream, first_item
+from .base import ChatRequest, Item, Provider, ProviderError, Usage, close_stream
 
 log = logging.getLogger("sidechat.providers")
 
@@ -74,46 +77,37 @@ class RetryingProvider:
         ceiling = min(self.max_delay, self.base_delay * 2.0 ** (attempt - 1))
         return max(self._random() * ceiling, error.retry_after or 0.0)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Answerer]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Item]:
         deadline = self._clock() + self.max_seconds
         attempt = 1
+        error: ProviderError | None = None
         while True:
             stream = self.inner.stream(request)
-            budget = asyncio.timeout(max(deadline - self._clock(), 0.0)) if attempt > 1 else None
             try:
-                if budget is None:
-                    first = await first_item(stream)
-                else:
-                    async with budget:
-                        first = await first_item(stream)
+                retrying = None if error is None else (deadline, error)
+                while isinstance(first := await self._next(stream, retrying), Usage):
+                    yield first  # a count of tokens is no answer: a failure after it is still retried
                 break
             except ProviderError as exc:
-                error = exc
-            except TimeoutError:
-                if budget is None or not budget.expired():
-                    raise
-                raise ProviderError(  # the budget ran out while this retry waited
-                    "timeout",
-                    f"{self.name} did not answer within the {self.max_seconds:g}s budget for retries"
-                    f" (after: {error.message})",
-                    retryable=False,
-                    status=error.status,
-                    retry_after=error.retry_after,
-                ) from None
-            wait = self.backoff(attempt, error) if error.retryable and attempt < self.attempts else None
+                await close_stream(stream)
+                error = failed = exc
+            except BaseException:
+                await close_stream(stream)
+                raise
+            wait = self.backoff(attempt, failed) if failed.retryable and attempt < self.attempts else None
             left = deadline - self._clock()
-            self.telemetry.upstream_failed(self.name, error, retried=wait is not None and wait <= left)
+            self.telemetry.upstream_failed(self.name, failed, retried=wait is not None and wait <= left)
             if wait is None:
-                raise error
+                raise failed
             if wait > left:
                 log.warning(
                     "not retrying %s: a %.1fs wait is more than the %.1fs left of the budget; after: %s",
                     self.name,
                     wait,
                     max(left, 0.0),
-                    error.message,
+                    failed.message,
                 )
-                raise error
+                raise failed
             attempt += 1
             log.warning(
                 "retrying %s in %.2fs (attempt %d of %d) after: %s",
@@ -121,11 +115,11 @@ class RetryingProvider:
                 wait,
                 attempt,
                 self.attempts,
-                error.message,
+                failed.message,
             )
             await self._sleep(wait)
             if deadline - self._clock() <= 0:  # nothing left to wait for a first item with
-                raise error
+                raise failed
         if first is None:
             return
         try:
@@ -138,3 +132,28 @@ class RetryingProvider:
             raise
         finally:
             await close_stream(stream)
+
+    async def _next(
+        self, stream: AsyncIterator[Item], retrying: tuple[float, ProviderError] | None
+    ) -> Item | None:
+        """The stream's next item. A retry (`retrying`: the deadline, and the error that made
+        it) never waits for one past what is left of the budget, whatever its own timeouts
+        would allow; the first attempt is bounded by its own timeouts only."""
+        if retrying is None:
+            return await anext(stream, None)
+        deadline, error = retrying
+        budget = asyncio.timeout(max(deadline - self._clock(), 0.0))
+        try:
+            async with budget:
+                return await anext(stream, None)
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            raise ProviderError(  # the budget ran out while this retry waited
+                "timeout",
+                f"{self.name} did not answer within the {self.max_seconds:g}s budget for retries"
+                f" (after: {error.message})",
+                retryable=False,
+                status=error.status,
+                retry_after=error.retry_after,
+            ) from None

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 import httpx
 
-from chat.providers.base import Answerer, ChatRequest, Finish, ProviderError, Turn
+from chat.providers.base import ChatRequest, Finish, Item, ProviderError, Turn, Usage
 
 
 class FakeBody(httpx.AsyncByteStream):
@@ -78,25 +78,36 @@ def chat_request(
     )
 
 
-async def collect(stream: AsyncIterator[str | Finish | Answerer]) -> tuple[list[str], Finish]:
+async def collect(stream: AsyncIterator[Item]) -> tuple[list[str], Finish]:
+    texts, finish, _ = await collect_all(stream)
+    return texts, finish
+
+
+async def collect_all(stream: AsyncIterator[Item]) -> tuple[list[str], Finish, list[Usage]]:
+    """The texts, the Finish, and the `Usage` items told on the way (counts so far: each at
+    least the one before)."""
     texts: list[str] = []
     finish: Finish | None = None
+    usages: list[Usage] = []
     async for item in stream:
         assert finish is None, "nothing may follow the Finish"
         if isinstance(item, Finish):
             finish = item
+        elif isinstance(item, Usage):
+            assert not usages or usages[-1] != item, "a Usage is told when it changes"
+            usages.append(item)
         else:
             assert isinstance(item, str) and item
             texts.append(item)
     assert finish is not None, "the stream must end with a Finish"
-    return texts, finish
+    return texts, finish, usages
 
 
 def event_stream(response_body: FakeBody, content_type: str = "text/event-stream") -> httpx.Response:
     return httpx.Response(200, headers={"content-type": content_type}, stream=response_body)
 
 
-Step = str | Finish | ProviderError | float
+Step = str | Finish | Usage | ProviderError | float
 
 
 class FakeClock:
@@ -117,8 +128,9 @@ class FakeClock:
 
 
 class ScriptedProvider:
-    """A provider whose every call plays the next script: text and `Finish` are yielded, a
-    `ProviderError` is raised, a float moves the fake clock on (an attempt taking time)."""
+    """A provider whose every call plays the next script: text, `Usage` and `Finish` are
+    yielded, a `ProviderError` is raised, a float moves the fake clock on (an attempt taking
+    time)."""
 
     def __init__(
         self,
@@ -138,7 +150,7 @@ class ScriptedProvider:
     def calls(self) -> int:
         return len(self.requests)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Item]:
         self.requests.append(request)
         script = self.scripts.pop(0)
         try:

@@ -104,7 +104,7 @@ async def test_streams_text_then_finish(
     serve(router, body)
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == ["Hello", "!"]
-    assert finish == Finish("stop", Usage(25, 15))
+    assert finish == Finish("stop", Usage(25, 15, 0, 0))
     assert body.closed
 
 
@@ -139,7 +139,7 @@ async def test_thinking_signature_and_tool_input_are_never_text(
     serve(router, FakeBody(framing(data)))
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == ["It's 12,231."]
-    assert finish == Finish("tool_calls", Usage(25, 89))
+    assert finish == Finish("tool_calls", Usage(25, 89, 0, 0))
 
 
 async def test_overloaded_error_mid_stream(
@@ -295,7 +295,7 @@ def test_message_start_counts_cached_input_tokens() -> None:
     start = json.loads(MESSAGE_START.split(b"data: ")[1])
     start["message"]["usage"].update(cache_read_input_tokens=100, cache_creation_input_tokens=10)
     assert reading.feed(start) == ("", None)
-    assert reading.feed({"type": "message_stop"}) == ("", Finish("stop", Usage(135, 1)))
+    assert reading.feed({"type": "message_stop"}) == ("", Finish("stop", Usage(135, 1, 100, 10)))
 
 
 async def test_stops_at_message_stop_without_waiting_for_close(
@@ -318,3 +318,53 @@ async def test_idle_stall_after_ping_times_out(client: httpx.AsyncClient, router
             await collect(p.stream(chat_request()))
     assert info.value.type == "timeout"
     assert body.closed
+
+
+def payload_of(raw: bytes) -> Any:
+    return json.loads(raw.split(b"data: ")[1])
+
+
+def test_the_prompt_is_counted_from_message_start_before_any_text() -> None:
+    reading = AnthropicReading()
+    reading.feed(payload_of(MESSAGE_START))
+    assert reading.usage == Usage(25, 1, 0, 0)  # a reply cancelled now still knows its prompt
+
+
+def test_a_message_delta_with_every_count_replaces_them() -> None:
+    reading = AnthropicReading()
+    reading.feed(payload_of(MESSAGE_START))
+    counted = {
+        "input_tokens": 25,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 2048,
+        "output_tokens": 15,
+    }
+    reading.feed({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": counted})
+    assert reading.feed({"type": "message_stop"}) == ("", Finish("stop", Usage(25 + 2048, 15, 2048, 0)))
+
+
+def test_counts_left_out_or_null_keep_what_was_said_before() -> None:
+    reading = AnthropicReading()
+    start = payload_of(MESSAGE_START)
+    start["message"]["usage"].update(cache_read_input_tokens=100, cache_creation_input_tokens=10)
+    reading.feed(start)
+    counted = {"input_tokens": 25, "cache_read_input_tokens": None, "output_tokens": 7}
+    reading.feed({"type": "message_delta", "delta": {}, "usage": counted})
+    assert reading.usage == Usage(135, 7, 100, 10)
+
+
+async def test_cache_reads_and_writes_reach_the_finish(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    start = payload_of(MESSAGE_START)
+    start["message"]["usage"].update(cache_read_input_tokens=3000, cache_creation_input_tokens=400)
+    data = (
+        event(start)
+        + block_start(0, {"type": "text", "text": ""})
+        + text(0, "Hi")
+        + message_delta("end_turn", 4)
+        + MESSAGE_STOP
+    )
+    serve(router, FakeBody(framing(data)))
+    _, finish = await collect(provider(client).stream(chat_request()))
+    assert finish.usage == Usage(3425, 4, 3000, 400)

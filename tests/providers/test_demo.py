@@ -8,7 +8,7 @@ import pytest
 from chat.providers.base import Finish, Turn, Usage
 from chat.providers.demo import DemoProvider, demo_reply, split_pieces
 
-from .fakes import chat_request, collect
+from .fakes import chat_request, collect, collect_all
 
 pytestmark = pytest.mark.anyio
 
@@ -54,8 +54,15 @@ async def test_paces_tokens_with_the_delay() -> None:
     assert time.monotonic() - started >= 0.002 * len(texts)
 
 
+async def test_tells_the_prompts_count_before_its_first_piece() -> None:
+    texts, finish, usages = await collect_all(DemoProvider(delay=0).stream(chat_request("Say hi now")))
+    assert usages == [Usage(input_tokens=3, output_tokens=0)]
+    assert finish.usage == Usage(input_tokens=3, output_tokens=len(texts))
+
+
 async def test_can_be_cancelled_mid_stream() -> None:
     stream = DemoProvider(delay=10).stream(chat_request("Hi"))
+    assert await anext(stream) == Usage(input_tokens=1, output_tokens=0)  # told at once
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await anext(stream)

@@ -8,7 +8,7 @@ import respx
 
 from chat.config import Settings
 from chat.providers import build_providers
-from chat.providers.base import Answerer, ChatRequest, Finish, ProviderError, Usage
+from chat.providers.base import Answerer, ChatRequest, Finish, Item, ProviderError, Usage
 from chat.providers.deadlines import Timeouts
 from chat.providers.fallback import FallbackProvider, with_fallback
 from chat.providers.retry import RetryingProvider
@@ -24,10 +24,8 @@ def server_error(name: str = "openai") -> ProviderError:
     return ProviderError("upstream_error", f"{name} answered HTTP 500", status=500, retryable=True)
 
 
-async def drain(
-    stream: AsyncIterator[str | Finish | Answerer],
-) -> tuple[list[str | Finish | Answerer], ProviderError | None]:
-    items: list[str | Finish | Answerer] = []
+async def drain(stream: AsyncIterator[Item]) -> tuple[list[Item], ProviderError | None]:
+    items: list[Item] = []
     try:
         async for item in stream:
             items.append(item)
@@ -61,6 +59,33 @@ async def test_after_the_first_fails_and_its_retries_run_out_the_next_answers() 
         ChatRequest(model="claude-haiku-4-5", turns=request.turns, system="Be brief.")
     ]
     assert openai.closed == 3  # every failed stream was closed before the next was asked
+
+
+async def test_a_usage_is_no_answer_the_next_still_answers_and_counts_after_its_answerer() -> None:
+    openai, anthropic = pair()
+    openai.scripts = [[Usage(40, 0), server_error()]]
+    anthropic.scripts = [[Usage(38, 1), "Hi", DONE]]
+    provider = FallbackProvider(openai, [(anthropic, "")])
+
+    items, error = await drain(provider.stream(chat_request("hi")))
+
+    assert error is None
+    # The asked provider's count passes at once; the fallback's waits for its Answerer, so
+    # everything after the Answerer is the answering provider's.
+    assert items == [Usage(40, 0), Answerer("anthropic", "claude-sonnet-4-5"), Usage(38, 1), "Hi", DONE]
+    assert openai.closed == anthropic.closed == 1
+
+
+async def test_a_usage_then_a_token_is_never_routed_around() -> None:
+    openai, anthropic = pair()
+    openai.scripts = [[Usage(40, 0), "Hel", server_error()]]
+    anthropic.scripts = [["never", DONE]]
+    provider = FallbackProvider(openai, [(anthropic, "")])
+
+    items, error = await drain(provider.stream(chat_request("hi")))
+
+    assert items == [Usage(40, 0), "Hel"]
+    assert error is not None and anthropic.calls == 0
 
 
 async def test_no_fallback_after_a_token() -> None:

@@ -209,3 +209,24 @@ async def test_stops_at_finish_reason_without_waiting_for_close(
         texts, _ = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hello there, 👋🏽!"
     assert body.closed
+
+
+async def test_cached_content_tokens_are_counted_apart(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    cached = {**USAGE, "promptTokenCount": 5000, "cachedContentTokenCount": 4096}
+    data = response([{"text": "Hello"}]) + response([{"text": "!"}], "STOP", cached)
+    serve(router, FakeBody(framing(data)))
+    _, finish = await collect(provider(client).stream(chat_request()))
+    assert finish.usage == Usage(5000, 12 + 25, 4096)
+
+
+def test_the_reading_keeps_each_chunks_counts_so_far() -> None:
+    reading = GeminiReading()
+    reading.feed(
+        json.loads(response([{"text": "Hel"}], usage={"promptTokenCount": 8, "candidatesTokenCount": 1})[6:])
+    )
+    assert reading.usage == Usage(8, 1)
+    last = json.loads(response([{"text": "lo"}], "STOP")[6:])
+    del last["usageMetadata"]  # a last chunk without counts: the latest ones stand
+    assert reading.feed(last) == ("lo", Finish("stop", Usage(8, 1)))

@@ -76,7 +76,7 @@ async def test_streams_text_then_finish_with_usage_chunk(
     serve(router, body)
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == ["Hel", "lo", " there"]
-    assert finish == Finish("stop", Usage(12, 3))
+    assert finish == Finish("stop", Usage(12, 3, 0))
     assert body.closed
 
 
@@ -87,7 +87,7 @@ async def test_usage_in_last_content_chunk(
     serve(router, FakeBody(framing(data)))
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hi!"
-    assert finish == Finish("stop", Usage(12, 3))
+    assert finish == Finish("stop", Usage(12, 3, 0))
 
 
 async def test_end_of_body_after_finish_reason_is_success(
@@ -96,7 +96,7 @@ async def test_end_of_body_after_finish_reason_is_success(
     serve(router, FakeBody(framing(HELLO + USAGE_CHUNK)))  # no [DONE]
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hello there"
-    assert finish == Finish("stop", Usage(12, 3))
+    assert finish == Finish("stop", Usage(12, 3, 0))
 
 
 async def test_done_without_finish_reason_is_truncated(
@@ -157,7 +157,7 @@ async def test_tool_call_deltas_are_not_text(
     serve(router, FakeBody(framing(data)))
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == []
-    assert finish == Finish("tool_calls", Usage(12, 3))
+    assert finish == Finish("tool_calls", Usage(12, 3, 0))
 
 
 async def test_reasoning_deltas_are_not_text(
@@ -194,7 +194,7 @@ async def test_openrouter_comments_and_event_lines_are_tolerated(
     p = provider(client, base_url="https://openrouter.ai/api/v1/")
     texts, finish = await collect(p.stream(chat_request()))
     assert texts == ["Hi"]
-    assert finish == Finish("stop", Usage(12, 3))
+    assert finish == Finish("stop", Usage(12, 3, 0))
 
 
 async def test_error_object_mid_stream_raises(
@@ -437,7 +437,7 @@ def test_reading_keeps_the_finish_reason_and_usage_for_the_end() -> None:
     reading = OpenAIReading()
     assert reading.feed(json.loads(chunk({"content": "Hi"}, "length")[6:])) == ("Hi", None)
     assert reading.feed(json.loads(USAGE_CHUNK[6:])) == ("", None)
-    assert reading.end() == Finish("length", Usage(12, 3))
+    assert reading.end() == Finish("length", Usage(12, 3, 0))
 
 
 def test_reading_ended_without_a_finish_reason_is_truncated() -> None:
@@ -456,7 +456,7 @@ async def test_stops_at_done_without_waiting_for_the_body_to_close(
     async with asyncio.timeout(2):
         texts, finish = await collect(provider(client).stream(chat_request()))
     assert "".join(texts) == "Hello there"
-    assert finish == Finish("stop", Usage(12, 3))
+    assert finish == Finish("stop", Usage(12, 3, 0))
     assert body.closed
 
 
@@ -547,7 +547,29 @@ async def test_real_socket_closed_at_done_while_server_keeps_it_open() -> None:
                 texts, finish = await collect(p.stream(chat_request()))
                 await hung_up.wait()
         assert "".join(texts) == "Hello there"
-        assert finish == Finish("stop", Usage(12, 3))
+        assert finish == Finish("stop", Usage(12, 3, 0))
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_cached_prompt_tokens_are_counted_apart(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    usage = {
+        **USAGE,
+        "prompt_tokens": 2006,
+        "prompt_tokens_details": {"cached_tokens": 1920, "audio_tokens": 0},
+    }
+    serve(router, FakeBody(framing(HELLO + chunk(choices=False, usage=usage) + DONE)))
+    _, finish = await collect(provider(client).stream(chat_request()))
+    assert finish.usage == Usage(2006, 3, 1920)
+
+
+def test_reading_keeps_the_latest_usage_a_server_reports_with_every_chunk() -> None:
+    reading = OpenAIReading()
+    assert reading.usage == Usage()  # nothing counted before the server says
+    reading.feed(json.loads(chunk({"content": "Hi"}, usage={"prompt_tokens": 9, "completion_tokens": 1})[6:]))
+    assert reading.usage == Usage(9, 1)  # vLLM's continuous usage stats: no details, no cache
+    reading.feed(json.loads(chunk({"content": "!"}, usage={"prompt_tokens": 9, "completion_tokens": 2})[6:]))
+    assert reading.usage == Usage(9, 2)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from chat.providers.base import Answerer, Finish, ProviderError, Usage
+from chat.providers.base import Answerer, Finish, Item, ProviderError, Usage
 from chat.providers.errors import error_from_response, error_from_transport
 from chat.providers.retry import RetryingProvider
 
@@ -207,6 +207,50 @@ async def test_never_retries_after_a_token() -> None:
     assert clock.sleeps == []
 
 
+PROMPT_COUNTED = Usage(25, 1)  # what Anthropic's message_start tells before any text
+
+
+async def test_a_usage_passes_at_once_and_a_failure_after_it_is_still_retried() -> None:
+    clock = FakeClock()
+    error = answered(529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    inner = ScriptedProvider([PROMPT_COUNTED, error], [Usage(25, 1), "Hel", DONE])
+    seen: list[Item] = []
+
+    async for item in retrying(inner, clock).stream(chat_request()):
+        seen.append(item)
+
+    assert seen == [PROMPT_COUNTED, Usage(25, 1), "Hel", DONE]
+    assert inner.calls == 2
+    assert clock.sleeps == [0.5]
+    assert inner.closed == 2
+
+
+async def test_a_usage_then_a_token_is_never_retried() -> None:
+    clock = FakeClock()
+    error = answered(503)
+    inner = ScriptedProvider([PROMPT_COUNTED, "Hel", error], ["never", DONE])
+    seen: list[Item] = []
+
+    with pytest.raises(ProviderError) as info:
+        async for item in retrying(inner, clock).stream(chat_request()):
+            seen.append(item)
+
+    assert info.value is error
+    assert seen == [PROMPT_COUNTED, "Hel"]
+    assert inner.calls == 1
+
+
+async def test_leaving_after_a_usage_closes_the_inner_stream() -> None:
+    clock = FakeClock()
+    inner = ScriptedProvider([PROMPT_COUNTED, "a", DONE])
+    stream = retrying(inner, clock).stream(chat_request())
+
+    assert await anext(stream) == PROMPT_COUNTED
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    assert inner.closed == 1
+
+
 async def test_the_failed_stream_is_closed_before_the_wait() -> None:
     clock = FakeClock()
     inner = ScriptedProvider([answered(500)], [answered(500)], ["ok", DONE], clock=clock)
@@ -248,15 +292,32 @@ class Stalling:
     name = "stalling"
     default_model = "s-1"
 
-    def __init__(self) -> None:
+    def __init__(self, *, counts_first: bool = False) -> None:
         self.calls = 0
+        self.counts_first = counts_first  # the retry tells its prompt's count, then stalls
 
-    async def stream(self, request: object) -> AsyncIterator[str]:
+    async def stream(self, request: object) -> AsyncIterator[str | Usage]:
         self.calls += 1
         if self.calls == 1:
             raise ProviderError("overloaded", "busy", status=503, retryable=True, retry_after=0)
+        if self.counts_first:
+            yield PROMPT_COUNTED
         await asyncio.Event().wait()
         yield "never"
+
+
+@pytest.mark.anyio
+async def test_a_retry_never_waits_past_the_budget_even_after_a_usage() -> None:
+    inner = Stalling(counts_first=True)
+    provider = RetryingProvider(inner, attempts=3, max_seconds=0.2, random=lambda: 0.0)  # type: ignore[arg-type]
+    seen: list[object] = []
+    async with asyncio.timeout(5):
+        with pytest.raises(ProviderError) as info:
+            async for item in provider.stream(chat_request()):
+                seen.append(item)
+    assert info.value.type == "timeout" and "0.2s budget for retries" in info.value.message
+    assert seen == [PROMPT_COUNTED]  # the second attempt's, told before it stalled
+    assert inner.calls == 2
 
 
 @pytest.mark.anyio
