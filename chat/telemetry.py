@@ -107,9 +107,14 @@ class Telemetry:
 
     def __init__(self, sinks: Sequence[Sink] = ()) -> None:
         self.sinks = tuple(sinks)
+        # Per moment, the sinks that hear it: one that keeps Sink's do-nothing costs nothing.
+        self._hearing = {
+            moment: tuple(s for s in self.sinks if getattr(type(s), moment) is not getattr(Sink, moment))
+            for moment in ("opened", "request", "generation", "db_write", "upstream_failed", "fell_back")
+        }
 
     def opened(self, services: Services) -> None:
-        for sink in self.sinks:
+        for sink in self._hearing["opened"]:
             sink.opened(services)
 
     @contextmanager
@@ -128,16 +133,16 @@ class Telemetry:
         return self._all("db_write", what)
 
     def upstream_failed(self, provider: str, error: ProviderError, *, retried: bool) -> None:
-        for sink in self.sinks:
+        for sink in self._hearing["upstream_failed"]:
             sink.upstream_failed(provider, error, retried=retried)
 
     def fell_back(self, provider: str, to: str) -> None:
-        for sink in self.sinks:
+        for sink in self._hearing["fell_back"]:
             sink.fell_back(provider, to)
 
     def _all(self, moment: str, subject: Any) -> ExitStack:
         stack = ExitStack()
-        for sink in self.sinks:
+        for sink in self._hearing[moment]:
             stack.enter_context(getattr(sink, moment)(subject))
         return stack
 

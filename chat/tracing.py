@@ -35,9 +35,11 @@ import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import propagate, trace
+from opentelemetry import context, propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import ProxyTracerProvider, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.routing import BaseRoute
@@ -82,11 +84,27 @@ class TracingSink(Sink):
     def opened(self, services: Services) -> None:
         self.labels.know(services.providers)
 
+    @staticmethod
+    def recording() -> bool:
+        """Whether a TracerProvider is configured. Until one is, every span would be a no-op
+        that still costs some microseconds to make, so none is made (a caller's trace context
+        is still passed on upstream, as OpenTelemetry's no-op spans would)."""
+        return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
+
     @contextmanager
     def request(self, record: RequestRecord) -> Iterator[None]:
         scope = record.scope
         if _route_path(scope) in UNTRACED:
             yield
+            return
+        if not self.recording():
+            carrier = _carrier(scope)  # empty unless the caller sent a trace context
+            token = context.attach(propagate.extract(carrier)) if carrier else None
+            try:
+                yield
+            finally:
+                if token is not None:
+                    context.detach(token)
             return
         method = self.labels.method(scope)
         method = "_OTHER" if method == OTHER else method
@@ -126,6 +144,9 @@ class TracingSink(Sink):
 
     @contextmanager
     def generation(self, generation: Generation) -> Iterator[None]:
+        if not self.recording():
+            yield
+            return
         started, request = generation.metadata, generation.request
         model = started.get("model")
         name = f"chat {model}" if self.labels.model(model) != OTHER else "chat"
@@ -149,6 +170,9 @@ class TracingSink(Sink):
 
     @contextmanager
     def db_write(self, what: str) -> Iterator[None]:
+        if not self.recording():
+            yield
+            return
         operation, table = write_of(what)
         attributes = {
             "db.system.name": self.db_system,
@@ -219,12 +243,13 @@ def _route_path(scope: Scope) -> str:
 
 def _carrier(scope: Scope) -> dict[str, str]:
     """The request's headers that the propagators read (`traceparent` and the like)."""
-    fields = propagate.get_global_textmap().fields
-    carrier = {}
-    for raw, value in scope["headers"]:
-        if (name := raw.decode("latin-1")) in fields:
-            carrier[name] = value.decode("latin-1")
-    return carrier
+    fields = _fields(propagate.get_global_textmap())
+    return {n.decode("latin-1"): v.decode("latin-1") for n, v in scope["headers"] if n in fields}
+
+
+@lru_cache(maxsize=4)  # the global propagator is set once, if ever: asking it each time builds a set
+def _fields(textmap: TextMapPropagator) -> frozenset[bytes]:
+    return frozenset(name.lower().encode("latin-1") for name in textmap.fields)
 
 
 def wants_otlp(environ: Mapping[str, str]) -> bool:

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT_TRACE = "0af7651916cd43dd8448eb211c80319c"
 CLIENT_SPAN = "b7ad6b7169203331"
+TRACEPARENT = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,8 @@ async def test_a_client_traceparent_makes_the_request_span_its_child(
     spans: InMemorySpanExporter, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     upstream.add(Reply(openai_reply("ok")))
-    traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
     async with serve(settings_for(upstream, tmp_path)) as url, httpx.AsyncClient(base_url=url) as http:
-        headers = {"traceparent": traceparent, "baggage": "secret=for-us-only"}
+        headers = {"traceparent": TRACEPARENT, "baggage": "secret=for-us-only"}
         transcript = await chat_stream(http, {"message": "hi"}, headers=headers)
         assert transcript.terminal.event == "done"
         await until(lambda: named(spans, "chat gpt-4o-mini"))
@@ -250,6 +250,32 @@ def test_without_opentelemetry_nothing_of_it_is_loaded_and_a_chat_works(tmp_path
         """,
     ]
     assert run_python(script, tmp_path).split() == ["['LogSink',", "'MetricsSink']", "[]", "[]"]
+
+
+def test_with_no_provider_configured_no_span_is_made_but_the_callers_trace_goes_upstream(
+    tmp_path: Path,
+) -> None:
+    script = [
+        f"""
+        import asyncio, httpx
+        from chat.tracing import TracingSink
+        from tests.conftest import settings_for
+        from tests.fakeupstream import FakeUpstream, Reply, openai_reply
+        from tests.live import chat_stream, serve
+
+        async def main():
+            async with FakeUpstream(Reply(openai_reply("ok")), Reply(openai_reply("ok"))) as upstream:
+                async with serve(settings_for(upstream, Path({str(tmp_path)!r}))) as url:
+                    async with httpx.AsyncClient(base_url=url) as http:
+                        await chat_stream(http, {{"message": "hi"}}, headers={{"traceparent": {TRACEPARENT!r}}})
+                        await chat_stream(http, {{"message": "hi"}})
+            print(TracingSink.recording(), [seen.headers.get("traceparent") for seen in upstream.requests])
+
+        from pathlib import Path
+        asyncio.run(main())
+        """,
+    ]
+    assert run_python(script, tmp_path).strip() == f"False [{TRACEPARENT!r}, None]"
 
 
 def test_an_otlp_endpoint_alone_sets_up_the_sdk_and_spans_reach_it(tmp_path: Path) -> None:
