@@ -93,7 +93,7 @@ async def prune(
             if deleted < BATCH:
                 break
         kept = await _kept(db, moment)
-        space = await _give_back(db, path, vacuum=vacuum)
+        space = await give_back(db, path, vacuum=vacuum)
     return Pruned(days, False, conversations, messages, kept, space)
 
 
@@ -129,7 +129,7 @@ async def _delete_batch(db: aiosqlite.Connection, moment: dict[str, str]) -> tup
     return cursor.rowcount, messages
 
 
-async def _give_back(db: aiosqlite.Connection, path: str, *, vacuum: bool) -> str:
+async def give_back(db: aiosqlite.Connection, path: str, *, vacuum: bool) -> str:
     """Give the free pages back to the file system, as far as can be done now; what was done."""
     page_size = await value(db, "PRAGMA page_size")
     free = await value(db, "PRAGMA freelist_count") * page_size
@@ -138,7 +138,7 @@ async def _give_back(db: aiosqlite.Connection, path: str, *, vacuum: bool) -> st
     if not vacuum and not incremental:
         return (
             f"{size_text(free)} free inside the file for new rows; the file keeps its size: it was made"
-            " without incremental vacuum (by sidechat 0.2 or older), and `prune --vacuum` shrinks it"
+            " by an older sidechat, without incremental vacuum, and `prune --vacuum` shrinks it"
             " once and turns it on"
         )
     try:

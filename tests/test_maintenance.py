@@ -8,9 +8,7 @@ import asyncio
 import json
 import re
 import sqlite3
-import subprocess
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from tests.fakeupstream import FakeUpstream, Reply, openai_chunk
 from tests.live import until
 from tests.processes import PYTHON, run
 from tests.test_cli import SIDECHAT
-from tests.workload import busy, command_while_chatting, sidechat
+from tests.workload import busy, command_while_chatting, held, sidechat
 
 pytestmark = pytest.mark.anyio
 
@@ -161,26 +159,6 @@ async def test_a_database_newer_than_the_code_is_refused(tmp_path: Path, command
     result = await sidechat(db, *command)
     assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
     assert f"schema version {LATEST + 1}, newer than this sidechat knows ({LATEST})" in result.stderr
-
-
-@contextmanager
-def held(db: Path, statements: str) -> Iterator[None]:
-    """Another process that ran `statements` on `db` and holds what they took until the block ends."""
-    hold = (
-        "import sqlite3, sys; d = sqlite3.connect(sys.argv[1], isolation_level=None);"
-        f" [d.execute(s) for s in {statements!r}.split(';')]; print('held', flush=True); sys.stdin.readline()"
-    )
-    holder = subprocess.Popen(
-        [PYTHON, "-c", hold, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        yield
-    finally:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.close()
-        holder.wait(10)
-        holder.stdout.close()
 
 
 async def test_reads_go_on_while_another_process_holds_the_write_lock(tmp_path: Path) -> None:

@@ -5,20 +5,20 @@ conversation whose reply is streaming stays; --dry-run changes nothing; space co
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from chat.prune import cutoff
+from chat.maintenance import writing
+from chat.prune import cutoff, give_back
 from chat.store import Store
 from chat.upgrades import LATEST
 from tests.fakeupstream import FakeUpstream
 from tests.oldschema import old_database
-from tests.processes import PYTHON, run
+from tests.processes import run
 from tests.test_cli import SIDECHAT
-from tests.workload import Workload, age, busy, command_while_chatting, count, sidechat
+from tests.workload import Workload, age, busy, command_while_chatting, count, held, sidechat
 
 pytestmark = pytest.mark.anyio
 
@@ -166,21 +166,8 @@ async def test_a_database_locked_past_the_busy_timeout_is_one_line_and_nothing_g
     await store.create_conversation("local")
     await store.close()
     age(db, [1], days=10)
-    hold = (
-        "import sqlite3, sys; d = sqlite3.connect(sys.argv[1], isolation_level=None);"
-        " d.execute('BEGIN IMMEDIATE'); print('locked', flush=True); sys.stdin.readline()"
-    )
-    holder = subprocess.Popen(
-        [PYTHON, "-c", hold, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    with held(db, "BEGIN IMMEDIATE"):
         result = await sidechat(db, "prune", "--days", "1", env={"SIDECHAT_DB_BUSY_TIMEOUT": "0.2"})
-    finally:
-        assert holder.stdin is not None and holder.stdout is not None
-        holder.stdin.close()
-        holder.wait(10)
-        holder.stdout.close()
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
         f"sidechat prune: cannot use the database {db} (SIDECHAT_DB or --db): it is locked by another"
@@ -197,3 +184,44 @@ async def test_days_must_be_a_whole_number_of_0_or_more(tmp_path: Path, days: st
 
 def test_the_cutoff_is_a_timestamp_as_the_columns_hold_it() -> None:
     assert cutoff(2, datetime(2026, 3, 3, 12, 0, 0, 5000, tzinfo=UTC)) == "2026-03-01T12:00:00.005Z"
+
+
+async def big_database(tmp_path: Path, conversations: int = 40) -> Path:
+    """A database of this version with `conversations` old conversations of ~50 KB each."""
+    db = tmp_path / "chat.db"
+    store = await Store.open(str(db))
+    try:
+        for _ in range(conversations):
+            made = await store.create_conversation("local")
+            _, reply = await store.start_turn(made.id, "long " * 10_000, metadata={})
+            await store.finish_message(
+                reply.id, status="completed", content="ok", metadata={}, last_event_id=2
+            )
+    finally:
+        await store.close()
+    age(db, list(range(1, conversations + 1)), days=10)
+    return db
+
+
+async def test_a_reader_on_an_old_snapshot_delays_the_shrinking_and_prune_says_so(tmp_path: Path) -> None:
+    db = await big_database(tmp_path)
+    reading = "BEGIN; SELECT count(*) FROM conversations"  # a read transaction left open
+    with held(db, reading):
+        result = await sidechat(db, "prune", "--days", "1", env={"SIDECHAT_DB_BUSY_TIMEOUT": "0.2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("deleted 40 conversations")
+    assert "freed; the file shrinks at the server's next checkpoint (it was busy)" in result.stdout
+    assert count(db, "SELECT count(*) FROM conversations") == 0
+
+
+async def test_space_that_cannot_be_given_back_now_is_said_and_the_deletions_stand(tmp_path: Path) -> None:
+    db = await big_database(tmp_path)
+    async with writing(str(db), busy_timeout=0.1) as connection:
+        await connection.execute("DELETE FROM conversations")
+        with held(db, "BEGIN IMMEDIATE"):
+            said = await give_back(connection, str(db), vacuum=False)
+    assert said == (
+        "no space given back now (the database is locked by another process): new rows reuse it,"
+        " and the next prune gives it back"
+    )
+    assert count(db, "SELECT count(*) FROM conversations") == 0

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import subprocess
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from subprocess import CompletedProcess
 from typing import Any
 
 import httpx
@@ -90,7 +90,7 @@ async def chatting(client: httpx.AsyncClient) -> AsyncIterator[Chatter]:
 
 async def command_while_chatting(
     workload: Workload, *arguments: str, env: dict[str, str] | None = None
-) -> tuple[CompletedProcess[str], Chatter]:
+) -> tuple[subprocess.CompletedProcess[str], Chatter]:
     """Run `python -m chat ARGUMENTS --db <the server's>` while chats keep being written;
     answers what it printed, and the chats, at least one of which ended while it ran."""
     async with chatting(workload.client) as chatter:
@@ -102,7 +102,9 @@ async def command_while_chatting(
     return result, chatter
 
 
-async def sidechat(db: Path, *arguments: str, env: dict[str, str] | None = None) -> CompletedProcess[str]:
+async def sidechat(
+    db: Path, *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """`python -m chat ARGUMENTS --db DB`, and what it printed."""
     return await run([PYTHON, "-m", "chat", *arguments, "--db", str(db)], env=env)
 
@@ -120,3 +122,23 @@ def age(db: Path, conversation_ids: Sequence[int], days: float) -> None:
 def count(db: Path, sql: str, *parameters: object) -> int:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
         return int(connection.execute(sql, parameters).fetchone()[0])
+
+
+@contextmanager
+def held(db: Path, statements: str) -> Iterator[None]:
+    """Another process that ran `statements` on `db` and holds what they took until the block ends."""
+    hold = (
+        "import sqlite3, sys; d = sqlite3.connect(sys.argv[1], isolation_level=None);"
+        f" [d.execute(s) for s in {statements!r}.split(';')]; print('held', flush=True); sys.stdin.readline()"
+    )
+    holder = subprocess.Popen(
+        [PYTHON, "-c", hold, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.close()
+        holder.wait(10)
+        holder.stdout.close()
