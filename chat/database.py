@@ -80,7 +80,8 @@ def reason_of(exc: sqlite3.OperationalError) -> str:
 
 
 async def connect(path: str, *, busy_timeout: float = 10.0) -> aiosqlite.Connection:
-    """A connection with the schema applied; a `StartupError` that says why when it cannot be had."""
+    """A connection to the database brought up to date; a `StartupError` that says why when it
+    cannot be had (a database newer than this code among them)."""
     schema = resource("schema.sql").read_text()
     try:
         # Opened once here first (start-up only, so blocking is fine): aiosqlite, when its own
