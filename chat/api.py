@@ -34,6 +34,7 @@ from .responses import EventStreamResponse
 from .rewrites import edit, regenerate
 from .sync import conversation_events, typing, user_events
 from .turns import AcceptedTurn, accept_turn
+from .usage import usage_report
 
 # -- chat --------------------------------------------------------------------------------
 
@@ -177,6 +178,15 @@ async def whoami(request: Request) -> Response:
     return JSONResponse({"user": current_user(request)})
 
 
+async def usage(request: Request) -> Response:
+    """The caller's tokens and cost per provider and model, between `since` and `until`."""
+    query = request.query_params
+    report = await usage_report(
+        services(request).store, current_user(request), query.get("since"), query.get("until")
+    )
+    return JSONResponse(report)
+
+
 async def healthz(request: Request) -> Response:
     if await services(request).store.ping():
         return JSONResponse({"status": "ok"})
@@ -215,6 +225,7 @@ routes = [
     route("/api/conversations/{conversation_id}/typing", POST=typing),
     route("/api/providers", GET=list_providers),
     route("/api/me", GET=whoami),
+    route("/api/usage", GET=usage),
     route("/healthz", GET=healthz),
     route("/readyz", GET=readyz),
 ]

@@ -14,6 +14,7 @@
     ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
     ├── KeyReused               422 idempotency_key_reused
     ├── RateLimited             429 rate_limited
+    ├── QuotaExceeded           429 quota_exceeded (`budget`, `resets_at`: SIDECHAT_USER_BUDGET)
     ├── ServiceUnavailable      503 shutting_down
     ├── TooManyConnections      503 too_many_connections
     └── StorageUnavailable      503 storage_unavailable (`cause`: locked, disk full, read-only, ...)
@@ -107,6 +108,12 @@ class KeyReused(ApiError):
 
 class RateLimited(ApiError):
     status, type = 429, "rate_limited"
+
+
+class QuotaExceeded(ApiError):
+    """A user's budget is spent: `retry_after` until it resets, `resets_at` when (ISO 8601)."""
+
+    status, type = 429, "quota_exceeded"
 
 
 class ServiceUnavailable(ApiError):

@@ -4,7 +4,8 @@ Built from plain dicts: each operation names its own answers, and `operation()` 
 what every route shares (the request id both ways, the Host check's 400, and on /api
 the bearer token and its 401). The reusable parts are in `chat.openapi_schemas` (bodies),
 `chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`; sharing and
-the live feeds are in `chat.openapi_feeds`; regenerating and editing in `chat.openapi_rewrites`.
+the live feeds are in `chat.openapi_feeds`; regenerating and editing in `chat.openapi_rewrites`;
+usage in `chat.openapi_usage`.
 `tests/test_openapi.py` holds the document to the routes the app serves and to real
 responses, and `tests/test_fuzz.py` fuzzes the API from it.
 
@@ -49,6 +50,7 @@ from .openapi_responses import (
 )
 from .openapi_rewrites import rewrite_paths, rewrite_schemas
 from .openapi_schemas import closed, nullable, ref, schemas
+from .openapi_usage import usage_paths, usage_schemas
 
 
 def paths() -> dict[str, Any]:
@@ -192,6 +194,7 @@ def paths() -> dict[str, Any]:
                 {200: answer("the caller", closed({"user": {"type": "string"}}))},
             )
         },
+        **usage_paths(),
         "/healthz": {
             "get": operation(
                 "healthz",
@@ -247,7 +250,12 @@ def document(settings: Settings) -> dict[str, Any]:
         },
         "paths": paths(),
         "components": {
-            "schemas": {**schemas(settings), **feed_schemas(), **rewrite_schemas(settings)},
+            "schemas": {
+                **schemas(settings),
+                **feed_schemas(),
+                **rewrite_schemas(settings),
+                **usage_schemas(),
+            },
             "parameters": PARAMETERS,
             "headers": HEADERS,
             "securitySchemes": SECURITY_SCHEMES,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .openapi_responses import BODY_ERRORS, OWNER_ONLY, answer, feed, operation
-from .openapi_schemas import EVENT, FINISH_REASON, STREAM_URL, Schema, closed, nullable, ref
+from .openapi_schemas import EVENT, FINISH_REASON, STREAM_URL, Schema, closed, ref
 
 
 def json_data(description: str, properties: dict[str, Schema], *, optional: tuple[str, ...] = ()) -> Schema:
@@ -56,7 +56,7 @@ FEED_EVENTS = {
             "message_id": INTEGER,
             "status": STATUS,
             "finish_reason": FINISH_REASON,
-            "usage": closed({"input_tokens": nullable("integer"), "output_tokens": nullable("integer")}),
+            "usage": ref("schemas", "Usage"),
             "error": ref("schemas", "StreamError"),
         },
         optional=("error",),

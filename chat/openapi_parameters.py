@@ -10,8 +10,10 @@ from .bodies import MAX_KEY_CHARS
 from .endpoints import MAX_PAGE
 from .openapi_schemas import Schema
 from .store import MAX_ID  # a larger id is a 404, never a 422: no row can have it
+from .usage import WHEN_PATTERN
 
 REQUEST_ID = "^[A-Za-z0-9._:-]{1,128}$"  # as `chat.requestid` keeps a caller's
+WHEN = "^" + WHEN_PATTERN.pattern + "$"  # as `chat.usage` reads `since` and `until`
 
 
 def parameter(where: str, name: str, schema: Schema, description: str, **more: Any) -> Schema:
@@ -92,6 +94,18 @@ PARAMETERS = {
         "after_id",
         {"type": "integer", "minimum": 0, "maximum": 2**62},
         "only messages newer than this id",
+    ),
+    "Since": parameter(
+        "query",
+        "since",
+        {"type": "string", "pattern": WHEN, "examples": ["2026-12-01", "2026-12-01T09:30:00Z"]},
+        "replies that ended at or after this ISO 8601 time or date (a time without an offset is UTC)",
+    ),
+    "Until": parameter(
+        "query",
+        "until",
+        {"type": "string", "pattern": WHEN, "examples": ["2026-12-31"]},
+        "replies that ended before this ISO 8601 time; a date means the end of that day",
     ),
     "Deep": parameter("query", "deep", {"type": "string"}, "`1`: also check the database's integrity"),
 }

@@ -44,6 +44,11 @@ ERROR_TYPES = {
         f" more than {TYPING_RATE[0]} updates in {TYPING_RATE[1]:g} seconds",
         RETRY,
     ),
+    "quota_exceeded": Kind(
+        "a budget of yours (SIDECHAT_USER_BUDGET) is spent until `resets_at`; a retry with the"
+        " same Idempotency-Key is never refused",
+        ("retry_after", "budget", "resets_at"),
+    ),
     "storage_unavailable": Kind("the database refuses writes for now; nothing was stored", RETRY),
     "shutting_down": Kind("the server is stopping", RETRY),
     "too_many_connections": Kind("too many open event streams, the user's or in all", RETRY),
@@ -62,7 +67,7 @@ TURN_ERRORS: Errors = {
     **BODY_ERRORS,
     404: ("not_found",),
     422: ("invalid_request", "idempotency_key_reused"),
-    429: ("rate_limited",),
+    429: ("rate_limited", "quota_exceeded"),
     503: ("storage_unavailable", "shutting_down"),
 }
 

@@ -13,7 +13,7 @@ REWRITE_ERRORS: Errors = {
     **BODY_ERRORS,
     404: ("not_found",),
     409: ("conflict",),
-    429: ("rate_limited",),
+    429: ("rate_limited", "quota_exceeded"),
     503: ("storage_unavailable", "shutting_down"),
 }
 WAIT = {"type": "boolean", "default": False, "description": "answer 200 with the finished reply"}

@@ -70,6 +70,28 @@ FINISH_REASON = nullable(
     "string", description="`stop`, `length`, `tool_calls`, `content_filter` or `cancelled`"
 )
 
+USAGE = closed(
+    {
+        "input_tokens": nullable("integer", description="the whole prompt, the cached part included"),
+        "output_tokens": nullable("integer", description="the reply, reasoning and thinking included"),
+        "cached_input_tokens": {
+            "type": "integer",
+            "description": "the part of the prompt read from the provider's cache, when it said",
+        },
+        "cache_write_tokens": {
+            "type": "integer",
+            "description": "the part written to it (Anthropic's cache creation), when it said",
+        },
+    },
+    optional=("cached_input_tokens", "cache_write_tokens"),
+)
+COST = nullable(
+    "number",
+    minimum=0,
+    description="USD, not rounded; null when the model has no price (`SIDECHAT_PRICES`) or the"
+    " provider counted nothing",
+)
+
 MESSAGE_METADATA = {
     "type": "object",
     "description": "What the reply was made with and how it went; a user message's has only"
@@ -83,13 +105,12 @@ MESSAGE_METADATA = {
             "properties": {"provider": {"type": "string"}, "model": {"type": "string"}},
         },
         "user_message_id": {"type": "integer"},
+        "asked_by": {"type": "string", "description": "who asked for the reply: whom it is billed to"},
         "usage": {
-            "type": "object",
-            "properties": {
-                "input_tokens": nullable("integer"),
-                "output_tokens": nullable("integer"),
-            },
+            **ref("schemas", "Usage"),
+            "description": "what the provider counted, also for a reply cancelled or failed before its end",
         },
+        "cost_usd": COST,
         "finish_reason": FINISH_REASON,
         "duration_ms": nullable("integer"),
         "ttft_ms": nullable("integer"),
@@ -133,8 +154,23 @@ ERROR = closed(
                 "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
                 "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
                 "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
+                "budget": {
+                    "type": "string",
+                    "pattern": "^[0-9.]+(usd|tokens)/(day|month)$",
+                    "description": "429 quota_exceeded: the budget that is spent",
+                },
+                "resets_at": {**TIMESTAMP, "description": "429 quota_exceeded: when it is not any more"},
             },
-            optional=("fields", "status", "retry_after", "max_bytes", "cause", "superseded_by"),
+            optional=(
+                "fields",
+                "status",
+                "retry_after",
+                "max_bytes",
+                "cause",
+                "superseded_by",
+                "budget",
+                "resets_at",
+            ),
         )
     }
 )
@@ -176,7 +212,7 @@ the reply's events from 1, for Last-Event-ID.
 - `provider` {provider, model}: a fallback answers instead of the provider asked
 - `token` {text}: each piece of the reply as it arrives
 - `reset` {message_id}, no id: drop the text you have; the whole stored text follows as one token
-- `done` {message_id, finish_reason, usage, duration_ms, ttft_ms}: the end
+- `done` {message_id, finish_reason, usage, cost_usd, duration_ms, ttft_ms}: the end
 - `error` {message_id, error: StreamError, partial}: the end, when the reply failed
 Exactly one of `done` and `error` ends the stream; `: ping` comments keep a quiet one open.""",
 }
@@ -285,6 +321,7 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "MessageMetadata": MESSAGE_METADATA,
         "Event": EVENT,
         "StreamError": STREAM_ERROR,
+        "Usage": USAGE,
         "Error": ERROR,
         "Provider": PROVIDER,
         "Health": HEALTH,

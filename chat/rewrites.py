@@ -17,6 +17,8 @@ Deliberate choices:
   member may edit the last message as they may post one, and the row says who wrote what.
 - The checks before the write make the errors clear and cost no slot of the rate limit; the
   write checks again (`chat.store_rewrites`), so two racing requests cannot both replace a turn.
+- A new reply is a new cost: the budgets of whoever asks for it are checked (`within_budget`),
+  and it is billed to them (`asked_by`), whoever asked the replaced one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,15 @@ from .providers.base import ChatRequest
 from .records import Conversation, Message
 from .services import Services
 from .store import NotLatest
-from .turns import AcceptedTurn, admitted, choose_model, refuse_when_busy, reply_metadata, start_reply
+from .turns import (
+    AcceptedTurn,
+    admitted,
+    choose_model,
+    refuse_when_busy,
+    reply_metadata,
+    start_reply,
+    within_budget,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +66,10 @@ async def regenerate(services: Services, ask: RewriteRequest) -> AcceptedTurn:
     asked, earlier = earlier[-1], earlier[:-1]
     info, model = choose_model(services, ask.provider, ask.model, _asked_of(old))
     audience = [conversation.user_id, *await store.members(conversation.id)]
+    await within_budget(services, ask.user)
     with admitted(services, ask.user) as slot:
         try:
-            reply = await store.regenerate_reply(old.id, metadata=reply_metadata(info.name, model))
+            reply = await store.regenerate_reply(old.id, metadata=reply_metadata(info.name, model, ask.user))
         except NotLatest:
             raise await _refusal(services, ask.user, old.id) from None
         request = _request(services, conversation, earlier, asked.content, model, ask)
@@ -78,13 +89,14 @@ async def edit(services: Services, ask: RewriteRequest) -> AcceptedTurn:
     usual = _asked_of(reply) if reply else (conversation.provider, conversation.model)
     info, model = choose_model(services, ask.provider, ask.model, usual)
     audience = [conversation.user_id, *await store.members(conversation.id)]
+    await within_budget(services, ask.user)
     with admitted(services, ask.user) as slot:
         try:
             asked, new_reply = await store.edit_turn(
                 old.id,
                 reply.id if reply else None,
                 ask.message,
-                metadata=reply_metadata(info.name, model),
+                metadata=reply_metadata(info.name, model, ask.user),
                 author=ask.user,
             )
         except NotLatest:

@@ -23,6 +23,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from functools import partial
 
 from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
 from .generations import Generation
@@ -33,6 +34,7 @@ from .records import Conversation, Message
 from .services import Services
 from .store import ConversationGone, KeyTaken, StorageFailed
 from .telemetry import current_request_id
+from .usage import spent_since
 
 TITLE_CHARS = 50
 
@@ -69,9 +71,10 @@ class AcceptedTurn:
         return self.reply.conversation_id
 
 
-def reply_metadata(provider: str, model: str) -> dict[str, str | None]:
-    """What a reply row starts with: who is asked, and the request that asked (`X-Request-ID`)."""
-    return {"provider": provider, "model": model, "request_id": current_request_id()}
+def reply_metadata(provider: str, model: str, asked_by: str) -> dict[str, str | None]:
+    """What a reply row starts with: who is asked, who asked (the user it is billed to, in
+    `/api/usage` and their budgets), and the request that asked (`X-Request-ID`)."""
+    return {"provider": provider, "model": model, "asked_by": asked_by, "request_id": current_request_id()}
 
 
 def title_from(text: str) -> str:
@@ -121,6 +124,11 @@ def refuse_when_busy(services: Services) -> None:
         )
 
 
+async def within_budget(services: Services, user: str) -> None:
+    """`QuotaExceeded` when one of `user`'s budgets (SIDECHAT_USER_BUDGET) is spent."""
+    await services.limits.budgets.check(user, partial(spent_since, services.store))
+
+
 @contextmanager
 def admitted(services: Services, user: str) -> Iterator[Slot]:
     """A slot for one more running reply of `user`'s (else `RateLimited`), given back on the
@@ -150,9 +158,14 @@ def start_reply(
     everyone in `audience`; `created` when the conversation is new."""
     assert info.provider is not None
 
+    limits = services.limits
+
     def ended(generation: Generation) -> None:
-        services.limits.generation_ended(slot.user)
+        limits.generation_ended(slot.user)
         if (final := generation.final_row()) is not None:
+            usage, cost = final.metadata.get("usage") or {}, final.metadata.get("cost_usd")
+            tokens = (usage.get("input_tokens") or 0) + (usage.get("output_tokens") or 0)
+            limits.budgets.spent(slot.user, tokens, cost)
             services.feeds.turn_finished(audience, final)
 
     services.generations.start(
@@ -163,6 +176,7 @@ def start_reply(
         stop_when_abandoned=services.settings.on_disconnect == "cancel",
         on_end=ended,
         user=slot.user,
+        prices=limits.prices,
     )
     slot.taken = True
     services.feeds.turn_started(audience, created, asked, reply, asked_is_new=asked_is_new)
@@ -186,6 +200,7 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
     if key and (first := await store.find_turn(ask.user, key)):
         return _retried(first, fingerprint)  # a retry: no new reply, so no limit applies
 
+    await within_budget(services, ask.user)
     with admitted(services, ask.user) as slot:
         return await _store_and_start(services, slot, ask, conversation, info, model, key, fingerprint)
 
@@ -217,7 +232,7 @@ async def _store_and_start(
         user_message, reply = await store.start_turn(
             conversation.id,
             ask.message,
-            metadata=reply_metadata(info.name, model),
+            metadata=reply_metadata(info.name, model, ask.user),
             idempotency_key=key,
             request_hash=fingerprint,
             author=ask.user,

@@ -20,6 +20,7 @@ from chat.broker import Broker, Subscription
 from chat.generations import Generation, Generations, topic_name
 from chat.keeping import Keeper
 from chat.outcome import CANCELLED
+from chat.prices import Price, Prices
 from chat.providers.base import ChatRequest, Finish, ProviderError, Turn, Usage
 from chat.records import Message
 from chat.replay import stored_events
@@ -40,15 +41,15 @@ class Puppet:
     default_model = "puppet-1"
 
     def __init__(self) -> None:
-        self.items: asyncio.Queue[str | Finish | ProviderError] = asyncio.Queue()
+        self.items: asyncio.Queue[str | Finish | Usage | ProviderError] = asyncio.Queue()
         self.calls = 0
         self.closed = asyncio.Event()
 
-    def hand(self, *items: str | Finish | ProviderError) -> None:
+    def hand(self, *items: str | Finish | Usage | ProviderError) -> None:
         for item in items:
             self.items.put_nowait(item)
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Usage]:
         self.calls += 1
         try:
             while True:
@@ -111,7 +112,12 @@ def generations(store: Store, broker: Broker) -> Generations:
 
 
 async def start(
-    store: Store, generations: Generations, provider: Puppet, *, stop_when_abandoned: bool = False
+    store: Store,
+    generations: Generations,
+    provider: Puppet,
+    *,
+    stop_when_abandoned: bool = False,
+    prices: Prices | None = None,
 ) -> Generation:
     conversation = await store.create_conversation("local")
     user, reply = await store.start_turn(
@@ -119,7 +125,12 @@ async def start(
     )
     request = ChatRequest(model="puppet-1", turns=[Turn("user", "hi")])
     return generations.start(
-        provider, request, reply, user_message_id=user.id, stop_when_abandoned=stop_when_abandoned
+        provider,
+        request,
+        reply,
+        user_message_id=user.id,
+        stop_when_abandoned=stop_when_abandoned,
+        prices=prices,
     )
 
 
@@ -180,6 +191,46 @@ async def test_the_row_is_finished_before_the_terminal_event_is_sent(
     assert (stored.status, stored.content, stored.last_event_id) == ("completed", "all of it", terminal[0])
     assert stored.metadata["usage"] == {"input_tokens": 3, "output_tokens": 2}
     assert stored.metadata["user_message_id"] == generation.metadata["user_message_id"]
+
+
+PRICES = Prices({"puppet": {"puppet-1": Price(input=1.0, output=2.0)}})
+
+
+async def test_a_reply_stopped_or_failed_before_its_end_keeps_the_counts_told_so_far(
+    store: Store, generations: Generations, broker: Broker
+) -> None:
+    endings: list[tuple[str, dict[str, Any]]] = []
+    for how in ("stopped", "failed"):
+        provider = Puppet()
+        generation = await start(store, generations, provider, prices=PRICES)
+        async with broker.subscribe(generation.topic, 0, 60) as subscription:
+            reader = Reader(subscription)
+            provider.hand(Usage(40, 1), "Hel", Usage(40, 3))
+            await reader.read(2)  # start, and the token: the counts went in before it
+            if how == "stopped":
+                assert await generations.stop(generation, CANCELLED)
+            else:
+                provider.hand(ProviderError("overloaded", "Overloaded", retryable=True))
+            terminal = (await reader.rest())[-1]
+        stored = await row(store, generation)
+        endings.append((stored.status, stored.metadata))
+        assert terminal[1] == ("done" if how == "stopped" else "error")
+    for status, metadata in endings:
+        assert metadata["usage"] == {"input_tokens": 40, "output_tokens": 3}, status
+        assert metadata["cost_usd"] == pytest.approx((40 * 1.0 + 3 * 2.0) / 1e6)
+    assert [status for status, _ in endings] == ["cancelled", "failed"]
+
+
+async def test_the_finishs_counts_are_the_ones_stored_and_priced(
+    store: Store, generations: Generations, broker: Broker
+) -> None:
+    provider = Puppet()
+    generation = await start(store, generations, provider, prices=PRICES)
+    provider.hand(Usage(9, 0), "ok", Finish("stop", Usage(10, 2, cached_input_tokens=4)))
+    await generation.finished.wait()
+    metadata = (await row(store, generation)).metadata
+    assert metadata["usage"] == {"input_tokens": 10, "output_tokens": 2, "cached_input_tokens": 4}
+    assert metadata["cost_usd"] == pytest.approx((10 * 1.0 + 2 * 2.0) / 1e6)  # cache at the input price
 
 
 async def test_stop_closes_the_provider_and_keeps_the_partial_text(

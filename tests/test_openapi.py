@@ -27,6 +27,7 @@ from chat.app import Sidechat
 from chat.config import Settings
 from chat.limits import TYPING_RATE
 from chat.openapi import document
+from chat.settings_parsers import budget
 from chat.sse import SSEDecoder
 from tests.live import Event, EventReader, half_a_body, serve, until
 
@@ -370,6 +371,13 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
         await call("POST", cancel, url="/api/messages/999/cancel", expect=404)
         await replace_turns(call)
 
+        await call("GET", "/api/usage", expect=200)
+        await call(
+            "GET", "/api/usage", url="/api/usage?since=2026-12-01&until=2999-12-31T00:00:00Z", expect=200
+        )
+        await call("GET", "/api/usage", url="/api/usage?since=soon", expect=422)
+        await call("GET", "/api/usage", url="/api/usage?since=2026-12-02&until=2026-12-01", expect=422)
+
         await call("GET", "/api/conversations", url="/api/conversations?limit=1", expect=200)
         await call("GET", "/api/conversations", url="/api/conversations?cursor=!!", expect=422)
         await call("GET", conversation_path, url=f"{one}?limit=1", expect=200)
@@ -530,6 +538,22 @@ async def test_refusals_under_load_conform_to_the_document(tmp_path: Path, confo
             if answers[-1].status_code != 204:
                 break
         assert [a.status_code for a in answers] == [204] * (len(answers) - 1) + [429]
+
+
+async def test_a_spent_budget_conforms_to_the_document(tmp_path: Path, conformance: Conformance) -> None:
+    settings = settings_in(tmp_path, user_budget=budget("1tokens/day"))
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        call = Caller(client, conformance)
+        reply = (await call("POST", "/api/chat", expect=200, json={"message": "hi", "wait": True})).json()
+        refused = await call("POST", "/api/chat", expect=429, json={"message": "more"})
+        await call("POST", "/api/chat/stream", expect=429, json={"message": "more"})
+        regenerate, edit = "/api/messages/{message_id}/regenerate", "/api/messages/{message_id}/edit"
+        await call("POST", regenerate, url=f"/api/messages/{reply['message']['id']}/regenerate", expect=429)
+        question = reply["message"]["metadata"]["user_message_id"]
+        await call("POST", edit, url=f"/api/messages/{question}/edit", expect=429, json={"message": "x"})
+        await call("GET", "/api/usage", expect=200)
+    error = refused.json()["error"]
+    assert (error["type"], error["budget"]) == ("quota_exceeded", "1tokens/day")
 
 
 async def timed_out_body(url: str) -> httpx.Response:

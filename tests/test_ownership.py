@@ -179,6 +179,7 @@ ROUTES = [
     ("POST", "/api/messages/1/edit"),
     ("GET", "/api/providers"),
     ("GET", "/api/me"),
+    ("GET", "/api/usage"),
 ]
 
 

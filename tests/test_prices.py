@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
+from chat.config import Settings
 from chat.errors import StartupError
 from chat.prices import Price, Prices, built_in, load_prices
 from chat.providers.base import Usage
 from chat.settings_types import PROVIDER_NAMES
+from tests.live import chat_stream, serve
+from tests.processes import PYTHON, free_port, run
+
+SIDECHAT = str(Path(PYTHON).parent / "sidechat")  # the console script, beside this Python
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +171,28 @@ def test_a_missing_file_says_so(tmp_path: Path) -> None:
     path = str(tmp_path / "nowhere.toml")
     with pytest.raises(StartupError, match=r"SIDECHAT_PRICES=.*nowhere.toml: cannot read it: No such file"):
         load_prices(path)
+
+
+@pytest.mark.anyio
+async def test_a_bad_file_stops_the_server_with_one_line_naming_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, '[openai]\n"gpt-4o" = { inptu = 2.5 }\n')
+    command = [SIDECHAT, "serve", "--port", str(free_port()), "--db", str(tmp_path / "chat.db")]
+    result = await run(command, env={"SIDECHAT_PRICES": path}, timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].endswith(
+        f"sidechat cannot start: SIDECHAT_PRICES={path}: openai.gpt-4o: unknown field 'inptu'"
+        " (fields: input, output, cached_input, cache_write)"
+    )
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.anyio
+async def test_a_file_given_prices_the_replies_of_a_running_server(tmp_path: Path) -> None:
+    path = write(tmp_path, '[demo]\n"demo-1" = { input = 1000000, output = 0 }\n')
+    settings = Settings(db=str(tmp_path / "chat.db"), demo_delay=0, prices=path)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        transcript = await chat_stream(client, {"message": "two words"})
+    assert transcript.terminal.data["usage"]["input_tokens"] == 2
+    assert transcript.terminal.data["cost_usd"] == 2.0  # a dollar a token, as the file says

@@ -192,8 +192,9 @@ async def test_a_conversation_keeps_its_model_unless_another_provider_is_asked(
         app,
         TurnRequest(user="alice", message="and", conversation_id=first.conversation_id, provider="anthropic"),
     )
-    assert same.reply.metadata == {"provider": "openai", "model": "gpt-4o"}
-    assert other.reply.metadata == {"provider": "anthropic", "model": "claude-sonnet-4-5"}
+    asked = {"asked_by": "alice", "request_id": None}  # no HTTP request here, so no request id
+    assert same.reply.metadata == {"provider": "openai", "model": "gpt-4o", **asked}
+    assert other.reply.metadata == {"provider": "anthropic", "model": "claude-sonnet-4-5", **asked}
     await finished(app, same.reply)
     await finished(app, other.reply)
 
