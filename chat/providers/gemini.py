@@ -73,8 +73,8 @@ class GeminiReading:
         provider = self.provider
         if payload.get("error"):
             raise error_from_event(payload, provider)
-        if meta := payload.get("usageMetadata"):
-            self.usage = _usage(meta)
+        if (meta := payload.get("usageMetadata")) and (usage := _usage(meta)) != self.usage:
+            self.usage = usage  # replaced only when it changes: each change is told once
         candidates = payload.get("candidates")
         if not candidates:
             blocked = (payload.get("promptFeedback") or {}).get("blockReason")

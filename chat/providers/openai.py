@@ -88,9 +88,11 @@ class OpenAIReading:
         usage = payload.get("usage")
         if usage:
             details = usage.get("prompt_tokens_details") or {}
-            self.usage = Usage(
+            counted = Usage(
                 usage.get("prompt_tokens"), usage.get("completion_tokens"), details.get("cached_tokens")
             )
+            if counted != self.usage:  # replaced only when it changes: each change is told once
+                self.usage = counted
         return text, None
 
     def end(self) -> Finish:

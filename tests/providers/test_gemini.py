@@ -230,3 +230,11 @@ def test_the_reading_keeps_each_chunks_counts_so_far() -> None:
     last = json.loads(response([{"text": "lo"}], "STOP")[6:])
     del last["usageMetadata"]  # a last chunk without counts: the latest ones stand
     assert reading.feed(last) == ("lo", Finish("stop", Usage(8, 1)))
+
+
+def test_the_same_counts_again_are_not_a_new_usage() -> None:
+    reading = GeminiReading()
+    reading.feed(json.loads(response([{"text": "Hel"}])[6:]))
+    counted = reading.usage
+    reading.feed(json.loads(response([{"text": "lo"}])[6:]))
+    assert reading.usage is counted  # a stream tells a Usage when it changes, not per chunk

@@ -573,3 +573,11 @@ def test_reading_keeps_the_latest_usage_a_server_reports_with_every_chunk() -> N
     assert reading.usage == Usage(9, 1)  # vLLM's continuous usage stats: no details, no cache
     reading.feed(json.loads(chunk({"content": "!"}, usage={"prompt_tokens": 9, "completion_tokens": 2})[6:]))
     assert reading.usage == Usage(9, 2)
+
+
+def test_the_same_counts_again_are_not_a_new_usage() -> None:
+    reading = OpenAIReading()
+    reading.feed(json.loads(USAGE_CHUNK[6:]))
+    counted = reading.usage
+    reading.feed(json.loads(USAGE_CHUNK[6:]))
+    assert reading.usage is counted
