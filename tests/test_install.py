@@ -44,6 +44,7 @@ async def test_the_wheel_serves_the_api_and_the_page_from_anywhere(installed: Pa
             page = await client.get("/")
     assert transcript.names[0] == "start" and transcript.names[-1] == "done"
     assert "Demo reply" in transcript.text
+    assert transcript.terminal.data["cost_usd"] == 0.0  # priced by the table the wheel ships
     assert page.status_code == 200 and "<title>sidechat</title>" in page.text
     assert (elsewhere / "sidechat.db").exists()  # the default database is where it runs
 
@@ -57,6 +58,17 @@ async def test_the_wheel_installs_the_package_and_no_top_level_app(installed: Pa
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "None"
     assert (await run([python, "-m", "chat", "--version"], cwd=tmp_path)).stdout.startswith("sidechat ")
+    priced = await run(
+        [
+            python,
+            "-c",
+            "import chat.prices as p; print(p.resource('prices.toml'), p.built_in().price_of('openai', 'gpt-4o-mini'))",
+        ],
+        cwd=tmp_path,
+    )
+    assert priced.returncode == 0, priced.stderr
+    shipped, price = priced.stdout.strip().split(" ", 1)
+    assert shipped.endswith("site-packages/chat/prices.toml") and price.startswith("Price(input=0.15")
 
 
 async def test_an_installation_without_its_schema_says_so(installed: Path, tmp_path: Path) -> None:
