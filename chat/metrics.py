@@ -88,6 +88,10 @@ class Metrics:
         self.deltas = counter("deltas_relayed", "Text deltas relayed to clients (token events)", MODEL)
         self.input_tokens = counter("input_tokens", "Input tokens the providers reported", MODEL)
         self.output_tokens = counter("output_tokens", "Output tokens the providers reported", MODEL)
+        self.cached_tokens = counter(
+            "cached_input_tokens", "Input tokens the providers read from their prompt cache", MODEL
+        )
+        self.cost = counter("cost_usd", "What the replies cost, in USD, at the price table's prices", MODEL)
         self.upstream_errors = counter(
             "upstream_errors", "Failed provider calls (each attempt), by error type", ("provider", "type")
         )
@@ -154,9 +158,15 @@ class MetricsSink(Sink):
         if generation.token_count:
             m.deltas.labels(*who).inc(generation.token_count)
         usage = metadata.get("usage") or {}
-        for counter, key in ((m.input_tokens, "input_tokens"), (m.output_tokens, "output_tokens")):
+        for counter, key in (
+            (m.input_tokens, "input_tokens"),
+            (m.output_tokens, "output_tokens"),
+            (m.cached_tokens, "cached_input_tokens"),
+        ):
             if isinstance(tokens := usage.get(key), int) and tokens > 0:
                 counter.labels(*who).inc(tokens)
+        if isinstance(cost := metadata.get("cost_usd"), int | float) and cost > 0:
+            m.cost.labels(*who).inc(cost)
 
     @contextmanager
     def db_write(self, what: str) -> Iterator[None]:

@@ -86,6 +86,10 @@ async def test_a_completed_reply_counts_its_request_tokens_timings_and_writes(
     assert after.value("sidechat_deltas_relayed_total", **model) == 2
     assert after.value("sidechat_input_tokens_total", **model) == 12
     assert after.value("sidechat_output_tokens_total", **model) == 2
+    assert after.value("sidechat_cost_usd_total", **model) == pytest.approx(
+        transcript.terminal.data["cost_usd"]
+    )
+    assert transcript.terminal.data["cost_usd"] > 0
     assert after.value("sidechat_time_to_first_token_seconds_count", **model) == 1
     assert after.value("sidechat_generation_duration_seconds_count", **model, outcome="completed") == 1
     assert after.value("sidechat_time_to_first_token_seconds_bucket", **model, le="60.0") == 1
@@ -95,6 +99,20 @@ async def test_a_completed_reply_counts_its_request_tokens_timings_and_writes(
     assert after.value("sidechat_upstream_errors_total") == 0
     assert after.value("sidechat_generations_running") == 0
     assert after.value("process_resident_memory_bytes") > 0
+
+
+async def test_tokens_read_from_the_prompt_cache_are_counted_apart(
+    served: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    usage = {"prompt_tokens": 100, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 80}}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": usage}
+    upstream.add(Reply([openai_chunk("ok"), openai_chunk(finish_reason="stop"), sse(chunk), sse("[DONE]")]))
+
+    assert (await chat_stream(served, {"message": "hi"})).terminal.event == "done"
+
+    after = await settles(served, "sidechat_generations_total", 1, outcome="completed")
+    assert after.value("sidechat_input_tokens_total", provider="openai") == 100
+    assert after.value("sidechat_cached_input_tokens_total", provider="openai") == 80
 
 
 async def test_a_failed_reply_counts_each_upstream_error_and_the_retry(
