@@ -165,7 +165,7 @@ class Budgets:
         what = (
             f"{used:,.0f} of your {budget.amount:,.0f} tokens"
             if budget.unit == "tokens"
-            else (f"{used:.4f} USD of your {budget.amount:g} USD")
+            else f"{plain(round(used, 6))} USD of your {plain(budget.amount)} USD"
         )
         when = "today" if budget.period == "day" else "this month"
         resets_at = stamp(resets, "seconds")

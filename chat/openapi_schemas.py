@@ -70,28 +70,6 @@ FINISH_REASON = nullable(
     "string", description="`stop`, `length`, `tool_calls`, `content_filter` or `cancelled`"
 )
 
-USAGE = closed(
-    {
-        "input_tokens": nullable("integer", description="the whole prompt, the cached part included"),
-        "output_tokens": nullable("integer", description="the reply, reasoning and thinking included"),
-        "cached_input_tokens": {
-            "type": "integer",
-            "description": "the part of the prompt read from the provider's cache, when it said",
-        },
-        "cache_write_tokens": {
-            "type": "integer",
-            "description": "the part written to it (Anthropic's cache creation), when it said",
-        },
-    },
-    optional=("cached_input_tokens", "cache_write_tokens"),
-)
-COST = nullable(
-    "number",
-    minimum=0,
-    description="USD, not rounded; null when the model has no price (`SIDECHAT_PRICES`) or the"
-    " provider counted nothing",
-)
-
 MESSAGE_METADATA = {
     "type": "object",
     "description": "What the reply was made with and how it went; a user message's has only"
@@ -110,7 +88,7 @@ MESSAGE_METADATA = {
             **ref("schemas", "Usage"),
             "description": "what the provider counted, also for a reply cancelled or failed before its end",
         },
-        "cost_usd": COST,
+        "cost_usd": ref("schemas", "Cost"),
         "finish_reason": FINISH_REASON,
         "duration_ms": nullable("integer"),
         "ttft_ms": nullable("integer"),
@@ -138,39 +116,30 @@ MESSAGE = closed(
     }
 )
 
+ERROR_FIELDS: dict[str, Schema] = {
+    "type": {"type": "string"},
+    "message": {"type": "string"},
+    "fields": {
+        "type": "object",
+        "description": "422 invalid_request: each field's problem",
+        "additionalProperties": {"type": "string"},
+    },
+    "status": {"type": "string", "description": "409 conflict: the message's real status"},
+    "retry_after": {"type": "number", "minimum": 0, "description": "seconds"},
+    "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
+    "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
+    "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
+    "budget": {
+        "type": "string",
+        "pattern": "^[0-9.]+(usd|tokens)/(day|month)$",
+        "description": "429 quota_exceeded: the budget that is spent",
+    },
+    "resets_at": {**TIMESTAMP, "description": "429 quota_exceeded: when it is not any more"},
+}
 ERROR = closed(
     {
         "error": closed(
-            {
-                "type": {"type": "string"},
-                "message": {"type": "string"},
-                "fields": {
-                    "type": "object",
-                    "description": "422 invalid_request: each field's problem",
-                    "additionalProperties": {"type": "string"},
-                },
-                "status": {"type": "string", "description": "409 conflict: the message's real status"},
-                "retry_after": {"type": "number", "minimum": 0, "description": "seconds"},
-                "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
-                "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
-                "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
-                "budget": {
-                    "type": "string",
-                    "pattern": "^[0-9.]+(usd|tokens)/(day|month)$",
-                    "description": "429 quota_exceeded: the budget that is spent",
-                },
-                "resets_at": {**TIMESTAMP, "description": "429 quota_exceeded: when it is not any more"},
-            },
-            optional=(
-                "fields",
-                "status",
-                "retry_after",
-                "max_bytes",
-                "cause",
-                "superseded_by",
-                "budget",
-                "resets_at",
-            ),
+            ERROR_FIELDS, optional=tuple(name for name in ERROR_FIELDS if name not in ("type", "message"))
         )
     }
 )
@@ -321,7 +290,6 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "MessageMetadata": MESSAGE_METADATA,
         "Event": EVENT,
         "StreamError": STREAM_ERROR,
-        "Usage": USAGE,
         "Error": ERROR,
         "Provider": PROVIDER,
         "Health": HEALTH,

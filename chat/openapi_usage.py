@@ -1,11 +1,35 @@
-"""`GET /api/usage` in the OpenAPI document (`chat.usage`): its route and its answer."""
+"""Usage in the OpenAPI document: `GET /api/usage` (`chat.usage`), its route and its answer,
+and the `Usage` and `Cost` each reply carries (`chat.outcome`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .openapi_responses import answer, operation
-from .openapi_schemas import COST, Schema, closed, nullable, ref
+from .openapi_schemas import Schema, closed, nullable, ref
+
+USAGE = closed(
+    {
+        "input_tokens": nullable("integer", description="the whole prompt, the cached part included"),
+        "output_tokens": nullable("integer", description="the reply, reasoning and thinking included"),
+        "cached_input_tokens": {
+            "type": "integer",
+            "description": "the part of the prompt read from the provider's cache, when it said",
+        },
+        "cache_write_tokens": {
+            "type": "integer",
+            "description": "the part written to it (Anthropic's cache creation), when it said",
+        },
+    },
+    optional=("cached_input_tokens", "cache_write_tokens"),
+)
+COST = nullable(
+    "number",
+    minimum=0,
+    description="USD, not rounded; null when the model has no price (`SIDECHAT_PRICES`) or the"
+    " provider counted nothing",
+)
+
 
 COUNTS: dict[str, Schema] = {
     "replies": {"type": "integer", "minimum": 0, "description": "replies that ended, however they ended"},
@@ -27,6 +51,8 @@ COUNTS: dict[str, Schema] = {
 
 def usage_schemas() -> dict[str, Schema]:
     return {
+        "Usage": USAGE,
+        "Cost": COST,
         "UsageLine": closed({"provider": nullable("string"), "model": nullable("string"), **COUNTS}),
         "UsageReport": closed(
             {

@@ -90,7 +90,7 @@ async def test_the_database_is_read_once_then_each_reply_adds_to_the_tally() -> 
     assert error.extra["resets_at"] == "2026-12-16T00:00:00Z"
     assert error.retry_after == 12 * 3600
     assert error.headers() == {"Retry-After": str(12 * 3600)}
-    assert "5.0000 USD of your 5 USD today (SIDECHAT_USER_BUDGET)" in error.message
+    assert "5 USD of your 5 USD today (SIDECHAT_USER_BUDGET)" in error.message
     assert "resets at 2026-12-16T00:00:00Z" in error.message
 
 
@@ -103,6 +103,18 @@ async def test_a_token_budget_counts_input_and_output() -> None:
         await limits.check("alice", ledger)
     assert "2,000,000 of your 2,000,000 tokens today" in info.value.message
     assert info.value.extra["budget"] == "2000000tokens/day"
+
+
+async def test_a_small_budget_is_said_as_it_was_written() -> None:
+    limits = budgets("0.000003usd/month", Clock(NOON))
+    with pytest.raises(QuotaExceeded) as info:
+        await limits.check("alice", Ledger(alice=(14, 0.000003)))
+    assert "0.000003 USD of your 0.000003 USD this month" in info.value.message
+    assert info.value.extra == {
+        "retry_after": 16 * 86400 + 12 * 3600,
+        "budget": "0.000003usd/month",
+        "resets_at": "2027-01-01T00:00:00Z",
+    }
 
 
 async def test_each_user_has_their_own_tally() -> None:
