@@ -29,7 +29,13 @@ def told(message: Message, after: int) -> list[tuple[str | None, str, dict[str, 
 
 
 def test_from_the_start_it_is_start_the_whole_text_and_the_end() -> None:
-    message = reply(usage={"input_tokens": 4, "output_tokens": 2}, duration_ms=80, ttft_ms=20)
+    message = reply(
+        usage={"input_tokens": 4, "output_tokens": 2},
+        duration_ms=80,
+        ttft_ms=20,
+        request_id="req-1",
+        cost_usd=0.0000018,
+    )
     assert told(message, 0) == [
         (
             "1",
@@ -40,6 +46,7 @@ def test_from_the_start_it_is_start_the_whole_text_and_the_end() -> None:
                 "user_message_id": 6,
                 "provider": "openai",
                 "model": "gpt-4o-mini",
+                "request_id": "req-1",  # of the request that started it, as stored
             },
         ),
         ("8", "token", {"text": "Hello!"}),
@@ -50,6 +57,7 @@ def test_from_the_start_it_is_start_the_whole_text_and_the_end() -> None:
                 "message_id": 7,
                 "finish_reason": "stop",
                 "usage": {"input_tokens": 4, "output_tokens": 2},
+                "cost_usd": 0.0000018,
                 "duration_ms": 80,
                 "ttft_ms": 20,
             },

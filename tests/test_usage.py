@@ -59,6 +59,7 @@ async def server(
         provider="openai",
         openai_api_key="sk-test",
         openai_base_url=upstream.url,
+        anthropic_base_url=upstream.url,
         api_tokens=((ALICE, "alice"), (BOB, "bob")),
         demo_delay=0.05,
         shutdown_grace_seconds=0.5,
@@ -264,3 +265,80 @@ async def test_a_running_reply_is_not_counted_until_it_ends(server: Server, upst
 
     await until(counted, what="the reply to be counted once it ended")
     assert started["message_id"] > 0
+
+
+def anthropic_start(input_tokens: int, cache_read: int) -> bytes:
+    usage = {
+        "input_tokens": input_tokens,
+        "cache_read_input_tokens": cache_read,
+        "cache_creation_input_tokens": 0,
+    }
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "content": [],
+        "model": "claude-sonnet-4-5",
+    }
+    return sse(
+        {"type": "message_start", "message": {**message, "usage": {**usage, "output_tokens": 1}}},
+        "message_start",
+    )
+
+
+def anthropic_text(text: str) -> bytes:
+    delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+    return sse(delta, "content_block_delta")
+
+
+def sonnet(fresh: int, cached: int, output: int) -> float:
+    return (fresh * 3.0 + cached * 0.30 + output * 15.0) / 1e6
+
+
+@pytest.mark.parametrize("server", [{"anthropic_api_key": "sk-ant-test"}], indirect=True)
+async def test_a_failed_reply_is_billed_what_the_provider_counted_before_it_failed(
+    server: Server, upstream: FakeUpstream
+) -> None:
+    overloaded = sse(
+        {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"
+    )
+    upstream.add(Reply([anthropic_start(20, 1000), anthropic_text("Hel"), overloaded]))
+    transcript = await chat_stream(server.alice, {"message": "hi", "provider": "anthropic"})
+
+    assert transcript.terminal.event == "error" and transcript.terminal.data["partial"] is True
+    conversation = transcript.events[0].data["conversation_id"]
+    row = (await server.alice.get(f"/api/conversations/{conversation}")).json()["messages"][-1]
+    assert row["status"] == "failed"
+    assert row["metadata"]["usage"] == {
+        "input_tokens": 1020,
+        "output_tokens": 1,
+        "cached_input_tokens": 1000,
+        "cache_write_tokens": 0,
+    }
+    assert row["metadata"]["cost_usd"] == pytest.approx(sonnet(20, 1000, 1))
+    line = (await usage_of(server.alice))["usage"][0]
+    assert (line["provider"], line["model"], line["replies"], line["cached_input_tokens"]) == (
+        "anthropic",
+        "claude-sonnet-4-5",
+        1,
+        1000,
+    )
+
+
+@pytest.mark.parametrize("server", [{"anthropic_api_key": "sk-ant-test"}], indirect=True)
+async def test_a_cancelled_anthropic_reply_is_billed_its_prompt(
+    server: Server, upstream: FakeUpstream
+) -> None:
+    held = asyncio.Event()
+    upstream.add(Reply([anthropic_start(30, 0), anthropic_text("Hel"), held]))
+    async with server.alice.stream(
+        "POST", "/api/chat/stream", json={"message": "hi", "provider": "anthropic"}
+    ) as response:
+        reader = EventReader(response)
+        head = await reader.read(until=2)
+        cancelled = await server.alice.post(f"/api/messages/{head.events[0].data['message_id']}/cancel")
+        await reader.read()
+    metadata = cancelled.json()["message"]["metadata"]
+    assert cancelled.json()["message"]["status"] == "cancelled"
+    assert metadata["usage"]["input_tokens"] == 30 and metadata["cost_usd"] == pytest.approx(sonnet(30, 0, 1))
+    await until(lambda: upstream.hangups == 1, what="the provider to see the hang-up")

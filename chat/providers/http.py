@@ -22,7 +22,7 @@ import httpx
 
 from ..sse import LineDecoder, ServerSentEvent, SSEDecoder, TooLong
 from ..telemetry import upstream_headers
-from .base import ChatRequest, Finish, ProviderError
+from .base import ChatRequest, Finish, ProviderError, Usage
 from .deadlines import DEFAULT_TIMEOUTS, Deadline, Timeouts, read_within
 from .errors import (
     error_from_event,
@@ -138,7 +138,10 @@ async def _read_limited(
 
 
 class Reading(Protocol):
-    """One stream's parse: what each payload means, given those before it."""
+    """One stream's parse: what each payload means, given those before it. `usage` is the
+    provider's latest count; a reading replaces it only when the count changes."""
+
+    usage: Usage
 
     def feed(self, payload: Any) -> tuple[str, Finish | None]:
         """The text one event's JSON carries, and the `Finish` if it is the end marker."""
@@ -157,7 +160,8 @@ class HTTPProvider:
     key is sent (`key_header`, `{}` standing for the key), `build_body`, and
     `reading()`. `framing` is
     `sse` or `ndjson`; `done_data` is a data line that ends the stream (OpenAI's
-    `[DONE]`).
+    `[DONE]`). Whenever the reading's `usage` changes, the new one is yielded, so a reply
+    cancelled or failed before its `Finish` keeps what the provider had counted.
     """
 
     name: ClassVar[str]
@@ -210,11 +214,12 @@ class HTTPProvider:
     def url(self, model: str) -> str:
         return self._url
 
-    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[str | Finish | Usage]:
         try:
             if not request.model:
                 request = replace(request, model=self.default_model)
             name, reading, done_data = self.name, self.reading(), self.done_data
+            told = reading.usage  # the count as last told: a new one goes downstream at once
             limit = self.max_event_bytes
             decoder = NDJSONDecoder(limit) if self.framing == "ndjson" else SSEDecoder(limit)
             async with open_stream(
@@ -242,6 +247,9 @@ class HTTPProvider:
                         if finish is not None:
                             yield finish
                             return
+                        if reading.usage is not told:  # kept, should the reply not reach its end
+                            told = reading.usage
+                            yield told
                     if overflow is not None:
                         raise ProviderError("protocol", f"{name} sent a line or an event over {limit} bytes")
             # SSE drops an event the body's end cut off; in NDJSON, the end ends the last line.

@@ -152,7 +152,7 @@ async def test_overloaded_error_mid_stream(
     with pytest.raises(ProviderError) as info:
         async for item in provider(client).stream(chat_request()):
             got.append(item)
-    assert got == ["Hel"]
+    assert got == [Usage(25, 1, 0, 0), "Hel"]  # the prompt was counted, and is kept
     e = info.value
     assert (e.type, e.retryable, e.provider_type) == ("overloaded", True, "overloaded_error")
 
@@ -368,3 +368,33 @@ async def test_cache_reads_and_writes_reach_the_finish(
     serve(router, FakeBody(framing(data)))
     _, finish = await collect(provider(client).stream(chat_request()))
     assert finish.usage == Usage(3425, 4, 3000, 400)
+
+
+async def test_the_counts_are_told_as_they_come(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(HELLO)))
+    items = [item async for item in provider(client).stream(chat_request())]
+    # The prompt's count from message_start before any text; the output's from message_delta.
+    assert items == [
+        Usage(25, 1, 0, 0),
+        "Hello",
+        "!",
+        Usage(25, 15, 0, 0),
+        Finish("stop", Usage(25, 15, 0, 0)),
+    ]
+
+
+async def test_a_stream_cut_before_message_stop_has_told_its_counts(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(
+        router,
+        FakeBody(framing(MESSAGE_START + block_start(0, {"type": "text", "text": ""}) + text(0, "Hel"))),
+    )
+    seen: list[object] = []
+    with pytest.raises(ProviderError) as info:
+        async for item in provider(client).stream(chat_request()):
+            seen.append(item)
+    assert info.value.type == "truncated"
+    assert seen == [Usage(25, 1, 0, 0), "Hel"]

@@ -251,7 +251,9 @@ async def test_build_providers_wires_retries_and_the_fallback_chain(
     items, error = await drain(provider.stream(chat_request(model="gpt-4o-mini")))
 
     assert error is None
-    assert items == [Answerer("anthropic", "claude-haiku-4-5"), "Hi", Finish("stop", Usage(5, 2))]
+    # The fallback's prompt count waits for its Answerer; the output's comes before the Finish.
+    counted = [Usage(5, 1), "Hi", Usage(5, 2), Finish("stop", Usage(5, 2))]
+    assert items == [Answerer("anthropic", "claude-haiku-4-5"), *counted]
     assert openai.call_count == 1  # a 401 is not retried
     assert anthropic.call_count == 1
 

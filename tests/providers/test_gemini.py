@@ -12,7 +12,7 @@ from chat.providers.base import Finish, ProviderError, Turn, Usage
 from chat.providers.gemini import GeminiProvider, GeminiReading, build_body
 
 from .conftest import Framing
-from .fakes import FakeBody, chat_request, collect, event_stream
+from .fakes import FakeBody, chat_request, collect, collect_all, event_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +88,7 @@ async def test_blocked_answer_is_an_error(
     with pytest.raises(ProviderError) as info:
         async for item in provider(client).stream(chat_request()):
             got.append(item)
-    assert got == ["Hel"]
+    assert got == ["Hel", Usage(8, None)]  # what was counted before the block is kept
     assert (info.value.type, info.value.provider_code) == ("prompt_blocked", reason)
 
 
@@ -238,3 +238,12 @@ def test_the_same_counts_again_are_not_a_new_usage() -> None:
     counted = reading.usage
     reading.feed(json.loads(response([{"text": "lo"}])[6:]))
     assert reading.usage is counted  # a stream tells a Usage when it changes, not per chunk
+
+
+async def test_each_change_of_the_counts_is_told_once(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(HELLO)))
+    texts, finish, usages = await collect_all(provider(client).stream(chat_request()))
+    assert usages == [Usage(8, None)]  # the same count on every chunk until the last, with the Finish
+    assert finish.usage == Usage(8, 12 + 25)

@@ -13,7 +13,7 @@ from chat.providers.deadlines import Timeouts
 from chat.providers.ollama import OllamaProvider, OllamaReading, build_body
 
 from .conftest import Framing
-from .fakes import FakeBody, chat_request, collect
+from .fakes import FakeBody, chat_request, collect, collect_all
 
 pytestmark = pytest.mark.anyio
 
@@ -196,3 +196,11 @@ async def test_stall_times_out(client: httpx.AsyncClient, router: respx.MockRout
 async def test_ollama_takes_no_api_key(client: httpx.AsyncClient) -> None:
     with pytest.raises(TypeError):
         OllamaProvider(client, api_key="sk-not-for-ollama")
+
+
+async def test_no_count_is_told_before_the_done_line(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(HELLO)))
+    _, finish, usages = await collect_all(OllamaProvider(client).stream(chat_request()))
+    assert usages == [] and finish.usage == Usage(26, 282)

@@ -13,7 +13,7 @@ from chat.providers.deadlines import Timeouts
 from chat.providers.openai import OpenAIProvider, OpenAIReading, build_body
 
 from .conftest import Framing
-from .fakes import FakeBody, chat_request, collect, event_stream
+from .fakes import FakeBody, chat_request, collect, collect_all, event_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -581,3 +581,11 @@ def test_the_same_counts_again_are_not_a_new_usage() -> None:
     counted = reading.usage
     reading.feed(json.loads(USAGE_CHUNK[6:]))
     assert reading.usage is counted
+
+
+async def test_the_usage_chunk_is_told_before_the_finish(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    serve(router, FakeBody(framing(HELLO + USAGE_CHUNK + DONE)))
+    texts, finish, usages = await collect_all(provider(client).stream(chat_request()))
+    assert usages == [Usage(12, 3, 0)] and finish.usage == Usage(12, 3, 0)
