@@ -81,7 +81,7 @@ class Settings:
     log_format: str = "text"
     log_content: bool = False  # message text in the logs: off, unless asked for
     metrics_token: str | None = _secret()  # bearer token for /metrics; open (on loopback) when unset
-    prices: str | None = None  # a TOML price table replacing the built-in one
+    prices: str | None = None  # a TOML price table laid over the built-in one
     user_budget: tuple[Budget, ...] = ()  # per user, e.g. 5usd/day,100usd/month
 
     def __repr__(self) -> str:
