@@ -73,6 +73,7 @@ class Generation:
         self._ending = False  # past the provider: being stored, or stored
         self._final: Callable[[], dict[str, Any]] | None = None  # the row its end is stored as
         self.settled = asyncio.Event()  # finished, or its end waits for the database to take it
+        self.lost: str | None = None  # why its end could not be stored, if it could not
 
     @property
     def message_id(self) -> int:
@@ -138,6 +139,7 @@ class Generation:
         except Exception:
             log.exception("could not store the end of message %s", self.message_id)
         finally:  # whatever happened, its clients hear how it ended
+            self.lost = lost
             if lost is None:
                 terminal = events.terminal(
                     self.message_id, stored["status"], stored["metadata"], partial=bool(self._parts)
@@ -215,8 +217,10 @@ class Generations:
         max_reply_chars: int = 2_000_000,
         watched: dict[int, Topic] | None = None,
         telemetry: Telemetry = NOTHING,
+        prices: Prices | None = None,
     ) -> None:
         self.telemetry = telemetry
+        self.prices = prices  # what a reply's usage costs (`cost_usd`); None: not priced
         self.broker = broker
         self.keeper = keeper
         self.max_reply_chars = max_reply_chars
@@ -239,12 +243,19 @@ class Generations:
         stop_when_abandoned: bool = False,
         on_end: Callable[[Generation], object] | None = None,
         user: str | None = None,
-        prices: Prices | None = None,
     ) -> Generation:
         """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
         topic = self.broker.open(topic_name(reply.id))
         generation = Generation(
-            provider, request, reply, user_message_id, topic, self.max_reply_chars, self.watched, user, prices
+            provider,
+            request,
+            reply,
+            user_message_id,
+            topic,
+            self.max_reply_chars,
+            self.watched,
+            user,
+            self.prices,
         )
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)

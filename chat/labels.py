@@ -20,25 +20,32 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from .logs import route_template
+from .prices import ANY_MODEL
 from .providers.base import ERROR_TYPES
 from .settings_types import PROVIDER_NAMES
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .prices import Prices
     from .providers import ProviderInfo
 
 OTHER = "other"
 UNMATCHED = "unmatched"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # How a reply ended: its row's status (`chat.outcome`).
-OUTCOMES = frozenset({"completed", "failed", "cancelled", "interrupted"})
+STORAGE_FAILED = "storage_failed"  # a reply whose end the database never took
+OUTCOMES = frozenset({"completed", "failed", "cancelled", "interrupted", STORAGE_FAILED})
 
 
-def known_models(settings: Settings, providers: Mapping[str, ProviderInfo] | None = None) -> frozenset[str]:
+def known_models(
+    settings: Settings, providers: Mapping[str, ProviderInfo] | None = None, prices: Prices | None = None
+) -> frozenset[str]:
     """The model names a label may carry as they are: each provider's default model,
-    `SIDECHAT_MODEL` and the models `SIDECHAT_FALLBACK` names. (The place to add the
-    models of a price table.)"""
+    `SIDECHAT_MODEL`, the models `SIDECHAT_FALLBACK` names, and those the price table prices
+    (a fixed list, read at start-up)."""
     names = {info.default_model for info in (providers or {}).values()}
+    if prices is not None:
+        names.update(model for models in prices.table.values() for model in models if model != ANY_MODEL)
     if settings.model:
         names.add(settings.model)
     names.update(model for _, model in settings.fallback if model)
@@ -54,10 +61,11 @@ class Labels:
         self.providers = frozenset(PROVIDER_NAMES)
         self.models = known_models(settings)
 
-    def know(self, providers: Mapping[str, ProviderInfo]) -> None:
-        """The providers the app built (at start-up): their names and default models count."""
+    def know(self, providers: Mapping[str, ProviderInfo], prices: Prices | None = None) -> None:
+        """The providers the app built (at start-up), and its price table: their names and
+        models count."""
         self.providers = frozenset(PROVIDER_NAMES) | providers.keys()
-        self.models = known_models(self.settings, providers)
+        self.models = known_models(self.settings, providers, prices)
 
     def route(self, scope: Scope) -> str:
         return route_template(scope, self.routes) or UNMATCHED

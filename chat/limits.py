@@ -15,9 +15,8 @@ Deliberate choices:
   stream ends, so two requests racing for the last slot cannot both have it.
 - The limits live in this process. With several processes, the scale-out issue
   puts them in Redis behind the same calls.
-- What users may spend (`SIDECHAT_USER_BUDGET`, `chat.budgets`) is a limit too, and the
-  price table (`chat.prices`, read and checked here at start-up: a bad SIDECHAT_PRICES
-  file stops the server) turns each reply's usage into the cost its budgets add up.
+- What users may spend (`SIDECHAT_USER_BUDGET`, `chat.budgets`) is a limit too: it adds up
+  the `cost_usd` each reply ends with (priced by `chat.prices`) and its tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from datetime import datetime
 from .budgets import Budgets, utc_now
 from .config import Settings
 from .errors import RateLimited, TooManyConnections
-from .prices import Prices, load_prices
 
 TYPING_RATE = (10, 5.0)  # typing updates per user per so many seconds: a person sends far fewer
 STREAMS_RETRY_AFTER = 2.0  # when a user's own running replies are the limit: soon, probably
@@ -103,9 +101,7 @@ class Limits:
         clock: Callable[[], float] = time.monotonic,
         *,
         wall_clock: Callable[[], datetime] = utc_now,  # the budgets' calendar
-        prices: Prices | None = None,  # None: the built-in table with SIDECHAT_PRICES laid over
     ) -> None:
-        self.prices = prices if prices is not None else load_prices(settings.prices)
         self.budgets = Budgets(settings.user_budget, clock=wall_clock)
         self.requests = Buckets(*settings.rate_limit, clock=clock)
         self.streams = Counts(settings.max_streams_per_user)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from starlette.routing import BaseRoute
 
-from .labels import Labels, write_of
+from .labels import STORAGE_FAILED, Labels, write_of
 from .telemetry import RequestRecord, Sink
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class MetricsSink(Sink):
         return self.metrics.registry
 
     def opened(self, services: Services) -> None:
-        self.labels.know(services.providers)
+        self.labels.know(services.providers, services.generations.prices)
         m, generations, broker = self.metrics, services.generations, services.broker
         m.running.set_function(lambda: generations.running)
         m.subscribers.set_function(lambda: broker.subscribers)
@@ -144,7 +144,8 @@ class MetricsSink(Sink):
             yield
         finally:
             row = generation.final_row()
-            self._ended(generation, row.status if row else None, row.metadata if row else generation.metadata)
+            status = STORAGE_FAILED if generation.lost else row.status if row else None
+            self._ended(generation, status, row.metadata if row else generation.metadata)
 
     def _ended(self, generation: Generation, status: str | None, metadata: dict[str, Any]) -> None:
         m, labels = self.metrics, self.labels

@@ -21,6 +21,7 @@ from .feeds import Feeds
 from .generations import Generations
 from .keeping import Keeper
 from .limits import Limits
+from .prices import load_prices
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
@@ -77,6 +78,7 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
                 max_reply_chars=settings.max_reply_chars,
                 watched=feeds.watched,
                 telemetry=telemetry,
+                prices=load_prices(settings.prices),  # checked: a bad SIDECHAT_PRICES stops start-up
             )
             providers = build_providers(settings, client, timeouts, telemetry)
             readiness = await Readiness.open(settings.db, keeper)

@@ -82,7 +82,7 @@ class TracingSink(Sink):
             propagators.append(inject_trace_context)
 
     def opened(self, services: Services) -> None:
-        self.labels.know(services.providers)
+        self.labels.know(services.providers, services.generations.prices)
 
     @staticmethod
     def recording() -> bool:

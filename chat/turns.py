@@ -176,7 +176,6 @@ def start_reply(
         stop_when_abandoned=services.settings.on_disconnect == "cancel",
         on_end=ended,
         user=slot.user,
-        prices=limits.prices,
     )
     slot.taken = True
     services.feeds.turn_started(audience, created, asked, reply, asked_is_new=asked_is_new)

@@ -117,7 +117,6 @@ async def start(
     provider: Puppet,
     *,
     stop_when_abandoned: bool = False,
-    prices: Prices | None = None,
 ) -> Generation:
     conversation = await store.create_conversation("local")
     user, reply = await store.start_turn(
@@ -130,7 +129,6 @@ async def start(
         reply,
         user_message_id=user.id,
         stop_when_abandoned=stop_when_abandoned,
-        prices=prices,
     )
 
 
@@ -200,9 +198,10 @@ async def test_a_reply_stopped_or_failed_before_its_end_keeps_the_counts_told_so
     store: Store, generations: Generations, broker: Broker
 ) -> None:
     endings: list[tuple[str, dict[str, Any]]] = []
+    generations.prices = PRICES
     for how in ("stopped", "failed"):
         provider = Puppet()
-        generation = await start(store, generations, provider, prices=PRICES)
+        generation = await start(store, generations, provider)
         async with broker.subscribe(generation.topic, 0, 60) as subscription:
             reader = Reader(subscription)
             provider.hand(Usage(40, 1), "Hel", Usage(40, 3))
@@ -224,8 +223,9 @@ async def test_a_reply_stopped_or_failed_before_its_end_keeps_the_counts_told_so
 async def test_the_finishs_counts_are_the_ones_stored_and_priced(
     store: Store, generations: Generations, broker: Broker
 ) -> None:
+    generations.prices = PRICES
     provider = Puppet()
-    generation = await start(store, generations, provider, prices=PRICES)
+    generation = await start(store, generations, provider)
     provider.hand(Usage(9, 0), "ok", Finish("stop", Usage(10, 2, cached_input_tokens=4)))
     await generation.finished.wait()
     metadata = (await row(store, generation)).metadata

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from chat.config import Settings
 from chat.labels import OTHER, UNMATCHED, Labels, known_models, write_of
+from chat.prices import ANY_MODEL, Price, Prices, built_in
 from chat.providers import build_providers
 from chat.providers.base import ERROR_TYPES
 from chat.providers.deadlines import Timeouts
@@ -96,6 +97,15 @@ async def test_known_models_are_the_defaults_the_chosen_model_and_the_fallbacks(
     assert labels.model(None) == OTHER
     assert labels.provider("anthropic") == "anthropic"
     assert labels.provider("someone-else") == OTHER
+
+
+def test_the_price_tables_models_are_known_but_not_its_catch_all() -> None:
+    prices = Prices({"openai": {"ft:gpt-4o-mini:acme": Price(1.0, 2.0), ANY_MODEL: Price(0.0, 0.0)}})
+    assert known_models(Settings(), prices=prices) == {"ft:gpt-4o-mini:acme"}
+    assert "gpt-4o-mini" in known_models(Settings(), prices=built_in())
+    labels = Labels(Settings())
+    labels.know({}, prices)
+    assert (labels.model("ft:gpt-4o-mini:acme"), labels.model(ANY_MODEL)) == ("ft:gpt-4o-mini:acme", OTHER)
 
 
 def test_outcomes_error_types_methods_and_routes_come_from_their_sets() -> None:

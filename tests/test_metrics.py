@@ -8,14 +8,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from chat.app import create_app
+from chat.broker import Broker
 from chat.config import Settings
+from chat.generations import Generations
+from chat.keeping import Keeper
+from chat.metrics import MetricsSink
+from chat.providers.base import ChatRequest, Turn
+from chat.providers.demo import DemoProvider
+from chat.telemetry import Telemetry
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
 from tests.live import EventReader, chat_stream, serve, until
+from tests.test_keeping import Refusing
 
 pytestmark = pytest.mark.anyio
 
@@ -325,3 +334,29 @@ async def test_prometheus_may_ask_for_openmetrics(served: httpx.AsyncClient) -> 
     response = await served.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
     assert response.headers["content-type"].startswith("application/openmetrics-text")
     assert response.text.endswith("# EOF\n")
+
+
+async def test_a_reply_whose_end_the_database_never_took_is_counted_as_such(tmp_path: Path) -> None:
+    sink = MetricsSink(Settings())
+    store = await Refusing.open(str(tmp_path / "chat.db"))
+    try:
+        keeper = Keeper(store, checkpoint_seconds=0)
+        generations = Generations(Broker(retention=30), keeper, telemetry=Telemetry([sink]))
+        conversation = await store.create_conversation("local")
+        asked, reply = await store.start_turn(conversation.id, "hi", metadata={"provider": "demo"})
+        request = ChatRequest(model="demo-1", turns=[Turn("user", "hi")])
+        generation = generations.start(DemoProvider(delay=0), request, reply, user_message_id=asked.id)
+        await until(lambda: keeper.pending == 1, what="the final write to be refused")
+        keeper.give_up()
+        await generation.finished.wait()
+    finally:
+        await store.close()
+    assert generation.lost == "the disk is full"
+    counted = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(generate_latest(sink.registry).decode())
+        if family.name == "sidechat_generations"
+        for s in family.samples
+        if s.name == "sidechat_generations_total"
+    }
+    assert counted == {"storage_failed": 1.0}
