@@ -2,7 +2,7 @@
 
 A `Generation` runs as its own task and publishes its events to a topic of the
 broker (`chat.broker`), which numbers them, keeps them for resume and fans them
-out; clients follow the topic, never the generation. `Generations` is this
+out; clients follow the topic, never the generation. `chat.running` is this
 process's registry of running ones: start, stop, and shutdown.
 
 Deliberate choices:
@@ -12,9 +12,6 @@ Deliberate choices:
 - Stopping is task cancellation: it reaches the provider adapter wherever it is
   waiting, and the adapter's `async with client.stream(...)` closes the upstream
   response at once instead of returning it to the pool half-read.
-- Shutdown gives running generations a grace period, whether or not a client
-  still follows them; `hurry` (a second Ctrl-C) ends them at once, each with its
-  partial text stored.
 """
 
 from __future__ import annotations
@@ -27,14 +24,12 @@ from dataclasses import replace
 from typing import Any
 
 from . import events
-from .broker import Broker, Topic
+from .broker import Topic
 from .keeping import Checkpoints, Keeper
-from .outcome import CANCELLED, SHUTDOWN, Relayed, conclude
+from .outcome import Relayed, conclude
 from .prices import Prices
 from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage, close_stream
 from .records import Message
-from .telemetry import NOTHING, Telemetry
-from .waits import first_of
 
 log = logging.getLogger("sidechat.generations")
 
@@ -204,110 +199,3 @@ class Generation:
         if relayed.error is None and relayed.finish is None and self._stop_reason is None:
             relayed.error = ProviderError("truncated", "the provider's stream ended without a finish record")
         return relayed
-
-
-class Generations:
-    """The running generations of this process, by assistant message id."""
-
-    def __init__(
-        self,
-        broker: Broker,
-        keeper: Keeper,
-        *,
-        max_reply_chars: int = 2_000_000,
-        watched: dict[int, Topic] | None = None,
-        telemetry: Telemetry = NOTHING,
-        prices: Prices | None = None,
-    ) -> None:
-        self.telemetry = telemetry
-        self.prices = prices  # what a reply's usage costs (`cost_usd`); None: not priced
-        self.broker = broker
-        self.keeper = keeper
-        self.max_reply_chars = max_reply_chars
-        self.watched = watched  # the conversation feeds (`chat.feeds`), which get the tokens too
-        self.closing = False  # no new generations: the server is shutting down
-        self._running: dict[int, Generation] = {}
-        self._shutdown: asyncio.Task[None] | None = None
-        self._now = asyncio.Event()  # shutdown was asked twice: end the rest without waiting
-
-    def get(self, message_id: int) -> Generation | None:
-        return self._running.get(message_id)
-
-    def start(
-        self,
-        provider: Provider,
-        request: ChatRequest,
-        reply: Message,
-        *,
-        user_message_id: int,
-        stop_when_abandoned: bool = False,
-        on_end: Callable[[Generation], object] | None = None,
-        user: str | None = None,
-    ) -> Generation:
-        """Run a generation of `reply` (stored, `streaming`); its topic is open on return."""
-        topic = self.broker.open(topic_name(reply.id))
-        generation = Generation(
-            provider,
-            request,
-            reply,
-            user_message_id,
-            topic,
-            self.max_reply_chars,
-            self.watched,
-            user,
-            self.prices,
-        )
-        if stop_when_abandoned:
-            generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
-        self._running[reply.id] = generation
-        generation.task = asyncio.create_task(self._run(generation, on_end))
-        if self.closing:  # accepted while shutdown began: it ends at once, as interrupted
-            generation.stop(SHUTDOWN)
-        return generation
-
-    async def _run(self, generation: Generation, on_end: Callable[[Generation], object] | None) -> None:
-        try:
-            with self.telemetry.generation(generation):
-                await generation.run(self.keeper)
-        finally:
-            del self._running[generation.message_id]
-            if on_end is not None:
-                on_end(generation)
-
-    async def stop(self, generation: Generation, reason: str) -> bool:
-        """Stop it and wait until it has ended, or its end waits for a database that refuses
-        it (that may take long, and the reply is safe in memory meanwhile)."""
-        stopped = generation.stop(reason)
-        await generation.settled.wait()
-        return stopped
-
-    async def stop_conversation(self, conversation_id: int) -> None:
-        running = [g for g in self._running.values() if g.conversation_id == conversation_id]
-        await asyncio.gather(*(self.stop(g, CANCELLED) for g in running))
-
-    def begin_shutdown(self, grace: float) -> asyncio.Task[None]:
-        """Refuse new generations; let running ones finish for `grace` seconds, then end the rest.
-        Asked again, the same shutdown."""
-        if self._shutdown is None:
-            self.closing = True
-            self._shutdown = asyncio.create_task(self._end_all(grace))
-        return self._shutdown
-
-    def hurry(self) -> None:
-        """End the running generations now rather than at the end of the grace period."""
-        self._now.set()
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
-
-    async def _end_all(self, grace: float) -> None:
-        running = list(self._running.values())
-        if running and grace > 0:
-            # Until all have finished, or we are asked to hurry, or the grace is over.
-            all_finished = asyncio.gather(*(g.finished.wait() for g in running))
-            await first_of(all_finished, self._now.wait(), timeout=grace)
-        # Any that slipped in while we waited are ended too; a final write still refused gets
-        # one more try, then its loss is logged.
-        self.keeper.give_up()
-        await asyncio.gather(*(self.stop(g, SHUTDOWN) for g in list(self._running.values())))

@@ -18,13 +18,13 @@ from .broker import Broker
 from .config import Settings
 from .errors import StartupError
 from .feeds import Feeds
-from .generations import Generations
 from .keeping import Keeper
 from .limits import Limits
 from .prices import load_prices
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
+from .running import Generations
 from .store import StorageFailed, Store
 from .telemetry import NOTHING, Telemetry
 from .transport import upstream_client

@@ -11,10 +11,11 @@ from chat.attach import reply_events
 from chat.broker import Broker
 from chat.config import Settings
 from chat.feeds import Feeds
-from chat.generations import Generations, topic_name
+from chat.generations import topic_name
 from chat.keeping import Keeper
 from chat.limits import Limits
 from chat.records import Message
+from chat.running import Generations
 from chat.services import Services
 from chat.sse import SSEDecoder
 from chat.store import Store

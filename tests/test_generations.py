@@ -17,13 +17,14 @@ import pytest
 
 from chat import events
 from chat.broker import Broker, Subscription
-from chat.generations import Generation, Generations, topic_name
+from chat.generations import Generation, topic_name
 from chat.keeping import Keeper
 from chat.outcome import CANCELLED
 from chat.prices import Price, Prices
 from chat.providers.base import ChatRequest, Finish, ProviderError, Turn, Usage
 from chat.records import Message
 from chat.replay import stored_events
+from chat.running import Generations
 from chat.sse import SSEDecoder
 from chat.store import Store
 from tests.live import until

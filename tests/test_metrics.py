@@ -15,11 +15,11 @@ from prometheus_client.samples import Sample
 from chat.app import create_app
 from chat.broker import Broker
 from chat.config import Settings
-from chat.generations import Generations
 from chat.keeping import Keeper
 from chat.metrics import MetricsSink
 from chat.providers.base import ChatRequest, Turn
 from chat.providers.demo import DemoProvider
+from chat.running import Generations
 from chat.telemetry import Telemetry
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse

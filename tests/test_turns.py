@@ -20,12 +20,12 @@ from chat.errors import (
     StorageUnavailable,
 )
 from chat.feeds import Feeds
-from chat.generations import Generations
 from chat.keeping import Keeper
 from chat.limits import Limits
 from chat.providers import ProviderInfo
 from chat.providers.base import Finish, Usage
 from chat.records import Message
+from chat.running import Generations
 from chat.services import Services
 from chat.store import Store
 from chat.turns import TurnRequest, accept_turn, title_from
