@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .limits import TYPING_RATE
-from .openapi_schemas import Schema, ref
+from .openapi_schemas import TIMESTAMP, Schema, closed, ref
 
 Errors = dict[int, tuple[str, ...]]
 
@@ -225,3 +225,36 @@ def operation(
     if guarded:
         op["security"] = [{"bearer": []}]
     return op
+
+
+ERROR_FIELDS: dict[str, Schema] = {
+    "type": {"type": "string"},
+    "message": {"type": "string"},
+    "fields": {
+        "type": "object",
+        "description": "422 invalid_request: each field's problem",
+        "additionalProperties": {"type": "string"},
+    },
+    "status": {"type": "string", "description": "409 conflict: the message's real status"},
+    "retry_after": {"type": "number", "minimum": 0, "description": "seconds"},
+    "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
+    "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
+    "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
+    "budget": {
+        "type": "string",
+        "pattern": "^[0-9.]+(usd|tokens)/(day|month)$",
+        "description": "429 quota_exceeded: the budget that is spent",
+    },
+    "resets_at": {**TIMESTAMP, "description": "429 quota_exceeded: when it is not any more"},
+}
+ERROR = closed(
+    {
+        "error": closed(
+            ERROR_FIELDS, optional=tuple(name for name in ERROR_FIELDS if name not in ("type", "message"))
+        )
+    }
+)
+
+
+def error_schemas() -> dict[str, Schema]:
+    return {"Error": ERROR}

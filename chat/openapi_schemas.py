@@ -77,6 +77,7 @@ MESSAGE_METADATA = {
     "properties": {
         "provider": {"type": "string"},
         "model": {"type": "string"},
+        "request_id": nullable("string", description="the X-Request-ID of the request that asked for it"),
         "requested": {
             "type": "object",
             "description": "the provider and model asked for, when a fallback answered instead",
@@ -116,34 +117,6 @@ MESSAGE = closed(
     }
 )
 
-ERROR_FIELDS: dict[str, Schema] = {
-    "type": {"type": "string"},
-    "message": {"type": "string"},
-    "fields": {
-        "type": "object",
-        "description": "422 invalid_request: each field's problem",
-        "additionalProperties": {"type": "string"},
-    },
-    "status": {"type": "string", "description": "409 conflict: the message's real status"},
-    "retry_after": {"type": "number", "minimum": 0, "description": "seconds"},
-    "max_bytes": {"type": "integer", "description": "413: the largest body taken"},
-    "cause": {"type": "string", "description": "503 storage_unavailable: what the database said"},
-    "superseded_by": {"type": "integer", "description": "409 conflict: what replaced it already"},
-    "budget": {
-        "type": "string",
-        "pattern": "^[0-9.]+(usd|tokens)/(day|month)$",
-        "description": "429 quota_exceeded: the budget that is spent",
-    },
-    "resets_at": {**TIMESTAMP, "description": "429 quota_exceeded: when it is not any more"},
-}
-ERROR = closed(
-    {
-        "error": closed(
-            ERROR_FIELDS, optional=tuple(name for name in ERROR_FIELDS if name not in ("type", "message"))
-        )
-    }
-)
-
 PROVIDER = closed(
     {
         "name": {"type": "string"},
@@ -177,7 +150,7 @@ EVENT = {
     ),
     "description": """One event of a reply's stream; `data` is always one line of JSON, `id` counts
 the reply's events from 1, for Last-Event-ID.
-- `start` {conversation_id, message_id, user_message_id, provider, model}: first, once stored
+- `start` {conversation_id, message_id, user_message_id, provider, model, request_id}: first, once stored
 - `provider` {provider, model}: a fallback answers instead of the provider asked
 - `token` {text}: each piece of the reply as it arrives
 - `reset` {message_id}, no id: drop the text you have; the whole stored text follows as one token
@@ -290,7 +263,6 @@ def schemas(settings: Settings) -> dict[str, Schema]:
         "MessageMetadata": MESSAGE_METADATA,
         "Event": EVENT,
         "StreamError": STREAM_ERROR,
-        "Error": ERROR,
         "Provider": PROVIDER,
         "Health": HEALTH,
         "Accepted": ACCEPTED,
