@@ -9,8 +9,9 @@ OpenRouter, Groq) differ at the edges, so we are lenient there:
   except `event: error`, whose data is an error object;
 - usage (asked for with `stream_options.include_usage`) may ride in its own
   chunk with empty `choices`, in the last content chunk, or (vLLM's continuous
-  usage stats) in every chunk; `prompt_tokens_details.cached_tokens` is the
-  part of the prompt read from OpenAI's prompt cache;
+  usage stats) in every chunk, or (Groq) in `x_groq.usage` of the last chunk;
+  `prompt_tokens_details.cached_tokens` is the part of the prompt read from
+  OpenAI's prompt cache;
 - a body that ends after a `finish_reason` counts as finished even without
   `[DONE]`; a `[DONE]` with no `finish_reason` before it is `truncated`;
 - `refusal` deltas are the answer's text; tool-call deltas and reasoning
@@ -34,6 +35,9 @@ _FINISH_REASONS = {
     "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
+
+
+_NONE: dict[str, Any] = {}
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
@@ -85,7 +89,7 @@ class OpenAIReading:
             finish = choice.get("finish_reason")
             if finish:
                 self.reason = _FINISH_REASONS.get(finish, "stop")
-        usage = payload.get("usage")
+        usage = payload.get("usage") or (payload.get("x_groq") or _NONE).get("usage")
         if usage:
             details = usage.get("prompt_tokens_details") or {}
             counted = Usage(

@@ -589,3 +589,43 @@ async def test_the_usage_chunk_is_told_before_the_finish(
     serve(router, FakeBody(framing(HELLO + USAGE_CHUNK + DONE)))
     texts, finish, usages = await collect_all(provider(client).stream(chat_request()))
     assert usages == [Usage(12, 3, 0)] and finish.usage == Usage(12, 3, 0)
+
+
+def groq_chunk(
+    delta: dict[str, Any], finish: str | None = None, x_groq: dict[str, Any] | None = None
+) -> bytes:
+    """A chunk as api.groq.com sends it: its usage rides in `x_groq` on the last one."""
+    payload: dict[str, Any] = {
+        "id": "chatcmpl-3c1b2e8f-52f3-4d0a-9b5e-7c1f0a2b9d11",
+        "object": "chat.completion.chunk",
+        "created": 1741570283,
+        "model": "llama-3.3-70b-versatile",
+        "system_fingerprint": "fp_c0cfa69934",
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "x_groq": x_groq or {"id": "req_01jnxyz"},
+    }
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def test_groq_usage_in_x_groq_of_the_last_chunk_is_counted(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    groq_usage = {
+        "queue_time": 0.02,
+        "prompt_tokens": 41,
+        "prompt_time": 0.003,
+        "completion_tokens": 2,
+        "completion_time": 0.007,
+        "total_tokens": 43,
+        "total_time": 0.01,
+    }
+    data = (
+        groq_chunk({"role": "assistant", "content": ""})
+        + groq_chunk({"content": "Hi"})
+        + groq_chunk({}, "stop", {"id": "req_01jnxyz", "usage": groq_usage})
+        + DONE
+    )
+    serve(router, FakeBody(framing(data)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert texts == ["Hi"]
+    assert finish == Finish("stop", Usage(41, 2, None))
