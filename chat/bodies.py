@@ -1,6 +1,8 @@
 """Request bodies: read within a size limit, parsed as JSON, fields checked.
 
-Every problem with a body's fields is collected, so one 422 names them all.
+Every problem with a body's fields is collected, so one 422 names them all. A chat
+body carries the new `message`, or the whole history the client owns as `messages`
+(`chat.owned_history`): exactly one of the two.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from .errors import (
     RequestTimeout,
     UnsupportedMediaType,
 )
+from .owned_history import new_message, parse_messages, text_problem
+from .providers.base import Turn
 from .rewrites import RewriteRequest
 from .turns import TurnRequest
 
@@ -72,14 +76,6 @@ def digits(raw: str, most: int = 19) -> bool:
     return 0 < len(raw) <= most and raw.isascii() and raw.isdigit()
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 class Fields:
     """The fields of one body, checked one by one; `check()` raises for all problems at once."""
 
@@ -102,20 +98,12 @@ class Fields:
             if required:
                 self.problems[name] = "required"
             return None
-        if not isinstance(value, str):
-            self.problems[name] = "must be a string"
-        elif not blank and not value.strip():
-            self.problems[name] = "must not be empty"
-        elif len(value) > max_chars:
-            self.problems[name] = f"must be at most {max_chars} characters"
-        elif not _encodable(value):
-            self.problems[name] = "must be valid Unicode (it holds a lone surrogate)"
-        elif "\x00" in value:
-            self.problems[name] = "must not contain NUL characters"
-        elif printable and not value.isprintable():
-            self.problems[name] = "must be printable: no newlines or other control characters"
-        else:
-            return value
+        problem = text_problem(value, max_chars, blank=blank)
+        if problem is None and printable and not value.isprintable():
+            problem = "must be printable: no newlines or other control characters"
+        if problem is None:
+            return str(value)
+        self.problems[name] = problem
         return None
 
     def integer(self, name: str, *, low: int = 1, high: int = 2**62) -> int | None:
@@ -164,6 +152,7 @@ class ChatBody:
     max_tokens: int | None
     system: str | None
     wait: bool
+    history: tuple[Turn, ...] | None = None  # the client's own, when it sent `messages`
 
     def ask(self, user: str, idempotency_key: str | None) -> TurnRequest:
         return TurnRequest(
@@ -176,6 +165,7 @@ class ChatBody:
             max_tokens=self.max_tokens,
             system=self.system,
             idempotency_key=idempotency_key,
+            history=self.history,
         )
 
 
@@ -214,15 +204,34 @@ def _options(fields: Fields) -> dict[str, Any]:
 
 def parse_chat_body(data: dict[str, Any], settings: Settings) -> ChatBody:
     fields = Fields(data)
+    longest = settings.max_message_chars
+    history = _history(fields, longest)
     body = ChatBody(
-        message=fields.text("message", required=True, max_chars=settings.max_message_chars) or "",
+        message=fields.text("message", required=history is None, max_chars=longest) or "",
         conversation_id=fields.integer("conversation_id"),
         **_options(fields),
-        system=fields.text("system", max_chars=settings.max_message_chars, blank=True),
+        system=fields.text("system", max_chars=longest, blank=True),
         wait=fields.boolean("wait"),
+        history=history,
     )
     fields.check()
+    if history is not None:
+        body.message = new_message(history)
     return body
+
+
+def _history(fields: Fields, longest: int) -> tuple[Turn, ...] | None:
+    """The `messages` a client sent in place of `message`, its system prompt among them."""
+    raw = fields.data.get("messages")
+    if raw is None:
+        return None
+    for other in ("message", "system"):
+        if fields.data.get(other) is not None:
+            why = "send message or messages, not both" if other == "message" else "put it in messages"
+            fields.problems[other] = f"must be left out when messages are sent: {why}"
+    turns, problems = parse_messages(raw, longest)
+    fields.problems.update(problems)
+    return turns
 
 
 def parse_rewrite_body(data: dict[str, Any], settings: Settings, *, edit: bool) -> RewriteBody:

@@ -35,7 +35,8 @@ def provider(name: str, model: str) -> dict[str, Any]:
 
 
 def done(message_id: int, metadata: dict[str, Any]) -> dict[str, Any]:
-    """`cost_usd` is null for a model without a price, and for a row stored before costs were."""
+    """`cost_usd` is null for a model without a price, and for a row stored before costs were;
+    `tool_calls` is there only when the model called tools (OpenAI's shape, whole calls)."""
     payload = {
         "message_id": message_id,
         "finish_reason": metadata.get("finish_reason"),
@@ -46,6 +47,8 @@ def done(message_id: int, metadata: dict[str, Any]) -> dict[str, Any]:
     }
     if metadata.get("requested"):  # a fallback answered: say who
         payload.update(provider=metadata.get("provider"), model=metadata.get("model"))
+    if metadata.get("tool_calls"):
+        payload["tool_calls"] = metadata["tool_calls"]
     return payload
 
 

@@ -11,7 +11,7 @@ accepts strict user/assistant alternation.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from .providers.base import Turn
 from .records import Message
@@ -39,3 +39,14 @@ def build_turns(earlier: Iterable[Message], text: str, *, limit: int) -> list[Tu
     if turns[0].role == "assistant":
         turns = turns[1:]
     return turns
+
+
+def leading_system(turns: Sequence[Turn]) -> str | None:
+    """The system prompt a client's own history opens with (its leading system turns, joined),
+    kept as a new conversation's `system` so the stored record shows it."""
+    parts = []
+    for turn in turns:
+        if turn.role != "system":
+            break
+        parts.append(turn.content)
+    return "\n\n".join(parts) if parts else None

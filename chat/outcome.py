@@ -70,4 +70,6 @@ def conclude(
         return "failed", metadata
     assert finish is not None
     metadata["finish_reason"] = finish.reason
+    if finish.tool_calls:  # what the model asked the client to run: the client runs it
+        metadata["tool_calls"] = [call.as_json() for call in finish.tool_calls]
     return "completed", metadata

@@ -12,6 +12,10 @@ Deliberate choices:
   key reused for a different request is refused rather than answered wrongly.
 - A conversation's model goes with its provider: a turn that names another
   provider gets that provider's default model, not the conversation's.
+- A client that owns its history (`history`: the native API's `messages`, and every
+  `/v1` call) has it sent upstream exactly as given, system turns included, and none
+  of the stored history is added; what is stored is the new message and the reply
+  (and, for a new conversation, the leading system prompt as its `system`).
 - A turn replaced (a reply generated again, the last message edited) is `chat.rewrites`;
   it shares the admission, the choice of model and the start of the reply made here.
 """
@@ -24,12 +28,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
+from typing import Any
 
 from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
 from .generations import Generation
-from .history import build_turns
+from .history import build_turns, leading_system
 from .providers import ProviderInfo
-from .providers.base import ChatRequest
+from .providers.base import ChatRequest, Turn
 from .records import Conversation, Message
 from .services import Services
 from .store import ConversationGone, KeyTaken, StorageFailed
@@ -41,7 +46,8 @@ TITLE_CHARS = 50
 
 @dataclass(frozen=True, slots=True)
 class TurnRequest:
-    """What a user asks for, from whichever front door."""
+    """What a user asks for, from whichever front door. `message` is what is stored as the
+    user's; `history`, when the client owns it, is every turn to send, ending with it."""
 
     user: str
     message: str
@@ -52,6 +58,10 @@ class TurnRequest:
     max_tokens: int | None = None
     system: str | None = None
     idempotency_key: str | None = None
+    history: tuple[Turn, ...] | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
 
     def fingerprint(self) -> str:
         """The same for the same request, whoever sends it again and under which key."""
@@ -217,16 +227,19 @@ async def _store_and_start(
     """The stored turn, its generation started with `slot`; or a twin's, which has its own."""
     store = services.store
     created = conversation is None
+    owned = ask.history is not None  # the client's history, sent as it is: none of ours read
+    earlier: list[Message] = []
     if conversation is None:
+        system = leading_system(ask.history) if ask.history is not None else ask.system
         conversation = await store.create_conversation(
-            ask.user, title=title_from(ask.message), system=ask.system, provider=info.name, model=ask.model
+            ask.user, title=title_from(ask.message), system=system, provider=info.name, model=ask.model
         )
-        earlier = []
     else:
         if conversation.title is None:
             owner = conversation.user_id  # a member's first message titles it too
             await store.update_conversation(owner, conversation.id, {"title": title_from(ask.message)})
-        earlier = await store.history(conversation.id, limit=services.settings.history_messages)
+        if not owned:
+            earlier = await store.history(conversation.id, limit=services.settings.history_messages)
     try:
         user_message, reply = await store.start_turn(
             conversation.id,
@@ -254,10 +267,15 @@ async def _store_and_start(
     audience = [ask.user] if created else [conversation.user_id, *await store.members(conversation.id)]
     request = ChatRequest(
         model=model,
-        turns=build_turns(earlier, ask.message, limit=services.settings.history_messages),
-        system=ask.system if ask.system is not None else conversation.system,
+        turns=list(ask.history)
+        if ask.history is not None
+        else build_turns(earlier, ask.message, limit=services.settings.history_messages),
+        system=None if owned else ask.system if ask.system is not None else conversation.system,
         temperature=ask.temperature,
         max_tokens=ask.max_tokens,
+        stop=ask.stop,
+        tools=ask.tools,
+        tool_choice=ask.tool_choice,
     )
     created_one = conversation if created else None
     return start_reply(

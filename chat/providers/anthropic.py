@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ChatRequest, Finish, Usage
+from .base import ChatRequest, Finish, Usage, system_apart
 from .errors import error_from_event, truncated_error
 from .http import HTTPProvider
 
@@ -40,16 +40,20 @@ _STOP_REASONS = {
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
+    """Tools are refused (a 400, `base.refuse_tools`): Anthropic's are a format of their own."""
+    system, turns = system_apart(request, "anthropic")
     body: dict[str, Any] = {
         "model": request.model,
         "max_tokens": request.max_tokens if request.max_tokens is not None else DEFAULT_MAX_TOKENS,
-        "messages": [{"role": turn.role, "content": turn.content} for turn in request.turns],
+        "messages": [{"role": turn.role, "content": turn.content} for turn in turns],
         "stream": True,
     }
-    if request.system:
-        body["system"] = request.system
+    if system:
+        body["system"] = system
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
     return body
 
 

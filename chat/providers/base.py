@@ -14,6 +14,14 @@ the hot path, and a string is all it needs. The other record is `Answerer`:
 a wrapper that hands the request to a fallback provider yields it once, before
 that provider's first delta, so the stream can say who really answered.
 
+Tools: a request may carry `tools` (OpenAI's function definitions, as the client
+sent them) and a history with `tool` turns and assistant turns that made
+`tool_calls`. The OpenAI-compatible adapter passes them on and returns the calls
+the model made, whole, in its `Finish`: sidechat runs no tool, and a call is of use
+to a client only once its arguments are complete. An adapter whose API it does
+not speak refuses such a request before calling anyone (`refuse_tools`), as a
+400 that says where tools work.
+
     ProviderError              type, message, status, retry_after, retryable
     ├── error types (`type`):  auth, rate_limited, overloaded, upstream_error,
     │                          timeout, truncated, protocol, prompt_blocked
@@ -36,9 +44,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
-Role = Literal["user", "assistant"]
+# A stored conversation sends user and assistant turns; a client that owns its history may
+# also send system turns anywhere, and (OpenAI-compatible providers only) tool results.
+Role = Literal["system", "user", "assistant", "tool"]
 
 ERROR_TYPES = frozenset(
     {
@@ -55,20 +65,48 @@ ERROR_TYPES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call the model asked for: `arguments` is the JSON text it wrote, as it wrote it."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def as_json(self) -> dict[str, Any]:
+        """As OpenAI writes a call in a message's `tool_calls`."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Turn:
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call whose result it is
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """What a provider is asked: turns alternate user/assistant and end with a user turn."""
+    """What a provider is asked. From a stored conversation, turns alternate user/assistant
+    and end with a user turn; a client that owns its history sends it as it likes (system
+    turns anywhere, tool turns after the calls they answer)."""
 
     model: str
     turns: list[Turn]
     system: str | None = None
     temperature: float | None = None
     max_tokens: int | None = None
+    stop: tuple[str, ...] = ()  # sequences that end the reply
+    tools: tuple[dict[str, Any], ...] = ()  # OpenAI's `tools`, as the client sent them
+    tool_choice: str | dict[str, Any] | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or any(t.role == "tool" or t.tool_calls for t in self.turns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +139,7 @@ class Usage:
 class Finish:
     reason: str  # stop, length, tool_calls or content_filter (a stop of ours: cancelled)
     usage: Usage = field(default_factory=Usage)
+    tool_calls: tuple[ToolCall, ...] = ()  # the calls the model made, whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +204,37 @@ class Provider(Protocol):
     def default_model(self) -> str: ...
 
     def stream(self, request: ChatRequest) -> AsyncIterator[Item]: ...
+
+
+TOOLS_WHERE = "tools are supported on openai-compatible providers (the openai provider)"
+
+
+def refuse_tools(request: ChatRequest, provider: str) -> None:
+    """A 400 before anyone is called, for a request with tools or tool turns: `provider`'s
+    adapter does not speak them, and dropping them would answer a different question."""
+    if request.uses_tools:
+        raise ProviderError("upstream_error", f"{provider} cannot be sent tools: {TOOLS_WHERE}", status=400)
+
+
+def system_apart(request: ChatRequest, provider: str) -> tuple[str | None, list[Turn]]:
+    """The system prompt and the user/assistant turns, for an API that takes the prompt apart
+    from the turns (Anthropic, Gemini): a client's leading system turns join the prompt, in
+    order; one after the conversation began is refused (400), as is anything of tools."""
+    refuse_tools(request, provider)
+    turns = request.turns
+    start = 0
+    while start < len(turns) and turns[start].role == "system":
+        start += 1
+    parts = [request.system] if request.system else []
+    parts += [turn.content for turn in turns[:start]]
+    rest = turns[start:] if start else turns
+    if any(turn.role == "system" for turn in rest):
+        raise ProviderError(
+            "upstream_error",
+            f"{provider} takes system messages only at the start of the conversation",
+            status=400,
+        )
+    return "\n\n".join(parts) if parts else None, list(rest)
 
 
 async def close_stream(stream: AsyncIterator[object]) -> None:

@@ -6,6 +6,8 @@ no key and no network. The reply is a pure function of the last user turn
 pieces that keep their leading whitespace, so the deltas join back exactly.
 Its tokens are words: the prompt's, told before the first piece (so a cancelled
 demo reply has a usage, as a real one does), and the pieces, told at the end.
+It ignores tools (it answers in text, as a model that chose to call none), stop
+sequences and sampling: it is a stand-in, not a model.
 """
 
 from __future__ import annotations

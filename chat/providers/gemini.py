@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from .base import ChatRequest, Finish, ProviderError, Usage
+from .base import ChatRequest, Finish, ProviderError, Usage, system_apart
 from .errors import error_from_event, truncated_error
 from .http import HTTPProvider
 
@@ -29,22 +29,26 @@ _BLOCKED = frozenset({"SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT",
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
+    """Tools are refused (a 400, `base.refuse_tools`): Gemini's are a format of their own."""
+    system, turns = system_apart(request, "gemini")
     body: dict[str, Any] = {
         "contents": [
             {
                 "role": "model" if turn.role == "assistant" else "user",
                 "parts": [{"text": turn.content}],
             }
-            for turn in request.turns
+            for turn in turns
         ]
     }
-    if request.system:
-        body["systemInstruction"] = {"parts": [{"text": request.system}]}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
     config: dict[str, Any] = {}
     if request.temperature is not None:
         config["temperature"] = request.temperature
     if request.max_tokens is not None:
         config["maxOutputTokens"] = request.max_tokens
+    if request.stop:
+        config["stopSequences"] = list(request.stop)
     if config:
         body["generationConfig"] = config
     return body

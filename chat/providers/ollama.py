@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ChatRequest, Finish, Usage
+from .base import ChatRequest, Finish, Usage, refuse_tools
 from .errors import error_from_event, truncated_error
 from .http import HTTPProvider
 
@@ -19,6 +19,9 @@ _DONE_REASONS = {"stop": "stop", "length": "length"}
 
 
 def build_body(request: ChatRequest) -> dict[str, Any]:
+    """System turns go where the client put them; tools are refused (a 400,
+    `base.refuse_tools`): for them, use Ollama's OpenAI-compatible /v1 as the openai provider."""
+    refuse_tools(request, "ollama")
     messages: list[dict[str, str]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -29,6 +32,8 @@ def build_body(request: ChatRequest) -> dict[str, Any]:
         options["temperature"] = request.temperature
     if request.max_tokens is not None:
         options["num_predict"] = request.max_tokens
+    if request.stop:
+        options["stop"] = list(request.stop)
     if options:
         body["options"] = options
     return body

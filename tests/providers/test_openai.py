@@ -8,7 +8,7 @@ import httpx
 import pytest
 import respx
 
-from chat.providers.base import Finish, ProviderError, Turn, Usage
+from chat.providers.base import Finish, ProviderError, ToolCall, Turn, Usage
 from chat.providers.deadlines import Timeouts
 from chat.providers.openai import OpenAIProvider, OpenAIReading, build_body
 
@@ -137,7 +137,7 @@ async def test_refusal_delta_is_answer_text(
     assert finish.reason == "stop"
 
 
-async def test_tool_call_deltas_are_not_text(
+async def test_tool_call_deltas_are_not_text_but_a_whole_call_in_the_finish(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
     call = {
@@ -157,7 +157,8 @@ async def test_tool_call_deltas_are_not_text(
     serve(router, FakeBody(framing(data)))
     texts, finish = await collect(provider(client).stream(chat_request()))
     assert texts == []
-    assert finish == Finish("tool_calls", Usage(12, 3, 0))
+    call_made = ToolCall("call_DdmO9pD3xa9XTPNJ32zg2hcA", "get_weather", '{"location": "Paris"}')
+    assert finish == Finish("tool_calls", Usage(12, 3, 0), (call_made,))
 
 
 async def test_reasoning_deltas_are_not_text(
