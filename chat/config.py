@@ -29,6 +29,7 @@ def _secret(default: Any = None) -> Any:
 @dataclass(frozen=True)
 class Settings:
     db: str = "./sidechat.db"
+    store: str = "stored"  # "none": nothing is stored, a pure relay (chat.store_none)
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -84,6 +85,11 @@ class Settings:
     prices: str | None = None  # a TOML price table laid over the built-in one
     user_budget: tuple[Budget, ...] = ()  # per user, e.g. 5usd/day,100usd/month
 
+    @property
+    def stored(self) -> bool:
+        """Whether conversations are kept (in the database at `db`); not with SIDECHAT_STORE=none."""
+        return self.store != "none"
+
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
@@ -117,6 +123,7 @@ class Settings:
 
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "db": ("SIDECHAT_DB", parse.text),
+    "store": ("SIDECHAT_STORE", parse.store),
     "host": ("SIDECHAT_HOST", parse.text),
     "port": ("SIDECHAT_PORT", parse.port),
     "provider": ("SIDECHAT_PROVIDER", parse.choice(*PROVIDER_NAMES)),

@@ -47,6 +47,13 @@ def choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def store(raw: str) -> str:
+    """`none`, the one value: storing is the default, and has no name to give."""
+    if raw != "none":
+        raise ValueError("expected none (store nothing: a pure relay); leave it unset to store conversations")
+    return raw
+
+
 def url(raw: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ValueError("expected an http:// or https:// URL")

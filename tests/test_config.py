@@ -55,6 +55,9 @@ def test_default_provider_is_the_first_with_a_key(env: dict[str, str], provider:
         ("SIDECHAT_FALLBACK", "skynet:t-800"),
         ("SIDECHAT_FALLBACK", "anthropic:claude-sonnet-4-5,,openai:gpt-4o-mini"),
         ("SIDECHAT_FALLBACK", ":gpt-4o-mini"),
+        ("SIDECHAT_STORE", "sqlite"),
+        ("SIDECHAT_STORE", "stored"),
+        ("SIDECHAT_STORE", "None"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -133,3 +136,16 @@ def test_durability_defaults() -> None:
     settings = Settings.from_env({})
     assert (settings.checkpoint_seconds, settings.checkpoint_bytes) == (2.0, 2048)
     assert (settings.max_pending_writes, settings.db_busy_timeout) == (1000, 10.0)
+
+
+def test_storing_is_on_unless_turned_off() -> None:
+    stored = Settings.from_env({})
+    assert (stored.store, stored.stored) == ("stored", True)
+    relay = Settings.from_env({"SIDECHAT_STORE": "none"})
+    assert (relay.store, relay.stored) == ("none", False)
+    assert Settings.from_env({"SIDECHAT_STORE": "  "}).stored  # blank is unset
+
+
+def test_a_store_other_than_none_says_what_to_write() -> None:
+    with pytest.raises(ConfigError, match=r"SIDECHAT_STORE='off': expected none .*leave it unset"):
+        Settings.from_env({"SIDECHAT_STORE": "off"})
