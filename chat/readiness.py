@@ -9,6 +9,9 @@ the one at its path (a deleted directory or a replaced file would otherwise
 take every later write with it, silently). `deep` adds SQLite's quick check,
 which reads the whole file: it runs at most once a minute, however often it is
 asked (the probes are open to anyone), and its verdict is kept in between.
+
+With SIDECHAT_STORE=none there is no database to ask anything of, and no write
+that could be refused: no `Readiness` is made, and a process that answers is ready.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 The lifespan (`chat.app`) owns one `Services`: the store, the broker, the running
 generations, the providers and the one upstream HTTP client they share. Nothing
 else opens any of them, so a test or a script can run the whole service by
-entering `open_services(settings)`.
+entering `open_services(settings)`. With SIDECHAT_STORE=none the store is
+`chat.store_none.MemoryStore`, and no database is opened at all.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .providers.deadlines import Timeouts
 from .readiness import Readiness
 from .running import Generations
 from .store import StorageFailed, Store
+from .store_none import LINGER_SECONDS, MemoryStore
 from .telemetry import NOTHING, Telemetry
 from .transport import upstream_client
 
@@ -45,19 +47,36 @@ class Services:
     telemetry: Telemetry = NOTHING
 
 
-@asynccontextmanager
-async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> AsyncIterator[Services]:
-    """Everything the routes need; on the way out, running generations get the grace period."""
+async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Store:
+    """The database's store, with the replies a previous process left running marked
+    interrupted; with SIDECHAT_STORE=none, a store that keeps nothing and opens no file."""
+    if not settings.stored:
+        log.info(
+            "storage is off (SIDECHAT_STORE=none): nothing is stored; a reply can be resumed"
+            " for %g seconds after it ends (SIDECHAT_REPLAY_SECONDS)",
+            settings.replay_seconds,
+        )
+        return MemoryStore(keep_seconds=settings.replay_seconds + LINGER_SECONDS)
     store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout, telemetry=telemetry)
     try:
-        try:
-            interrupted = await store.interrupt_streaming(events.INTERRUPTED)
-        except StorageFailed as exc:
+        interrupted = await store.interrupt_streaming(events.INTERRUPTED)
+    except BaseException as exc:
+        await store.close()
+        if isinstance(exc, StorageFailed):
             raise StartupError(
                 f"cannot write to the database {settings.db} (SIDECHAT_DB or --db): {exc}"
             ) from None
-        if interrupted:
-            log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
+        raise
+    if interrupted:
+        log.warning("%d replies were cut off by the last stop; marked interrupted", interrupted)
+    return store
+
+
+@asynccontextmanager
+async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> AsyncIterator[Services]:
+    """Everything the routes need; on the way out, running generations get the grace period."""
+    store = await open_store(settings, telemetry)
+    try:
         timeouts = Timeouts(
             connect=settings.connect_timeout,
             first_token=settings.first_token_timeout,
@@ -68,7 +87,8 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
             feeds = Feeds(broker, settings)
             keeper = Keeper(
                 store,
-                checkpoint_seconds=settings.checkpoint_seconds,
+                # Nothing to save a running reply's text to without a database.
+                checkpoint_seconds=settings.checkpoint_seconds if settings.stored else 0.0,
                 checkpoint_chars=settings.checkpoint_bytes,
                 max_pending=settings.max_pending_writes,
             )
@@ -81,7 +101,8 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
                 prices=load_prices(settings.prices),  # checked: a bad SIDECHAT_PRICES stops start-up
             )
             providers = build_providers(settings, client, timeouts, telemetry)
-            readiness = await Readiness.open(settings.db, keeper)
+            # With nothing stored there is no database to check: ready whenever it answers.
+            readiness = await Readiness.open(settings.db, keeper) if settings.stored else None
             try:
                 yield Services(
                     settings,

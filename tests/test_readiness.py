@@ -1,4 +1,5 @@
-"""Readiness: the deep check is SQLite's quick check, run at most once a minute."""
+"""Readiness: the deep check is SQLite's quick check, run at most once a minute; with nothing
+stored, there is no database to probe."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from typing import Any
 import aiosqlite
 import pytest
 
+from chat.config import Settings
 from chat.keeping import Keeper
 from chat.readiness import DEEP_EVERY, Readiness
+from chat.services import open_services
 from chat.store import Store
+from chat.store_none import MemoryStore
 
 pytestmark = pytest.mark.anyio
 
@@ -45,3 +49,12 @@ async def test_the_deep_check_runs_at_most_once_a_minute(tmp_path: Path) -> None
         assert await readiness.problem(deep=True) is None
         assert probe.quick_checks == 2
     await store.close()
+
+
+async def test_with_nothing_stored_no_database_is_probed(tmp_path: Path) -> None:
+    settings = Settings(store="none", db=str(tmp_path / "chat.db"), provider="demo")
+    async with open_services(settings) as services:
+        assert isinstance(services.store, MemoryStore)
+        assert services.readiness is None  # so /readyz answers ready while the process answers
+        assert services.generations.keeper.checkpoint_seconds == 0
+    assert list(tmp_path.iterdir()) == []
