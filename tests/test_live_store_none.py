@@ -86,6 +86,21 @@ async def test_ids_increase_and_no_history_is_sent(relay: httpx.AsyncClient, ups
     assert upstream.requests[1].json()["messages"] == [{"role": "user", "content": "two"}]
 
 
+async def test_the_history_a_client_sends_is_relayed_as_it_is(
+    relay: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    upstream.add(Reply(openai_reply("four")))
+    history = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "two plus two?"},
+        {"role": "assistant", "content": "four"},
+        {"role": "user", "content": "and again?"},
+    ]
+    transcript = await chat_stream(relay, {"messages": history})
+    assert (transcript.names[-1], transcript.text) == ("done", "four")
+    assert upstream.requests[0].json()["messages"] == history
+
+
 async def test_conversation_routes_answer_404(relay: httpx.AsyncClient, upstream: FakeUpstream) -> None:
     upstream.add(Reply(openai_reply("hi")))
     transcript = await chat_stream(relay, {"message": "hi"})
@@ -207,6 +222,8 @@ async def _gone(client: httpx.AsyncClient, message_id: int) -> bool:
     return (await client.get(f"/api/messages/{message_id}/stream")).status_code == 404
 
 
+# With no replay window, the finished row is still there for the moment the answer is read.
+@pytest.mark.parametrize("relay", [{}, {"replay_seconds": 0.0}], indirect=True)
 async def test_wait_true_answers_the_finished_message(
     relay: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:
