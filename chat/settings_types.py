@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PROVIDER_NAMES = ("openai", "anthropic", "gemini", "ollama", "demo")
+PROVIDER_NAMES = ("openai", "openai-responses", "anthropic", "gemini", "ollama", "demo")
 ON_DISCONNECT = ("continue", "cancel")
 
 

@@ -23,6 +23,7 @@ from .fallback import with_fallback
 from .gemini import GeminiProvider
 from .ollama import OllamaProvider
 from .openai import OpenAIProvider
+from .openai_responses import OpenAIResponsesProvider
 from .retry import RetryingProvider
 
 log = logging.getLogger("sidechat.providers")
@@ -66,32 +67,31 @@ def build_providers(
     def model(name: str) -> str | None:
         return settings.model if settings.provider == name else None
 
-    keys = {
-        "openai": settings.openai_api_key,
-        "anthropic": settings.anthropic_api_key,
-        "gemini": settings.gemini_api_key,
-    }
+    # Each keyed adapter: its key, the variable that sets it, its base URL. Both of OpenAI's
+    # APIs take its key and base URL.
+    keyed = (
+        (OpenAIProvider, settings.openai_api_key, "OPENAI_API_KEY", settings.openai_base_url),
+        (OpenAIResponsesProvider, settings.openai_api_key, "OPENAI_API_KEY", settings.openai_base_url),
+        (AnthropicProvider, settings.anthropic_api_key, "ANTHROPIC_API_KEY", settings.anthropic_base_url),
+        (GeminiProvider, settings.gemini_api_key, "GEMINI_API_KEY", settings.gemini_base_url),
+    )
     # An OpenAI-compatible local server (llama.cpp, vLLM, LM Studio, Ollama's /v1) needs no key.
     local_openai = settings.openai_base_url != OpenAIProvider.default_base_url
     adapters = [
         Adapter(
             cls(
                 client,
-                api_key=keys[cls.name],
+                api_key=key,
                 base_url=base_url,
                 default_model=model(cls.name),
                 timeouts=timeouts,
                 max_event_bytes=settings.max_upstream_event_bytes,
             ),
-            key_variable=f"{cls.name.upper()}_API_KEY",
-            key_set=bool(keys[cls.name]),
-            usable=bool(keys[cls.name]) or (cls is OpenAIProvider and local_openai),
+            key_variable=variable,
+            key_set=bool(key),
+            usable=bool(key) or (variable == "OPENAI_API_KEY" and local_openai),
         )
-        for cls, base_url in (
-            (OpenAIProvider, settings.openai_base_url),
-            (AnthropicProvider, settings.anthropic_base_url),
-            (GeminiProvider, settings.gemini_base_url),
-        )
+        for cls, key, variable, base_url in keyed
     ]
     adapters.append(
         Adapter(
