@@ -13,6 +13,10 @@ Deliberate choices:
   are different prices, and an unknown model is `None` (its reply's `cost_usd` is null),
   not the price of a model it happens to begin like. `"*"` prices the rest of a
   provider's models (Ollama's and the demo's cost nothing).
+- Another API onto the same models (`openai-responses`, OpenAI's Responses API) is priced
+  as the provider that sells them (`PRICED_AS`): a model costs the same on both APIs, and
+  a copy of the table would drift from it. Its own section, empty in the built-in table,
+  is looked in first, so an operator can still price it apart.
 - The cost is not rounded: a reply of a few tokens costs a few millionths of a dollar,
   and a sum of rounded costs would drift.
 """
@@ -36,6 +40,8 @@ MILLION = 1_000_000
 ANY_MODEL = "*"
 # A dated snapshot of a model: OpenAI's -2024-07-18, Anthropic's -20250929, Gemini's -001.
 _SNAPSHOT = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{3})$")
+# Another API onto a provider's models: priced, failing its own section, as that provider.
+PRICED_AS = {"openai-responses": "openai"}
 
 
 class PriceError(ValueError):
@@ -78,10 +84,18 @@ class Prices:
         self.table = {provider: dict(models) for provider, models in table.items()}
 
     def price_of(self, provider: str | None, model: str | None) -> Price | None:
-        models = self.table.get(provider or "")
-        if models is None or not model:
+        if not model:
             return None
         model = model.removeprefix("models/")  # Gemini's resource name, as a client may send it
+        found = self._find(provider, model)
+        if found is None and provider in PRICED_AS:
+            found = self._find(PRICED_AS[provider], model)
+        return found
+
+    def _find(self, provider: str | None, model: str) -> Price | None:
+        models = self.table.get(provider or "")
+        if models is None:
+            return None
         found = models.get(model)
         if found is None and (family := _SNAPSHOT.sub("", model)) != model:
             found = models.get(family)

@@ -196,3 +196,26 @@ async def test_a_file_given_prices_the_replies_of_a_running_server(tmp_path: Pat
         transcript = await chat_stream(client, {"message": "two words"})
     assert transcript.terminal.data["usage"]["input_tokens"] == 2
     assert transcript.terminal.data["cost_usd"] == 2.0  # a dollar a token, as the file says
+
+
+@pytest.mark.parametrize("model", ["gpt-5-mini", "gpt-5-mini-2025-08-07", "gpt-4o-mini", "o4-mini"])
+def test_the_responses_api_is_priced_as_openai_prices_its_models(prices: Prices, model: str) -> None:
+    assert prices.price_of("openai-responses", model) == prices.price_of("openai", model) is not None
+    assert prices.table["openai-responses"] == {}  # nothing copied: one table to keep current
+
+
+def test_an_unknown_model_of_the_responses_api_is_unpriced_too(prices: Prices) -> None:
+    assert prices.price_of("openai-responses", "gpt-4o-mini-tts") is None
+    assert prices.cost("openai-responses", "my-finetune", Usage(10, 10)) is None
+
+
+def test_a_file_prices_the_responses_api_apart_or_with_openai(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[openai]\n"gpt-4o" = { output = 9.0 }\n'
+        '[openai-responses]\n"gpt-5-mini" = { input = 0.2, output = 1.5 }\n',
+    )
+    prices = load_prices(path)
+    assert prices.price_of("openai-responses", "gpt-5-mini") == Price(0.2, 1.5)  # its own entry first
+    assert prices.price_of("openai", "gpt-5-mini") == built_in().price_of("openai", "gpt-5-mini")
+    assert prices.price_of("openai-responses", "gpt-4o") == Price(2.5, 9.0, cached_input=1.25)  # openai's
