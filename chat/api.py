@@ -35,6 +35,7 @@ from .rewrites import edit, regenerate
 from .sync import conversation_events, typing, user_events
 from .turns import AcceptedTurn, accept_turn
 from .usage import usage_report
+from .v1_api import chat_completions, list_models
 
 # -- chat --------------------------------------------------------------------------------
 
@@ -226,6 +227,8 @@ routes = [
     route("/api/providers", GET=list_providers),
     route("/api/me", GET=whoami),
     route("/api/usage", GET=usage),
+    route("/v1/chat/completions", POST=chat_completions),
+    route("/v1/models", GET=list_models),
     route("/healthz", GET=healthz),
     route("/readyz", GET=readyz),
 ]

@@ -33,6 +33,7 @@ from starlette.types import Scope
 from .config import Settings, parse_tokens
 from .errors import StartupError
 from .forwarded import Proxies
+from .v1_errors import is_v1, unauthorized
 
 log = logging.getLogger("sidechat")
 
@@ -132,8 +133,11 @@ class Gate:
 
 
 def unauthorized_body(scope: Scope) -> tuple[dict[str, object], str]:
-    """The 401 body and its WWW-Authenticate value (RFC 6750: `invalid_token` for a wrong one)."""
+    """The 401 body and its WWW-Authenticate value (RFC 6750: `invalid_token` for a wrong one);
+    under /v1, the body in OpenAI's shape (an SDK's `api_key` is the token there)."""
     presented = any(name == b"authorization" for name, _ in scope["headers"])
-    message = "this token is not valid" if presented else "an Authorization: Bearer token is required"
     challenge = 'Bearer realm="sidechat"' + (', error="invalid_token"' if presented else "")
+    if is_v1(scope):
+        return unauthorized(presented).body(), challenge
+    message = "this token is not valid" if presented else "an Authorization: Bearer token is required"
     return {"error": {"type": "unauthorized", "message": message}}, challenge

@@ -23,6 +23,9 @@
 
 Upstream trouble is not an ApiError: once a stream has started it is reported as
 an `error` event (see `chat.providers.base.ProviderError`).
+
+Under `/v1/`, the OpenAI-compatible door, every error here is rendered in OpenAI's shape
+and by its status conventions instead (`chat.v1_errors`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+
+from .v1_errors import V1Error, from_api_error, is_v1, not_routed
 
 
 class ApiError(Exception):
@@ -135,6 +140,8 @@ class StartupError(Exception):
 
 async def render_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    if is_v1(request.scope):
+        return from_api_error(exc).response({"Connection": "close"} if exc.status == 408 else None)
     return JSONResponse(exc.as_dict(), status_code=exc.status, headers=exc.headers())
 
 
@@ -149,6 +156,9 @@ async def render_storage_failed(request: Request, exc: Exception) -> Response:
 async def render_http_exception(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 in our JSON shape."""
     assert isinstance(exc, HTTPException)
+    if is_v1(request.scope):
+        error = not_routed(exc.status_code, exc.detail, request.method, request.url.path)
+        return error.response(dict(exc.headers or {}))
     kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         {"error": {"type": kind, "message": exc.detail}},
@@ -159,6 +169,8 @@ async def render_http_exception(request: Request, exc: Exception) -> Response:
 
 async def render_internal_error(request: Request, exc: Exception) -> Response:
     """Anything unforeseen is still a JSON error in our shape (and logged by the server)."""
+    if is_v1(request.scope):
+        return V1Error(500, "internal", "internal error; the server log has the details").response()
     return JSONResponse(
         {"error": {"type": "internal", "message": "internal error; the server log has the details"}},
         status_code=500,

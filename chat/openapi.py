@@ -5,7 +5,7 @@ what every route shares (the request id both ways, the Host check's 400, and on 
 the bearer token and its 401). The reusable parts are in `chat.openapi_schemas` (bodies),
 `chat.openapi_parameters` (parameters, headers) and `chat.openapi_responses`; sharing and
 the live feeds are in `chat.openapi_feeds`; regenerating and editing in `chat.openapi_rewrites`;
-usage in `chat.openapi_usage`.
+usage in `chat.openapi_usage`; the OpenAI-compatible door in `chat.openapi_v1`.
 `tests/test_openapi.py` holds the document to the routes the app serves and to real
 responses, and `tests/test_fuzz.py` fuzzes the API from it.
 
@@ -52,6 +52,7 @@ from .openapi_responses import (
 from .openapi_rewrites import rewrite_paths, rewrite_schemas
 from .openapi_schemas import closed, nullable, ref, schemas
 from .openapi_usage import usage_paths, usage_schemas
+from .openapi_v1 import v1_parameters, v1_paths, v1_schemas
 
 
 def paths() -> dict[str, Any]:
@@ -196,6 +197,7 @@ def paths() -> dict[str, Any]:
             )
         },
         **usage_paths(),
+        **v1_paths(),
         "/healthz": {
             "get": operation(
                 "healthz",
@@ -257,8 +259,9 @@ def document(settings: Settings) -> dict[str, Any]:
                 **rewrite_schemas(settings),
                 **usage_schemas(),
                 **error_schemas(),
+                **v1_schemas(settings),
             },
-            "parameters": PARAMETERS,
+            "parameters": {**PARAMETERS, **v1_parameters()},
             "headers": HEADERS,
             "securitySchemes": SECURITY_SCHEMES,
         },

@@ -224,10 +224,25 @@ def chat_body(settings: Settings) -> Schema:
     longest = settings.max_message_chars
     return {
         "type": "object",
-        "description": "Unknown fields are ignored; null is the same as leaving a field out.",
-        "required": ["message"],
+        "description": "Unknown fields are ignored; null is the same as leaving a field out. Send"
+        " `message` (the history is the conversation's), or `messages`, a history of your own"
+        " sent upstream as it is, without `system` (a system message in it is the prompt).",
+        "anyOf": [{"required": ["message"]}, {"required": ["messages"]}],
         "properties": {
             "message": {"type": "string", "pattern": r"\S", "maxLength": longest},
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "description": "the last one a user's, whose content is stored as the new message",
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"enum": ["system", "user", "assistant"]},
+                        "content": {"type": "string", "maxLength": longest},
+                    },
+                },
+            },
             "conversation_id": nullable(
                 "integer", minimum=1, maximum=2**62, description="continue this conversation"
             ),

@@ -78,11 +78,14 @@ class History:
         if role is None:
             self.problem(f"{at}.role", f"must be one of {', '.join(self.roles)}")
             return None
-        calls = self.calls(f"{at}.tool_calls", item.get("tool_calls")) if role == "assistant" else ()
+        calls = self.calls(f"{at}.tool_calls", item.get("tool_calls"), role)
         content = self.content(f"{at}.content", item.get("content"), role, bool(calls))
+        call_id = item.get("tool_call_id")
+        if call_id is not None and not isinstance(call_id, str):
+            self.problem(f"{at}.tool_call_id", "must be a string")
+            return None
         if role == "tool":
-            call_id = item.get("tool_call_id")
-            if not isinstance(call_id, str) or not call_id:
+            if not call_id:
                 self.problem(f"{at}.tool_call_id", "required: the id of the call this is the result of")
                 return None
             return None if content is None else Turn("tool", content, tool_call_id=call_id)
@@ -119,11 +122,16 @@ class History:
             texts.append(part["text"])
         return "\n".join(texts)
 
-    def calls(self, at: str, value: object) -> tuple[ToolCall, ...] | None:
+    def calls(self, at: str, value: object, role: Role) -> tuple[ToolCall, ...] | None:
         if value is None:
             return ()
-        if not self.openai or not isinstance(value, list):
-            self.problem(at, "must be an array of calls" if self.openai else "not supported here: use /v1")
+        if not self.openai or role != "assistant" or not isinstance(value, list):
+            what = (
+                "must be an array of calls"
+                if role == "assistant"
+                else "only an assistant message makes calls"
+            )
+            self.problem(at, what if self.openai else "not taken here: tools are for /v1")
             return None
         calls = []
         for index, call in enumerate(value):

@@ -420,12 +420,37 @@ async def test_real_answers_conform_to_the_document(tmp_path: Path, conformance:
         await call("POST", typing, url=f"{other}/typing", expect=415, content=b'{"typing": true}')
 
         foreign = {"host": "rebinding.example"}
-        for path in ("/openapi.json", "/", "/api/providers", "/api/events"):
+        for path in ("/openapi.json", "/", "/api/providers", "/api/events", "/v1/models"):
             await call("GET", path, expect=400, headers=foreign)
         await call("POST", "/api/chat", expect=400, headers=foreign, json={"message": "hi"})
+        await openai_door_conforms(call)
 
     operations = {(method, path) for method, path, _ in conformance.seen}
     assert operations == {(m, p) for p, m in documented_operations(conformance.doc)}
+
+
+async def openai_door_conforms(call: Caller) -> None:
+    """/v1's answers: whole and streamed (with the usage chunk), and its refusals."""
+    path, asked = "/v1/chat/completions", [{"role": "user", "content": "hi"}]
+    await call("GET", "/v1/models", expect=200)
+    whole = await call("POST", path, expect=200, json={"model": "demo/demo-1", "messages": asked})
+    continued = {"x-conversation-id": whole.headers["x-conversation-id"]}
+    streamed = {
+        "model": "demo-1",
+        "messages": asked,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    await call("POST", path, expect=200, json=streamed, headers=continued)
+    await call("POST", path, expect=404, json=streamed, headers={"x-conversation-id": "999"})
+    for refused in ({}, {"model": "demo-1", "messages": []}, {"model": 7, "messages": asked}, []):
+        await call("POST", path, expect=400, json=refused)
+    await call("POST", path, expect=400, content=b"{", headers=JSON)
+    await call("POST", path, expect=400, content=b"{}")  # not sent as JSON
+    await call("POST", path, expect=413, content=b" " * 5000, headers=JSON)
+    await call(
+        "POST", path, expect=400, json={"model": "demo-1", "messages": asked}, headers={"host": "x.example"}
+    )
 
 
 async def replace_turns(call: Caller) -> None:
@@ -585,6 +610,8 @@ async def test_refusals_with_tokens_conform_to_the_document(tmp_path: Path, conf
             expect=401,
             json={"typing": True},
         )
+        await call("GET", "/v1/models", expect=401)
+        await call("GET", "/v1/models", expect=401, headers={"authorization": "Bearer wrong"})
         await call("GET", "/api/conversations", expect=200, headers={"authorization": f"Bearer {TOKEN}"})
         await call("GET", "/healthz", expect=200)  # the probes and the page stay open
         await call("GET", "/", expect=200)
