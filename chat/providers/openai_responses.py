@@ -166,6 +166,8 @@ class ResponsesReading:
 class OpenAIResponsesProvider(HTTPProvider):
     name = "openai-responses"
     default_base_url = OpenAIProvider.default_base_url
+    # Small, quick and cheap, as gpt-4o-mini is for Chat Completions, and in the price table,
+    # so the first reply has a cost; newer models are a SIDECHAT_MODEL away.
     default_model = "gpt-5-mini"
     path = "/responses"
     key_header = ("authorization", "Bearer {}")
