@@ -229,9 +229,9 @@ def chat_body(settings: Settings) -> Schema:
         " sent upstream as it is, without `system` (a system message in it is the prompt).",
         "anyOf": [{"required": ["message"]}, {"required": ["messages"]}],
         "properties": {
-            "message": {"type": "string", "pattern": r"\S", "maxLength": longest},
+            "message": nullable("string", pattern=r"\S", maxLength=longest),
             "messages": {
-                "type": "array",
+                "type": ["array", "null"],
                 "minItems": 1,
                 "description": "the last one a user's, whose content is stored as the new message",
                 "items": {

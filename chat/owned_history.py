@@ -74,7 +74,8 @@ class History:
         if not isinstance(item, dict):
             self.problem(at, "must be an object with role and content")
             return None
-        role = self.roles.get(item.get("role"))  # type: ignore[arg-type]
+        raw_role = item.get("role")
+        role = self.roles.get(raw_role) if isinstance(raw_role, str) else None
         if role is None:
             self.problem(f"{at}.role", f"must be one of {', '.join(self.roles)}")
             return None

@@ -39,7 +39,7 @@ from .services import Services
 from .store import MAX_ID
 from .turns import AcceptedTurn, accept_turn
 from .v1_bodies import CompletionBody, parse_completion_body
-from .v1_chunks import Chunks, completion, model_id
+from .v1_chunks import Chunks, completion, json_bytes, model_id
 from .v1_errors import from_stream_error
 from .v1_stream import V1EventStream, chunks_of, hold, resumed
 
@@ -126,7 +126,7 @@ async def finished(app: Services, user: str, accepted: AcceptedTurn) -> Response
         error = final.metadata.get("error") or events.INTERRUPTED
         return from_stream_error(error).response(ids_of(reply))
     answer = completion(final.id, created_at(final), final.metadata, final.content)
-    return JSONResponse(answer, headers=ids_of(reply))
+    return Response(json_bytes(answer), headers=ids_of(reply), media_type="application/json")
 
 
 async def list_models(request: Request) -> Response:

@@ -37,6 +37,20 @@ PING = b": ping\n\n"
 _TOKEN_DATA = b'{"text": '
 
 
+def json_bytes(payload: object) -> bytes:
+    """JSON as UTF-8; a lone surrogate (a provider may send half an emoji, UTF-8 has none) as
+    JSON's escape."""
+    try:
+        return json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(payload).encode()
+
+
+def data_line(payload: object) -> bytes:
+    """`data: <json>` and its blank line."""
+    return b"data: " + json_bytes(payload) + b"\n\n"
+
+
 def native_events(chunk: bytes) -> Iterator[tuple[bytes, bytes]]:
     """(name, data) of each event in what a subscription handed out (one or several events,
     or a ping: `(b"ping", b"")`), written by `chat.sse.encode_event`."""
@@ -95,7 +109,7 @@ class Chunks:
             "choices": choices,
             **more,
         }
-        return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n"
+        return data_line(payload)
 
     def delta(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         return self.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])

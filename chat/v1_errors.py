@@ -32,7 +32,6 @@ Once a stream has started (`chat.v1_stream` says when), a failure is instead one
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,6 +40,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Scope
 
 from .providers.errors import _QUOTA_CODES as QUOTA_CODES
+from .v1_chunks import data_line
 
 if TYPE_CHECKING:
     from .errors import ApiError
@@ -91,7 +91,7 @@ class V1Error:
 
     def chunk(self) -> bytes:
         """The error as the last chunk of a stream that had started."""
-        return b"data: " + json.dumps(self.body(), ensure_ascii=False).encode() + b"\n\n"
+        return data_line(self.body())
 
 
 def field_code(problem: str) -> str:
