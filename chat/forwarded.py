@@ -22,7 +22,9 @@ class Proxies:
     def __init__(self, networks: Iterable[str]) -> None:
         self.networks: list[Network] = [ipaddress.ip_network(n, strict=False) for n in networks]
 
-    def trusts(self, address: str) -> bool:
+    def trusts(self, address: object) -> bool:
+        if not isinstance(address, str):  # a peer with no address (uvicorn 0.30's proxy headers)
+            return False
         try:
             ip = ipaddress.ip_address(address.strip().strip("[]"))
         except ValueError:  # a Unix socket's peer, or not an address: the socket's mode guards it
@@ -36,7 +38,7 @@ class Proxies:
     def client(self, scope: Scope) -> str | None:
         """The caller's address: the peer's, or the one a trusted proxy forwarded."""
         peer = scope.get("client")
-        if not peer:
+        if not peer or not isinstance(peer[0], str):
             return None
         address: str = peer[0]
         if not self.trusts(address):

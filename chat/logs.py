@@ -38,10 +38,15 @@ def route_template(scope: Scope, routes: list[BaseRoute] | None = None) -> str |
     the raw path: the path holds ids, and a label or a log field must come from a bounded set."""
     route = scope.get("route")
     if route is None and routes is not None:  # a Starlette that does not say (before 0.47)
+        partial = None  # the path matched, the method did not (a 405): Starlette's own choice
         for candidate in routes:
-            if candidate.matches(scope)[0] is Match.FULL:
+            match = candidate.matches(scope)[0]
+            if match is Match.FULL:
                 route = candidate
                 break
+            if match is Match.PARTIAL and partial is None:
+                partial = candidate
+        route = route or partial
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else None
 

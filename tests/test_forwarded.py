@@ -48,3 +48,10 @@ def test_only_a_trusted_peer_is_trusted() -> None:
     assert not PROXIES.peer_trusted(scope("203.0.113.9"))
     assert not PROXIES.peer_trusted(scope(None))
     assert not PROXIES.trusts("not an address")
+
+
+def test_a_peer_without_an_address_is_no_client_and_not_trusted() -> None:
+    # uvicorn 0.30's own proxy-header handling leaves `client` as (None, 0) in some cases.
+    odd = {"client": (None, 0), "headers": [(b"x-forwarded-for", b"198.51.100.1")]}
+    assert PROXIES.client(odd) is None
+    assert not PROXIES.peer_trusted(odd)
