@@ -293,7 +293,7 @@ async def test_providers_lists_each_without_its_key(client: httpx.AsyncClient) -
     body = (await client.get("/api/providers")).json()
     assert body["default"] == "demo"
     by_name = {p["name"]: p for p in body["providers"]}
-    assert set(by_name) == {"openai", "anthropic", "gemini", "ollama", "demo"}
+    assert set(by_name) == {"openai", "openai-responses", "anthropic", "gemini", "ollama", "demo"}
     assert by_name["demo"]["available"] is True
     assert by_name["anthropic"] == {
         "name": "anthropic",
