@@ -7,6 +7,9 @@ failed or interrupted fragment is not something the model said). Dropping those
 leaves user messages with no answer; of consecutive user messages only the last is
 kept, because it is usually the same question asked again, and every provider
 accepts strict user/assistant alternation.
+
+A history the client owns (`chat.owned_history`) is not built here: it is sent as it came.
+Only its leading system prompt is read here, to be kept as a new conversation's `system`.
 """
 
 from __future__ import annotations
