@@ -91,6 +91,12 @@ MESSAGE_METADATA = {
         },
         "cost_usd": ref("schemas", "Cost"),
         "finish_reason": FINISH_REASON,
+        "tool_calls": {
+            "type": "array",
+            "description": "the calls the model made, whole, in OpenAI's shape (`{id, type: function,"
+            " function: {name, arguments}}`); sidechat runs none",
+            "items": {"type": "object"},
+        },
         "duration_ms": nullable("integer"),
         "ttft_ms": nullable("integer"),
         "error": {"oneOf": [ref("schemas", "StreamError"), {"type": "null"}]},
