@@ -132,7 +132,9 @@ async def test_the_demo_answers_in_text_whatever_tools_it_is_offered(
     assert answer.choices[0].message.tool_calls is None
 
 
-async def test_the_sdks_own_message_object_goes_back_as_history(upstream: FakeUpstream, tmp_path: Path) -> None:
+async def test_the_sdks_own_message_object_goes_back_as_history(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
     upstream.add(Reply(calling('{"city": "Rome"}')), Reply(openai_reply("Sunny.")))
     async with door(settings_in(tmp_path, upstream)) as sidechat:
         history: list[Any] = list(USER)
@@ -143,5 +145,9 @@ async def test_the_sdks_own_message_object_goes_back_as_history(upstream: FakeUp
         second = await sidechat.sdk.chat.completions.create(model="gpt-4o", messages=history, tools=[WEATHER])
     assert second.choices[0].message.content == "Sunny."
     sent = upstream.requests[1].json()["messages"]
-    assert sent[1] == {"role": "assistant", "content": None, "tool_calls": [call.model_dump(exclude={"index"})]}
+    assert sent[1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [call.model_dump(exclude={"index"})],
+    }
     assert sent[2] == {"role": "tool", "tool_call_id": "call_abc", "content": "sunny"}
