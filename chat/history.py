@@ -9,7 +9,9 @@ kept, because it is usually the same question asked again, and every provider
 accepts strict user/assistant alternation.
 
 A history the client owns (`chat.owned_history`) is not built here: it is sent as it came.
-Only its leading system prompt is read here, to be kept as a new conversation's `system`.
+Only its leading system prompt is read here, to be kept as a new conversation's `system`,
+and (for `/v1`, whose calls are stored whole) the rows kept of what came before its last
+message.
 """
 
 from __future__ import annotations
@@ -53,3 +55,18 @@ def leading_system(turns: Sequence[Turn]) -> str | None:
             break
         parts.append(turn.content)
     return "\n\n".join(parts) if parts else None
+
+
+def sent_before(turns: Sequence[Turn]) -> list[tuple[str, str]]:
+    """The (role, content) rows a new conversation keeps of the history a client sent, before
+    its last message: the leading system turns are its `system` already; a tool's result and
+    an assistant turn that only called tools have no row of their own (their text is kept
+    where there is some)."""
+    rows: list[tuple[str, str]] = []
+    leading = True
+    for turn in turns[:-1]:
+        leading = leading and turn.role == "system"
+        if leading or turn.role not in ("user", "assistant", "system") or not turn.content:
+            continue
+        rows.append((turn.role, turn.content))
+    return rows

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from .database import (
@@ -104,29 +105,39 @@ class Store(RewriteStore, ConversationStore):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         author: str | None = None,
+        earlier: Sequence[tuple[str, str]] = (),
     ) -> tuple[Message, Message]:
-        """Store a user message and its assistant reply-to-be (status `streaming`).
+        """Store a user message and its assistant reply-to-be (status `streaming`), after the
+        `earlier` (role, content) messages a client sent with it, when it owns its history.
 
         One statement, so atomic on its own; a trigger marks the conversation's activity.
         A turn stored under an idempotency key keeps the hash of what was asked with it."""
         stamp = now()
+        values: dict[str, Any] = {
+            "conversation_id": conversation_id,
+            "text": text,
+            "metadata": json.dumps(metadata),
+            "key": idempotency_key,
+            "hash": request_hash,
+            "author": author,
+            "now": stamp,
+        }
+        before = ""
+        for n, (role, content) in enumerate(earlier):
+            values[f"role{n}"], values[f"content{n}"] = role, content
+            before += (
+                f" (:conversation_id, :role{n}, :content{n}, 'completed', '{{}}', NULL, NULL, :now, :now,"
+                f" CASE :role{n} WHEN 'user' THEN :author END),"
+            )
         try:
             rows = await self._db.written(
                 "INSERT INTO messages (conversation_id, role, content, status, metadata,"
                 " idempotency_key, request_hash, created_at, completed_at, user_id)"
-                " VALUES"
+                " VALUES" + before + ""
                 " (:conversation_id, 'user', :text, 'completed', '{}', :key, :hash, :now, :now, :author),"
                 " (:conversation_id, 'assistant', '', 'streaming', :metadata, NULL, NULL, :now, NULL, NULL)"
                 " RETURNING id",
-                {
-                    "conversation_id": conversation_id,
-                    "text": text,
-                    "metadata": json.dumps(metadata),
-                    "key": idempotency_key,
-                    "hash": request_hash,
-                    "author": author,
-                    "now": stamp,
-                },
+                values,
             )
         except sqlite3.IntegrityError as exc:
             if "messages.idempotency_key" in str(exc):
@@ -134,7 +145,7 @@ class Store(RewriteStore, ConversationStore):
             if "FOREIGN KEY" in str(exc):
                 raise ConversationGone(conversation_id) from None
             raise
-        user_id, assistant_id = sorted(row[0] for row in rows)
+        user_id, assistant_id = sorted(row[0] for row in rows)[-2:]
         return (
             Message(user_id, conversation_id, "user", text, "completed", {}, 0, stamp, stamp, author),
             Message(assistant_id, conversation_id, "assistant", "", "streaming", metadata, 0, stamp, None),

@@ -32,7 +32,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -141,6 +141,7 @@ class MemoryStore(Store):
         idempotency_key: str | None = None,
         request_hash: str | None = None,
         author: str | None = None,
+        earlier: Sequence[tuple[str, str]] = (),  # nothing earlier is kept either
     ) -> tuple[Message, Message]:
         self._forget()
         if idempotency_key is not None and idempotency_key in self._keys:

@@ -32,7 +32,7 @@ from typing import Any
 
 from .errors import InvalidFields, KeyReused, NotFound, ServiceUnavailable, StorageUnavailable
 from .generations import Generation
-from .history import build_turns, leading_system
+from .history import build_turns, leading_system, sent_before
 from .providers import ProviderInfo
 from .providers.base import ChatRequest, Turn
 from .records import Conversation, Message
@@ -62,6 +62,7 @@ class TurnRequest:
     stop: tuple[str, ...] = ()
     tools: tuple[dict[str, Any], ...] = ()
     tool_choice: str | dict[str, Any] | None = None
+    keep_history: bool = False  # a new conversation stores the `history` it was sent (/v1)
 
     def fingerprint(self) -> str:
         """The same for the same request, whoever sends it again and under which key."""
@@ -248,6 +249,7 @@ async def _store_and_start(
             idempotency_key=key,
             request_hash=fingerprint,
             author=ask.user,
+            earlier=sent_before(ask.history) if created and ask.keep_history and ask.history else (),
         )
     except ConversationGone:
         raise NotFound(f"conversation {conversation.id} not found") from None

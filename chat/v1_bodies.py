@@ -59,6 +59,7 @@ class CompletionBody:
             stop=self.stop,
             tools=self.tools,
             tool_choice=self.tool_choice,
+            keep_history=True,  # a call is stored whole: what it was sent and the reply
         )
 
 

@@ -106,6 +106,32 @@ async def test_the_turn_is_stored_and_its_reply_attachable(upstream: FakeUpstrea
     assert attached.text == "Hello"
 
 
+async def test_a_new_call_is_stored_whole_with_the_messages_it_was_sent(
+    upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.add(Reply(openai_reply("Six")))
+    sent: list[Any] = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "two plus two?"},
+        {"role": "assistant", "content": "four"},
+        {"role": "system", "content": "Now in English."},
+        {"role": "user", "content": "and three plus three?"},
+    ]
+    async with door(settings_in(tmp_path, upstream)) as sidechat:
+        raw = await sidechat.sdk.chat.completions.with_raw_response.create(model="gpt-4o", messages=sent)
+        conversation_id = raw.headers["x-conversation-id"]
+        stored = (await sidechat.http.get(f"/api/conversations/{conversation_id}")).json()
+    assert stored["conversation"]["system"] == "Answer in one word."
+    assert [(m["role"], m["content"], m["status"]) for m in stored["messages"]] == [
+        ("user", "two plus two?", "completed"),
+        ("assistant", "four", "completed"),
+        ("system", "Now in English.", "completed"),
+        ("user", "and three plus three?", "completed"),
+        ("assistant", "Six", "completed"),
+    ]
+    assert upstream.requests[0].json()["messages"] == sent  # and sent upstream as it was
+
+
 async def test_x_conversation_id_continues_a_conversation_with_only_what_the_client_sent(
     upstream: FakeUpstream, tmp_path: Path
 ) -> None:
