@@ -188,9 +188,15 @@ async def usage(request: Request) -> Response:
     return JSONResponse(report)
 
 
+def _ok(request: Request) -> JSONResponse:
+    """Healthy; with `"store": "none"` when there is no database to be healthy with."""
+    stored = services(request).settings.stored
+    return JSONResponse({"status": "ok"} if stored else {"status": "ok", "store": "none"})
+
+
 async def healthz(request: Request) -> Response:
     if await services(request).store.ping():
-        return JSONResponse({"status": "ok"})
+        return _ok(request)
     return JSONResponse({"status": "unavailable"}, status_code=503)
 
 
@@ -201,7 +207,7 @@ async def readyz(request: Request) -> Response:
     problem = await readiness.problem(deep=request.query_params.get("deep") == "1") if readiness else None
     if problem is not None:
         return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
-    return JSONResponse({"status": "ok"})
+    return _ok(request)
 
 
 routes = [

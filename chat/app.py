@@ -182,7 +182,14 @@ def cors(app: ASGIApp, origins: tuple[str, ...]) -> ASGIApp:
         app,
         allow_origins=origins,
         allow_methods=["GET", "POST", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-Request-ID"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Idempotency-Key",
+            "Last-Event-ID",
+            "X-Conversation-ID",  # /v1: continue a conversation
+            "X-Request-ID",
+        ],
         expose_headers=["Retry-After", "X-Conversation-ID", "X-Message-ID", "X-Request-ID"],
         max_age=600,
     )

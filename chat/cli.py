@@ -47,7 +47,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"sidechat cannot start: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     configure_logs(settings.log_format)
-    logging.getLogger("sidechat").info("provider %s; database %s", settings.provider, settings.db)
+    stored = f"database {settings.db}" if settings.stored else "storing nothing (SIDECHAT_STORE=none)"
+    logging.getLogger("sidechat").info("provider %s; %s", settings.provider, stored)
     # No proxy headers: the trusted user header is believed by the address of the peer itself,
     # which uvicorn would otherwise replace with whatever X-Forwarded-For says; the log's client
     # address is taken through the trusted proxies by sidechat (`chat.forwarded`). No access

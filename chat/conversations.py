@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from .bodies import Fields, digits
 from .endpoints import MAX_PAGE, body_of, current_user, path_id, query_int, services
-from .errors import Forbidden, InvalidFields, NotFound
+from .errors import Forbidden, InvalidFields, NotFound, StorageOff
 from .records import Conversation
 from .services import Services
 from .store import MAX_ID, ConversationGone
@@ -78,6 +78,11 @@ def parse_conversation_fields(data: dict[str, Any], app: Services) -> dict[str, 
 
 async def create_conversation(request: Request) -> Response:
     app = services(request)
+    if not app.settings.stored:  # a conversation that cannot be kept would be a 404 next time
+        raise StorageOff(
+            "storage is off (SIDECHAT_STORE=none): conversations are not kept;"
+            " send the whole history with each chat as `messages`"
+        )
     body = await body_of(request, optional=True)
     changes = parse_conversation_fields(body, app)
     user = current_user(request)

@@ -9,6 +9,7 @@
     ├── NotFound                404 not_found
     ├── RequestTimeout          408 request_timeout (and the connection closed)
     ├── Conflict                409 conflict
+    ├── StorageOff              409 storage_off (SIDECHAT_STORE=none: no conversation is kept)
     ├── PayloadTooLarge         413 payload_too_large
     ├── UnsupportedMediaType    415 unsupported_media_type
     ├── InvalidFields           422 invalid_request (`fields`: name -> problem)
@@ -90,6 +91,10 @@ class RequestTimeout(ApiError):
 
 class Conflict(ApiError):
     status, type = 409, "conflict"
+
+
+class StorageOff(ApiError):
+    status, type = 409, "storage_off"
 
 
 class PayloadTooLarge(ApiError):

@@ -123,7 +123,7 @@ def paths() -> dict[str, Any]:
                         "created", conversation, links=conversation_links("$response.body#/conversation/id")
                     )
                 },
-                {**BODY_ERRORS, 503: ("storage_unavailable",)},
+                {**BODY_ERRORS, 409: ("storage_off",), 503: ("storage_unavailable",)},
                 body=conversation_body,
                 body_required=False,
             ),

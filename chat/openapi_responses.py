@@ -35,6 +35,7 @@ ERROR_TYPES = {
         " `superseded_by` what replaced it when it was replaced already",
         ("status",),
     ),
+    "storage_off": Kind("SIDECHAT_STORE=none: nothing is kept, so no conversation can be made"),
     "payload_too_large": Kind("the body is over SIDECHAT_MAX_BODY_BYTES", ("max_bytes",)),
     "unsupported_media_type": Kind("the body is not sent as application/json"),
     "invalid_request": Kind("fields with problems; `fields` names each one's", ("fields",)),

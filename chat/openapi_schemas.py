@@ -203,7 +203,12 @@ TYPING_BODY = {
 
 
 HEALTH = closed(
-    {"status": {"enum": ["ok", "unavailable"]}, "reason": {"type": "string"}}, optional=("reason",)
+    {
+        "status": {"enum": ["ok", "unavailable"]},
+        "reason": {"type": "string"},
+        "store": {"enum": ["none"], "description": "SIDECHAT_STORE=none: there is no database"},
+    },
+    optional=("reason", "store"),
 )
 
 

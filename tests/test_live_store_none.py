@@ -127,6 +127,9 @@ async def test_conversation_routes_answer_404(relay: httpx.AsyncClient, upstream
     assert len(upstream.requests) == 1
     listed = await relay.get("/api/conversations")
     assert listed.json() == {"conversations": [], "next_cursor": None}
+    made = await relay.post("/api/conversations", json={"title": "kept?"})
+    assert (made.status_code, made.json()["error"]["type"]) == (409, "storage_off")
+    assert "SIDECHAT_STORE=none" in made.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("relay", [{"replay_seconds": 1.5}], indirect=True)
@@ -258,8 +261,8 @@ async def test_ready_healthy_and_counted_without_a_database(
     await relay.post("/api/chat", json={"message": "hi", "wait": True})
 
     ready, healthy = await relay.get("/readyz"), await relay.get("/healthz")
-    assert (ready.status_code, ready.json()["status"]) == (200, "ok")
-    assert (healthy.status_code, healthy.json()["status"]) == (200, "ok")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ok", "store": "none"})
+    assert (healthy.status_code, healthy.json()) == (200, {"status": "ok", "store": "none"})
     counted = await settles(relay, "sidechat_generations_total", 1, outcome="completed")
     assert counted.value("sidechat_db_write_seconds_count") == 0  # not one write
     usage = (await relay.get("/api/usage")).json()
