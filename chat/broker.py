@@ -8,7 +8,7 @@ holds up the publisher or the others, and resuming after `Last-Event-ID` is
 starting at that position.
 
 `Broker` is the interface a shared broker (Redis Streams, for several processes)
-stands behind: `open`, `feed`, `get`, `discard` and `subscribe`, and a topic's
+stands behind: `open`, `feed`, `get`, `find`, `discard` and `subscribe`, and a topic's
 `publish`, `close`, `first` and `last_id`. Only encoded events (bytes) and integer
 positions cross it, never Python objects: a stream entry per event, our id kept
 with it, `first` the oldest id still kept (XTRIM's MAXLEN and MINID are the
@@ -254,6 +254,11 @@ class Broker:
         """The topic, open or closed within the retention time; None once it is gone."""
         self._expire()
         return self._topics.get(name)
+
+    async def find(self, name: str) -> Topic | None:
+        """The topic wherever it runs: here, `get`; a shared broker (`chat.redis_broker`) also
+        looks for one another process runs. For attaching, never on the per-token path."""
+        return self.get(name)
 
     @asynccontextmanager
     async def subscribe(

@@ -1,0 +1,171 @@
+"""A broker shared by several processes: each generation's events copied to a Redis Stream, so a
+client attached to any process follows it, and resumes after `Last-Event-ID` exactly.
+
+    BrokerError             the shared broker could not do what was asked
+    ├── BrokerUnavailable   Redis could not be reached, or stopped answering
+    └── EventsLost          a follower's next events are no longer kept (trimmed or expired)
+
+Deliberate choices:
+- The process that runs a generation keeps its topic in memory exactly as `chat.broker` does,
+  and its own followers read that log: publishing a token is the same one call, with no await
+  and no Redis round trip. A task per topic (`_copy`) waits on the topic like any follower and
+  XADDs whatever has queued up since its last write, in one pipelined round trip: tokens that
+  come faster than Redis answers go in batches, by themselves.
+- Our event ids are the entries' ids (`0-<id>`, `chat.redis_keys`), so a follower elsewhere
+  resumes with `XREAD … 0-<Last-Event-ID>`, and a copy cut off by a Redis outage resumes after
+  the last entry Redis has: no duplicates, no gaps, whichever side failed.
+- A closed topic's stream ends with an `end` entry and expires `retention` seconds later, as the
+  in-memory topic is dropped; an open one expires `open_ttl` after its last write, so the stream
+  of a process that died goes away by itself. `MAXLEN ~` caps a stream; the cap is far above a
+  reply's length, and a follower that falls behind it is told (`EventsLost`), never silently.
+- Feeds stay in this process's memory for now (`Broker.feed` is inherited as is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from .broker import Broker, Subscription, Topic
+from .redis_follow import BrokerUnavailable, RemoteSubscription, RemoteTopic, read_end
+from .redis_keys import Keys, entry_id
+
+log = logging.getLogger("sidechat.redis")
+
+MAX_ENTRIES = 100_000  # a stream's cap (MAXLEN ~): far more events than a reply has
+OPEN_TTL = 3600.0  # an open topic's stream lives this long after its last write
+RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0)  # between tries to copy, while Redis is away
+
+
+def open_redis(url: str) -> Redis:
+    """The client for `SIDECHAT_REDIS_URL`: RESP2, so replies have one shape, and a read timeout
+    longer than the longest XREAD BLOCK (`redis_follow.MAX_BLOCK`) so a vanished server is an
+    error within seconds, not a hang."""
+    return Redis.from_url(url, protocol=2, socket_timeout=10.0, socket_connect_timeout=5.0)
+
+
+class RedisBroker(Broker):
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        retention: float,
+        keys: Keys | None = None,
+        max_entries: int = MAX_ENTRIES,
+        open_ttl: float = OPEN_TTL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(retention=retention, clock=clock)
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.max_entries = max_entries
+        self.open_ttl = open_ttl
+        self._copies: dict[asyncio.Task[None], Topic] = {}  # running copies, and what each copies
+
+    def open(self, name: str) -> Topic:
+        """A new topic, in memory as ever, copied to its stream from now on."""
+        topic = super().open(name)
+        task = asyncio.create_task(self._copy(topic), name=f"copy {name}")
+        self._copies[task] = topic
+        task.add_done_callback(self._copies.pop)
+        return topic
+
+    async def find(self, name: str) -> Topic | None:
+        """This process's topic of that name, else the stream another one writes (how far it had
+        got, and whether it had ended, when we looked); None when neither exists."""
+        local = self.get(name)
+        if local is not None:
+            return local
+        key = self.keys.topic(name)
+        try:
+            last = await read_end(self.redis, key)
+        except (RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"could not look up {name} in Redis: {exc}") from exc
+        if last is None:
+            return None
+        last_id, closed = last
+        return RemoteTopic(name, key, last_id, closed)
+
+    @asynccontextmanager
+    async def subscribe(
+        self, topic: Topic, after: int, heartbeat: float, reset: bytes = b""
+    ) -> AsyncIterator[Subscription]:
+        if not isinstance(topic, RemoteTopic):
+            async with super().subscribe(topic, after, heartbeat, reset) as local:
+                yield local
+            return
+        self.subscribers += 1
+        try:
+            yield RemoteSubscription(self.redis, topic, after, heartbeat, reset)
+        finally:
+            self.subscribers -= 1
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Let the copies of closed topics finish writing, for up to `grace` seconds; the rest
+        (topics still open: the generations were ended before) are abandoned, and their streams
+        expire by themselves."""
+        ending = [task for task, topic in self._copies.items() if topic.closed]
+        if ending:
+            await asyncio.wait(ending, timeout=grace)
+        pending = list(self._copies)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- the copy of a topic to its stream ----------------------------------------------------
+
+    async def _copy(self, topic: Topic) -> None:
+        key = self.keys.topic(topic.name)
+        loop = asyncio.get_running_loop()
+        written: int | None = 0  # events in the stream; None: unknown (a write failed)
+        failures = 0
+        while True:
+            events, closed = topic.events, topic.closed
+            end = len(events)
+            try:
+                if written is None:
+                    found = await read_end(self.redis, key)
+                    if found is not None and found[1]:
+                        return  # the end was written before the reply to that write was lost
+                    written = 0 if found is None else found[0]
+                if written < end or closed:
+                    await self._write(key, events, written, end, closed)
+                    written = end
+                    if failures:
+                        log.warning("copying %s to Redis again, after %d failures", topic.name, failures)
+                        failures = 0
+                    if closed:
+                        return
+                    continue  # more may have come while we wrote
+            except (RedisError, OSError) as exc:
+                if failures == 0:
+                    log.warning("could not copy %s to Redis (%s); retrying", topic.name, exc)
+                written = None
+                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+                continue
+            waiter: asyncio.Future[None] = loop.create_future()
+            topic.waiters.append(waiter)
+            await waiter
+
+    async def _write(self, key: str, events: list[bytes], start: int, end: int, closed: bool) -> None:
+        """Events `start`..`end` (0-based) as entries, the `end` entry if the topic closed, and
+        the stream's expiry: one round trip."""
+        pipe: Any = self.redis.pipeline(transaction=False)
+        if start == 0:
+            pipe.delete(key)  # a stream left by an earlier topic of this name
+        for index in range(start, end):
+            pipe.xadd(key, {"e": events[index]}, id=entry_id(index + 1), maxlen=self.max_entries)
+        if closed:
+            pipe.xadd(key, {"end": b""}, id=entry_id(end + 1), maxlen=self.max_entries)
+            pipe.pexpire(key, max(1, round(self.retention * 1000)))
+        else:
+            pipe.pexpire(key, max(1, round(self.open_ttl * 1000)))
+        await pipe.execute()

@@ -1,0 +1,44 @@
+"""Every Redis key and channel sidechat uses, under one prefix (`SIDECHAT_REDIS_PREFIX`), so one
+Redis can serve several deployments and `redis-cli --scan --pattern 'sidechat:*'` shows them all.
+
+    <prefix>topic:<topic>           a topic's events, a Stream: entry `0-<event id>`, field `e`
+                                    (the encoded event); a last entry with field `end` once it closed
+    <prefix>cancel                  pub/sub: "stop this reply", heard by every process
+    <prefix>cancel:<token>          pub/sub: the answers to one cancel request
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_PREFIX = "sidechat:"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    def topic(self, name: str) -> str:
+        return f"{self.prefix}topic:{name}"
+
+    @property
+    def cancel(self) -> str:
+        return f"{self.prefix}cancel"
+
+    def cancel_answers(self, token: str) -> str:
+        return f"{self.prefix}cancel:{token}"
+
+
+def entry_id(event_id: int) -> str:
+    """The stream entry id of our event `event_id`: our ids are the entries' ids, so XREAD from
+    `0-<Last-Event-ID>` is the resume, exactly."""
+    return f"0-{event_id}"
+
+
+def event_id(entry: bytes | str) -> int:
+    """Our event id from a stream entry id `0-<n>`."""
+    text = entry.decode() if isinstance(entry, bytes) else entry
+    high, _, low = text.partition("-")
+    if high != "0" or not low.isdigit():
+        raise ValueError(f"not a sidechat stream entry id: {text!r}")
+    return int(low)
