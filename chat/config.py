@@ -84,6 +84,8 @@ class Settings:
     metrics_token: str | None = _secret()  # bearer token for /metrics; open (on loopback) when unset
     prices: str | None = None  # a TOML price table laid over the built-in one
     user_budget: tuple[Budget, ...] = ()  # per user, e.g. 5usd/day,100usd/month
+    redis_url: str | None = _secret()  # redis://…: live state shared by several processes
+    redis_prefix: str = "sidechat:"  # every Redis key's, so one Redis serves several deployments
 
     @property
     def stored(self) -> bool:
@@ -176,4 +178,6 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "metrics_token": ("SIDECHAT_METRICS_TOKEN", parse.text),
     "prices": ("SIDECHAT_PRICES", parse.text),
     "user_budget": ("SIDECHAT_USER_BUDGET", parse.budget),
+    "redis_url": ("SIDECHAT_REDIS_URL", parse.redis_url),
+    "redis_prefix": ("SIDECHAT_REDIS_PREFIX", parse.redis_prefix),
 }

@@ -60,6 +60,20 @@ def url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def redis_url(raw: str) -> str:
+    """A URL redis-py's `from_url` takes: TCP, TLS, or a Unix socket."""
+    scheme, sep, rest = raw.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "unix") or not rest.strip("/"):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL, as in redis://127.0.0.1:6379/0")
+    return raw
+
+
+def redis_prefix(raw: str) -> str:
+    if not raw.isprintable() or any(c.isspace() for c in raw):
+        raise ValueError("expected a key prefix without spaces or control characters, as in sidechat:")
+    return raw
+
+
 def text(raw: str) -> str:
     return raw
 
