@@ -14,9 +14,11 @@ from playwright.async_api import Browser
 
 from chat.config import Settings
 from chat.store import Store
+from tests.backends import BACKENDS, Backend
 from tests.browser import Console, chromium
 from tests.fakeupstream import FakeUpstream
 from tests.live import serve, until
+from tests.postgres import Postgres, postgres_server
 from tests.processes import free_port
 
 
@@ -25,10 +27,30 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL for the whole session, started when a test first needs it."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each database a store runs on, new for the test: a SQLite file of its own, or a new
+    database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield Backend("sqlite", str(tmp_path / "chat.db"))
+        return
+    server: Postgres = request.getfixturevalue("postgres")
+    url = server.database()
+    yield Backend("postgres", url)
+    server.drop(url)
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    """A store on a new database file of the test's own."""
-    opened = await Store.open(str(tmp_path / "chat.db"))
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    """A store on a new database of the test's own, on each backend (`backend`)."""
+    opened = await backend.open()
     yield opened
     await opened.close()
 

@@ -7,6 +7,7 @@ import pytest
 
 from chat import events
 from chat.store import ConversationGone, KeyTaken, Store
+from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
 
@@ -48,14 +49,13 @@ async def test_turn_then_finish_writes_the_reply_once(store: Store) -> None:
     assert activity.message_count == 2
 
 
-async def test_rows_left_streaming_become_interrupted(tmp_path: Path) -> None:
-    path = str(tmp_path / "chat.db")
-    store = await Store.open(path)
+async def test_rows_left_streaming_become_interrupted(backend: Backend) -> None:
+    store = await backend.open()
     conversation = await store.create_conversation("local")
     _, reply = await store.start_turn(conversation.id, "hello", metadata={})
     await store.close()
 
-    reopened = await Store.open(path)
+    reopened = await backend.open()
     assert await reopened.interrupt_streaming(events.INTERRUPTED) == 1
     stored = await reopened.get_message("local", reply.id)
     assert stored is not None and stored.status == "interrupted"
@@ -185,18 +185,20 @@ async def test_a_member_of_a_missing_conversation_is_refused(store: Store) -> No
         await store.add_member(12345, "bob")
 
 
-async def test_a_deleted_conversations_members_go_with_it(store: Store, tmp_path: Path) -> None:
+async def test_a_deleted_conversations_members_go_with_it(store: Store, backend: Backend) -> None:
     conversation = await store.create_conversation("alice")
     await store.add_member(conversation.id, "bob")
     assert await store.delete_conversation("alice", conversation.id)
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        assert db.execute("SELECT count(*) FROM members").fetchone()[0] == 0
+    assert await backend.scalar("SELECT count(*) FROM members") == 0
     again = await store.create_conversation("alice")
-    assert again.id == conversation.id  # SQLite hands the id out again ...
+    # SQLite hands the id out again (Postgres does not) ...
+    assert (again.id == conversation.id) == (backend.kind == "sqlite")
     assert await store.get_conversation("bob", again.id) is None  # ... but not its members
 
 
-async def test_the_list_merges_own_and_shared_conversations_by_activity(store: Store, tmp_path: Path) -> None:
+async def test_the_list_merges_own_and_shared_conversations_by_activity(
+    store: Store, backend: Backend
+) -> None:
     mine = [await store.create_conversation("bob") for _ in range(3)]
     shared = [await store.create_conversation("alice") for _ in range(3)]
     for conversation in shared:
@@ -205,9 +207,8 @@ async def test_the_list_merges_own_and_shared_conversations_by_activity(store: S
     # Activity times set outright (a turn's are too close to order by); two tie, across halves.
     order = [mine[2], shared[1], mine[0], shared[2], mine[1], shared[0]]
     stamps = ["2024-01-06", "2024-01-05", "2024-01-04", "2024-01-04", "2024-01-02", "2024-01-01"]
-    with sqlite3.connect(tmp_path / "chat.db") as db:
-        for conversation, stamp in zip(order, stamps, strict=True):
-            db.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", (stamp, conversation.id))
+    for conversation, stamp in zip(order, stamps, strict=True):
+        await backend.execute("UPDATE conversations SET updated_at = ? WHERE id = ?", stamp, conversation.id)
     assert shared[2].id > mine[0].id  # so the tie goes to the shared one first
 
     pages: list[list[int]] = []

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import pytest
 
 from chat.records import Message
 from chat.store import NotLatest, Store
+from tests.backends import Backend
 
 pytestmark = pytest.mark.anyio
 
@@ -139,20 +137,16 @@ async def test_only_the_latest_user_message_can_be_edited_and_not_while_its_repl
 
 @pytest.mark.parametrize("which", ["user", "assistant"])
 async def test_a_write_that_fails_while_marking_leaves_nothing_half_done(
-    store: Store, tmp_path: Path, which: str
+    store: Store, backend: Backend, which: str
 ) -> None:
     conversation = await store.create_conversation("alice")
     old_asked, old_reply = await turn(store, conversation.id, "one", "first")
     before = await rows(store, conversation.id)
-    with sqlite3.connect(tmp_path / "chat.db") as db:  # the disk refuses one of the marks
-        db.execute(
-            "CREATE TRIGGER refuse_mark BEFORE UPDATE OF metadata ON messages"
-            f" WHEN NEW.role = '{which}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-        )
-    with pytest.raises(sqlite3.IntegrityError):
+    await backend.refuse_marks(which)  # the database refuses one of the marks
+    with pytest.raises(backend.refused):
         await store.edit_turn(old_asked.id, old_reply.id, "one!", metadata={})
     if which == "assistant":
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(backend.refused):
             await store.regenerate_reply(old_reply.id, metadata={})
     assert await rows(store, conversation.id) == before
 
