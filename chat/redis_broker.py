@@ -47,8 +47,10 @@ RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0)  # between tries to copy, while Redis is a
 def open_redis(url: str) -> Redis:
     """The client for `SIDECHAT_REDIS_URL`: RESP2, so replies have one shape, and a read timeout
     longer than the longest XREAD BLOCK (`redis_follow.MAX_BLOCK`) so a vanished server is an
-    error within seconds, not a hang."""
-    return Redis.from_url(url, protocol=2, socket_timeout=10.0, socket_connect_timeout=5.0)
+    error within seconds, not a hang (TCP keepalive covers the pub/sub reads that block on)."""
+    return Redis.from_url(
+        url, protocol=2, socket_timeout=10.0, socket_connect_timeout=5.0, socket_keepalive=True
+    )
 
 
 class RedisBroker(Broker):

@@ -1,0 +1,151 @@
+"""Cancel across processes: `POST /api/messages/{id}/cancel` reaches whichever process runs it.
+
+    asker  → <prefix>cancel           {"message_id": 42, "answers": "<token>"}
+    each   → <prefix>cancel:<token>   {"here": false}
+    runner → <prefix>cancel:<token>   {"here": true, "stopped": …, "finished": …, "message": {…}}
+
+Deliberate choices:
+- One channel that every process listens on, not a registry of who runs what: cancels are
+  rare, and the process running a generation is the one that knows it runs it.
+- The asker listens for answers before it asks, and PUBLISH says how many processes heard the
+  request, so it waits for exactly that many answers (or the one that runs it), never for a
+  timeout to guess that nobody does. The timeout only covers a process that died between
+  hearing and answering.
+- The runner answers after `Generations.stop` returns, so its answer carries what the local
+  cancel has: whether it stopped it, whether its end is stored, and the row as it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from .outcome import CANCELLED
+from .redis_follow import BrokerUnavailable
+from .redis_keys import Keys
+from .running import Generations
+
+log = logging.getLogger("sidechat.redis")
+
+RETRY_SECONDS = 1.0  # between tries to listen again, while Redis is away
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAnswer:
+    """What the process running the reply said: as `Generations.stop` and `final_row` tell it."""
+
+    stopped: bool  # False: it had already ended, or was being stopped
+    finished: bool  # its end is stored; else the database refuses it for now
+    message: dict[str, Any] | None  # the row as it ended (`Message.as_json`)
+
+
+async def cancel_elsewhere(
+    redis: Redis, keys: Keys, message_id: int, *, timeout: float
+) -> CancelAnswer | None:
+    """Ask every process to stop `message_id`; the answer of the one that runs it, or None when
+    none does."""
+    token = uuid.uuid4().hex
+    pubsub = redis.pubsub()
+    try:
+        await pubsub.subscribe(keys.cancel_answers(token))
+        await _confirmed(pubsub, timeout)
+        request = json.dumps({"message_id": message_id, "answers": token})
+        heard = int(await redis.publish(keys.cancel, request))
+        return await _answer(pubsub, heard, timeout)
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"could not ask the other processes to cancel {message_id}: {exc}") from exc
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+
+
+async def _confirmed(pubsub: PubSub, timeout: float) -> None:
+    """Until Redis confirms the subscription: only then can no answer be missed."""
+    async with asyncio.timeout(timeout):
+        while (await pubsub.get_message(timeout=timeout)) is None:
+            pass
+
+
+async def _answer(pubsub: PubSub, heard: int, timeout: float) -> CancelAnswer | None:
+    answers = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while answers < heard:
+                found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
+                if found is None:
+                    continue
+                answers += 1
+                said = json.loads(found["data"])
+                if said["here"]:
+                    return CancelAnswer(said["stopped"], said["finished"], said["message"])
+    except TimeoutError:
+        log.warning("%d of %d processes did not answer a cancel in %gs", heard - answers, heard, timeout)
+    return None
+
+
+@asynccontextmanager
+async def listening(redis: Redis, keys: Keys, generations: Generations) -> AsyncIterator[None]:
+    """Answer the other processes' cancel requests for as long as the block lasts."""
+    task = asyncio.create_task(_listen(redis, keys, generations), name="cancel requests")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _listen(redis: Redis, keys: Keys, generations: Generations) -> None:
+    answering: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            pubsub = redis.pubsub()
+            try:
+                await pubsub.subscribe(keys.cancel)
+                while True:
+                    found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if found is None:
+                        continue
+                    task = asyncio.create_task(_handle(redis, keys, generations, found["data"]))
+                    answering.add(task)
+                    task.add_done_callback(answering.discard)
+            except (RedisError, OSError) as exc:
+                log.warning("not hearing cancel requests from other processes (%s); retrying", exc)
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
+            await asyncio.sleep(RETRY_SECONDS)
+    finally:
+        for task in answering:
+            task.cancel()
+
+
+async def _handle(redis: Redis, keys: Keys, generations: Generations, raw: bytes) -> None:
+    try:
+        request = json.loads(raw)
+        message_id, channel = int(request["message_id"]), keys.cancel_answers(str(request["answers"]))
+    except (ValueError, KeyError, TypeError):
+        log.warning("a malformed cancel request on %s: %r", keys.cancel, raw[:200])
+        return
+    said: dict[str, Any] = {"here": False}
+    generation = generations.get(message_id)
+    if generation is not None:
+        stopped = await generations.stop(generation, CANCELLED)
+        final = generation.final_row()
+        said = {
+            "here": True,
+            "stopped": stopped,
+            "finished": generation.finished.is_set(),
+            "message": None if final is None else final.as_json(),
+        }
+    try:
+        await redis.publish(channel, json.dumps(said))
+    except (RedisError, OSError) as exc:
+        log.warning("could not answer the cancel of %s: %s", message_id, exc)
