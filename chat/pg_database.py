@@ -23,6 +23,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -57,7 +58,7 @@ def reason_of(exc: BaseException) -> str | None:
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time"
     if isinstance(exc, OSError):
-        return f"the database cannot be reached ({exc.strerror or exc})"
+        return f"the database cannot be reached ({_why(exc)})"
     if isinstance(exc, asyncpg.InterfaceError):
         return f"the connection to the database cannot be used ({exc})"
     if isinstance(exc, asyncpg.PostgresError):
@@ -69,6 +70,11 @@ def reason_of(exc: BaseException) -> str | None:
         if state[:2] in _PASSING:
             return f"{_PASSING[state[:2]]} ({exc})"
     return None
+
+
+def _why(exc: OSError) -> str:
+    """An OS error in words: "Connection refused", not asyncio's "Connect call failed"."""
+    return os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
 
 
 def text(value: str) -> str:
@@ -123,8 +129,10 @@ def opening_error(url: str, exc: BaseException) -> StartupError:
     where = f"the PostgreSQL database {shown(url)} (SIDECHAT_DB or --db)"
     if isinstance(exc, TooNew):
         return StartupError(f"{where} has {exc}: it was upgraded by a newer sidechat; run that one")
-    if isinstance(exc, OSError | TimeoutError):
-        return StartupError(f"cannot reach {where}: {reason_of(exc)}")
+    if isinstance(exc, TimeoutError):
+        return StartupError(f"cannot reach {where}: it did not answer in time")
+    if isinstance(exc, OSError):
+        return StartupError(f"cannot reach {where}: {_why(exc)}")
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | asyncpg.InvalidPasswordError):
         return StartupError(f"{where} refused the connection: {exc}")
     if isinstance(exc, asyncpg.InvalidCatalogNameError):

@@ -62,17 +62,59 @@ def _as(user: str) -> list[str]:
 
 @dataclass
 class Postgres:
-    """A running server; `database()` makes a new empty database and answers its URL."""
+    """A server on its own cluster; `database()` makes a new empty database and answers its
+    URL. `stop()` and `start()` take it down and bring it back on the same port and data."""
 
     bin: Path
+    home: Path
     port: int
-    process: subprocess.Popen[bytes]
-    log: Path
+    as_owner: list[str]
+    process: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=itertools.count)
 
     @property
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "postgres.log"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start the server and wait until it accepts connections."""
+        settings = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [*self.as_owner, str(self.bin / "postgres"), "-D", str(self.home / "data")]
+                + ["-p", str(self.port), "-k", str(self.home), "-h", "127.0.0.1", *settings],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"postgres did not accept connections:\n{self.output()}")
+            time.sleep(0.05)  # a poll's interval: the fact waited for is pg_isready's answer
+
+    def _ready(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"postgres exited with {self.process.returncode}:\n{self.output()}")
+        probe = [str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(probe, timeout=10).returncode == 0
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT: clients are disconnected), waited for."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # setpriv exec'd it: the signal is its own
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
     def _client(self, program: str, *args: str) -> None:
         done = subprocess.run(
@@ -91,20 +133,10 @@ class Postgres:
     def drop(self, url: str) -> None:
         self._client("dropdb", "--force", url.rpartition("/")[2])
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _ready(server: Postgres) -> bool:
-    if server.process.poll() is not None:
-        raise AssertionError(f"postgres exited with {server.process.returncode}:\n{server.output()}")
-    probe = [str(server.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(server.port)]
-    return subprocess.run(probe, timeout=10).returncode == 0
-
 
 @contextmanager
-def postgres_server(timeout: float = 60.0) -> Iterator[Postgres]:
-    """A new cluster (initdb) and its server, stopped (fast shutdown) and removed after."""
+def postgres_server() -> Iterator[Postgres]:
+    """A new cluster (initdb) and its server, stopped and removed after."""
     bin = bindir()
     for program in ("initdb", "postgres", "pg_isready", "createdb", "dropdb"):
         if not (bin / program).exists():
@@ -114,45 +146,20 @@ def postgres_server(timeout: float = 60.0) -> Iterator[Postgres]:
     home = Path(tempfile.mkdtemp(prefix="sidechat-pg-"))
     if owner:
         shutil.chown(home, owner, pwd.getpwnam(owner).pw_gid)
-    data, log = home / "data", home / "postgres.log"
     try:
         made = subprocess.run(
-            [*as_owner, str(bin / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"]
+            [*as_owner, str(bin / "initdb"), "-D", str(home / "data"), "-U", "postgres", "--auth=trust"]
             + ["-E", "UTF8", "--locale=C.UTF-8", "-N"],
             capture_output=True,
             timeout=120,
         )
         if made.returncode != 0:
             raise AssertionError(f"initdb failed: {made.stdout.decode()}{made.stderr.decode()}")
-        port = free_port()
-        settings = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        with log.open("wb") as output:
-            process = subprocess.Popen(
-                [*as_owner, str(bin / "postgres"), "-D", str(data), "-p", str(port)]
-                + ["-k", str(home), "-h", "127.0.0.1", *settings],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        server = Postgres(bin, port, process, log)
+        server = Postgres(bin, home, free_port(), as_owner)
         try:
-            deadline = time.monotonic() + timeout
-            while not _ready(server):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"postgres did not accept connections:\n{server.output()}")
-                time.sleep(0.05)  # a poll's interval: the fact waited for is pg_isready's answer
+            server.start()
             yield server
         finally:
-            stop(server)
+            server.stop()
     finally:
         shutil.rmtree(home, ignore_errors=True)
-
-
-def stop(server: Postgres) -> None:
-    """A fast shutdown (SIGINT: clients are disconnected), waited for."""
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGINT)
-        try:
-            server.process.wait(30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(10)
