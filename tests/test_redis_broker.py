@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.asyncio import Redis
 
-from chat.broker import Topic
+from chat.broker import CHUNK_BYTES, Topic
 from chat.redis_broker import RedisBroker, open_redis
 from chat.redis_follow import BrokerUnavailable, EventsLost, RemoteTopic, read_end
 from chat.redis_keys import Keys
@@ -140,6 +140,23 @@ async def test_two_processes_followers_and_the_running_ones_own_see_the_same_eve
     assert await here == await there == await yonder == tokens(1, 100)
     assert running.subscribers == other.subscribers == third.subscribers == 0
     await third_client.aclose()
+
+
+async def test_a_backlog_read_elsewhere_goes_out_in_chunks_of_whole_events(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    running, other = brokers
+    topic = running.open("message:13")
+    for size in [10_000] * 30 + [3 * CHUNK_BYTES] + [10_000] * 10:
+        topic.publish("token", {"text": "x" * size})
+    topic.close()
+    found = await until(lambda: _closed(other.find("message:13")), what="the end in Redis")
+    async with other.subscribe(found, 0, 60) as subscription:
+        chunks = [chunk async for chunk in within(subscription)]
+    assert b"".join(chunks) == b"".join(topic.events)
+    assert len(chunks) > 3
+    for chunk in chunks:
+        assert len(chunk) <= CHUNK_BYTES or chunk in topic.events
 
 
 async def test_the_running_process_finds_its_own_topic_not_a_copy(

@@ -1,0 +1,64 @@
+"""What `chat.services` opens for live state: this process's broker, or with `SIDECHAT_REDIS_URL`
+one shared through Redis, and the cancel requests of other processes heard while it serves.
+
+Both helpers take the in-memory case as it is today (a plain `Broker`, nothing listened to), so
+`open_services` calls them unconditionally and one process without Redis is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import RedisError
+
+from .broker import Broker
+from .config import Settings
+from .redis_broker import RedisBroker, open_redis
+from .redis_cancel import CancelAnswer, cancel_elsewhere, listening
+from .redis_keys import Keys
+from .running import Generations
+
+log = logging.getLogger("sidechat.redis")
+
+CANCEL_SECONDS = 30.0  # how long a cancel waits for the process running the reply to answer
+
+
+@asynccontextmanager
+async def live_broker(settings: Settings) -> AsyncIterator[Broker]:
+    """The broker for `settings`; a shared one lets its copies finish writing on the way out."""
+    if not settings.redis_url:
+        yield Broker(retention=settings.replay_seconds)
+        return
+    redis = open_redis(settings.redis_url)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:  # not fatal: the copies and listeners retry until it is back
+        log.warning("Redis (SIDECHAT_REDIS_URL) does not answer yet: %s", exc)
+    broker = RedisBroker(redis, retention=settings.replay_seconds, keys=Keys(settings.redis_prefix))
+    try:
+        yield broker
+    finally:
+        try:
+            await broker.aclose(settings.shutdown_grace_seconds)
+        finally:
+            await redis.aclose()
+
+
+@asynccontextmanager
+async def cancels_heard(broker: Broker, generations: Generations) -> AsyncIterator[None]:
+    """While the block lasts, other processes' cancels stop this one's generations."""
+    if not isinstance(broker, RedisBroker):
+        yield
+        return
+    async with listening(broker.redis, broker.keys, generations):
+        yield
+
+
+async def cancel_in_another_process(broker: Broker, message_id: int) -> CancelAnswer | None:
+    """Stop `message_id` wherever it runs, for a cancel this process could not do itself; None
+    when no process runs it (and always, without Redis: then this process runs everything)."""
+    if not isinstance(broker, RedisBroker):
+        return None
+    return await cancel_elsewhere(broker.redis, broker.keys, message_id, timeout=CANCEL_SECONDS)
