@@ -1,8 +1,10 @@
 """What `chat.services` opens for live state: this process's broker, or with `SIDECHAT_REDIS_URL`
 one shared through Redis, and the cancel requests of other processes heard while it serves.
 
-Both helpers take the in-memory case as it is today (a plain `Broker`, nothing listened to), so
-`open_services` calls them unconditionally and one process without Redis is unchanged.
+The helpers take the in-memory case as it is today (a plain `Broker`, nothing listened to), so
+`open_services` calls them unconditionally and one process without Redis is unchanged. The
+`redis` package (the `scale` extra) is imported only when SIDECHAT_REDIS_URL is set: without
+it, sidechat runs on its base dependencies.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from .broker import Broker
 from .config import Settings
-from .redis_broker import RedisBroker, open_redis
-from .redis_cancel import CancelAnswer, cancel_elsewhere, listening
-from .redis_keys import Keys
 from .running import Generations
+
+if TYPE_CHECKING:
+    from .redis_cancel import CancelAnswer
 
 log = logging.getLogger("sidechat.redis")
 
@@ -31,6 +32,11 @@ async def live_broker(settings: Settings) -> AsyncIterator[Broker]:
     if not settings.redis_url:
         yield Broker(retention=settings.replay_seconds)
         return
+    from redis.exceptions import RedisError
+
+    from .redis_broker import RedisBroker, open_redis
+    from .redis_keys import Keys
+
     redis = open_redis(settings.redis_url)
     try:
         await redis.ping()
@@ -49,9 +55,13 @@ async def live_broker(settings: Settings) -> AsyncIterator[Broker]:
 @asynccontextmanager
 async def cancels_heard(broker: Broker, generations: Generations) -> AsyncIterator[None]:
     """While the block lasts, other processes' cancels stop this one's generations."""
-    if not isinstance(broker, RedisBroker):
+    if type(broker) is Broker:
         yield
         return
+    from .redis_broker import RedisBroker
+    from .redis_cancel import listening
+
+    assert isinstance(broker, RedisBroker), broker
     async with listening(broker.redis, broker.keys, generations):
         yield
 
@@ -59,6 +69,10 @@ async def cancels_heard(broker: Broker, generations: Generations) -> AsyncIterat
 async def cancel_in_another_process(broker: Broker, message_id: int) -> CancelAnswer | None:
     """Stop `message_id` wherever it runs, for a cancel this process could not do itself; None
     when no process runs it (and always, without Redis: then this process runs everything)."""
-    if not isinstance(broker, RedisBroker):
+    if type(broker) is Broker:
         return None
+    from .redis_broker import RedisBroker
+    from .redis_cancel import cancel_elsewhere
+
+    assert isinstance(broker, RedisBroker), broker
     return await cancel_elsewhere(broker.redis, broker.keys, message_id, timeout=CANCEL_SECONDS)

@@ -3,6 +3,8 @@ through Redis under SIDECHAT_REDIS_PREFIX with it, and cancels heard only then."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import TYPE_CHECKING
 
 import pytest
@@ -16,7 +18,7 @@ from chat.redis_services import cancel_in_another_process, cancels_heard, live_b
 from chat.running import Generations
 from chat.store_none import MemoryStore
 from tests.live import until
-from tests.processes import free_port
+from tests.processes import ROOT, free_port
 
 if TYPE_CHECKING:
     from chat.redis_keys import Keys
@@ -63,3 +65,20 @@ async def test_a_redis_that_does_not_answer_at_start_up_does_not_stop_it(redis_k
         assert isinstance(broker, RedisBroker)
         topic = broker.open("message:1")  # publishing goes on: the copy retries in the background
         assert topic.publish("start", {}) == 1
+
+
+def test_without_a_redis_url_the_redis_package_is_not_imported() -> None:
+    """`redis` is the `scale` extra: sidechat on its base dependencies must start without it."""
+    code = (
+        "import sys, asyncio\n"
+        "from chat.config import Settings\n"
+        "from chat.redis_services import live_broker\n"
+        "async def main():\n"
+        "    async with live_broker(Settings()):\n"
+        "        pass\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
