@@ -30,6 +30,7 @@ from .endpoints import body_of, current_user, last_event_id, path_id, route, ser
 from .errors import Conflict, NotFound
 from .outcome import CANCELLED
 from .records import Message
+from .redis_services import cancel_in_another_process
 from .responses import EventStreamResponse
 from .rewrites import edit, regenerate
 from .sync import conversation_events, typing, user_events
@@ -146,11 +147,20 @@ async def cancel(request: Request) -> Response:
     message = await reply_of(request)
     message_id = message.id
     generation = app.generations.get(message_id)
-    if generation is None or not await app.generations.stop(generation, CANCELLED):
+    if generation is None and (elsewhere := await cancel_in_another_process(app.broker, message_id)):
+        if not elsewhere.stopped or elsewhere.message is None:
+            status = elsewhere.message["status"] if elsewhere.message else message.status
+            raise Conflict(f"message {message_id} has already finished", status=status)
+        if not elsewhere.finished:
+            return JSONResponse({"message": elsewhere.message})
+        generation = None
+    elif generation is None or not await app.generations.stop(generation, CANCELLED):
         final = generation.final_row() if generation is not None else None
         status = final.status if final is not None else message.status  # not a stale `streaming`
         raise Conflict(f"message {message_id} has already finished", status=status)
-    if not generation.finished.is_set():  # the database refuses its end for now: it will say this
+    if (
+        generation is not None and not generation.finished.is_set()
+    ):  # the database refuses its end for now: it will say this
         final = generation.final_row()
         assert final is not None
         return JSONResponse({"message": final.as_json()})

@@ -18,7 +18,7 @@ from .sse import encode_event
 async def reply_events(services: Services, user: str, message: Message, after: int) -> Events | None:
     """The events of `message` after id `after`; None when the client has them all."""
     heartbeat = services.settings.heartbeat_seconds
-    topic = services.broker.get(topic_name(message.id))
+    topic = await services.broker.find(topic_name(message.id))
     if topic is not None:
         if topic.closed and after >= topic.last_id:
             return None

@@ -25,6 +25,7 @@ from .prices import load_prices
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
+from .redis_services import cancels_heard, live_broker
 from .running import Generations
 from .store import StorageFailed, Store
 from .store_none import LINGER_SECONDS, MemoryStore
@@ -82,8 +83,10 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
             first_token=settings.first_token_timeout,
             idle=settings.idle_timeout,
         )
-        async with upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client:
-            broker = Broker(retention=settings.replay_seconds)
+        async with (
+            upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client,
+            live_broker(settings) as broker,
+        ):
             feeds = Feeds(broker, settings)
             keeper = Keeper(
                 store,
@@ -104,17 +107,18 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
             # With nothing stored there is no database to check: ready whenever it answers.
             readiness = await Readiness.open(settings.db, keeper) if settings.stored else None
             try:
-                yield Services(
-                    settings,
-                    store,
-                    broker,
-                    generations,
-                    providers,
-                    Limits(settings),
-                    feeds,
-                    readiness,
-                    telemetry,
-                )
+                async with cancels_heard(broker, generations):
+                    yield Services(
+                        settings,
+                        store,
+                        broker,
+                        generations,
+                        providers,
+                        Limits(settings),
+                        feeds,
+                        readiness,
+                        telemetry,
+                    )
             finally:
                 try:
                     await generations.begin_shutdown(settings.shutdown_grace_seconds)
