@@ -192,10 +192,10 @@ class PgDatabase:
         with self._telemetry.db_write(sql):
             return await self._run(lambda: self._pool.fetch(sql, *_texts(args)))
 
-    async def write(self, sql: str, *args: Any) -> int:
-        """A write's row count."""
+    async def write(self, sql: str, *args: Any, timeout: float | None = None) -> int:
+        """A write's row count; `timeout` in place of the pool's for this one statement."""
         with self._telemetry.db_write(sql):
-            status = await self._run(lambda: self._pool.execute(sql, *_texts(args)))
+            status = await self._run(lambda: self._pool.execute(sql, *_texts(args), timeout=timeout))
         return int(status.rpartition(" ")[2])
 
     async def ping(self) -> bool:

@@ -1,8 +1,9 @@
 """Which store a `db` setting (SIDECHAT_DB / --db) opens: a SQLite file by its path, as ever,
 or PostgreSQL by a `postgresql://` (or `postgres://`) URL.
 
-`chat.services.open_store` calls `open_database` where it opened `Store` itself; the
-SQLite path goes straight to `Store.open`, so it is exactly as it was.
+`chat.services` calls `open_database` where it opened `Store` itself, and `open_readiness`
+where it opened `Readiness`; the SQLite path goes straight to `Store.open` and
+`Readiness.open`, so it is exactly as it was.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .config import Settings
 from .errors import StartupError
+from .keeping import Keeper
+from .readiness import Readiness
 from .store import Store
 from .telemetry import NOTHING, Telemetry
 
@@ -45,3 +48,14 @@ async def open_database(settings: Settings, telemetry: Telemetry = NOTHING) -> S
 
         return await PgStore.open(settings.db, busy_timeout=settings.db_busy_timeout, telemetry=telemetry)
     return await Store.open(settings.db, busy_timeout=settings.db_busy_timeout, telemetry=telemetry)
+
+
+async def open_readiness(settings: Settings, store: Store, keeper: Keeper) -> Readiness | None:
+    """What `/readyz` asks of the database `store` is on (see `Readiness.open` for None)."""
+    if is_postgres(settings.db):
+        from .pg_readiness import PgReadiness
+        from .pg_store import PgStore
+
+        assert isinstance(store, PgStore), store
+        return PgReadiness(store._pg, keeper)
+    return await Readiness.open(settings.db, keeper)

@@ -8,17 +8,22 @@ import asyncio
 import inspect
 import re
 import socket
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from chat.config import Settings
 from chat.errors import StartupError
+from chat.keeping import Keeper
 from chat.pg_database import LATEST, reason_of
+from chat.pg_readiness import PgReadiness
 from chat.pg_store import PgStore
 from chat.pg_usage import PgUsage
+from chat.readiness import Readiness
 from chat.store import KeyTaken, NotLatest, StorageFailed, Store
-from chat.stores import is_postgres, open_database, shown
+from chat.stores import is_postgres, open_database, open_readiness, shown
+from tests.live import until
 from tests.postgres import Postgres, postgres_server
 from tests.processes import free_port
 
@@ -213,3 +218,30 @@ async def test_a_server_that_never_answers_stops_start_up_in_time() -> None:
     finally:
         silent.close()
     assert reason_of(TimeoutError()) == "the database did not answer in time"
+
+
+async def test_readiness_writes_its_row_and_says_when_the_server_is_gone(tmp_path: Path) -> None:
+    with postgres_server() as server:
+        settings = Settings(db=server.database())
+        store = await open_database(settings)
+        keeper = Keeper(store, checkpoint_seconds=0.0, checkpoint_chars=0, max_pending=10)
+        readiness = await open_readiness(settings, store, keeper)
+        try:
+            assert isinstance(readiness, PgReadiness)
+            assert await readiness.problem(deep=True) is None
+            assert await scalar(settings.db, "SELECT count(*) FROM readiness") == 1
+            server.stop()
+            problem = await readiness.problem()
+            assert problem is not None and problem.startswith("the database cannot be written: the ")
+            server.start()
+            assert await until(lambda: _ready(readiness), what="readiness once the server is back")
+        finally:
+            await readiness.close()
+            await store.close()
+    sqlite = await open_readiness(Settings(db=str(tmp_path / "chat.db")), store, keeper)
+    assert isinstance(sqlite, Readiness) and not isinstance(sqlite, PgReadiness)  # SQLite's, as before
+    await sqlite.close()
+
+
+async def _ready(readiness: Readiness) -> bool:
+    return await readiness.problem() is None
