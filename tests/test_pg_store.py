@@ -8,6 +8,8 @@ import asyncio
 import inspect
 import re
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
@@ -23,6 +25,7 @@ from chat.pg_usage import PgUsage
 from chat.readiness import Readiness
 from chat.store import KeyTaken, NotLatest, StorageFailed, Store
 from chat.stores import is_postgres, open_database, open_readiness, shown
+from chat.telemetry import Sink, Telemetry
 from tests.live import until
 from tests.postgres import Postgres, postgres_server
 from tests.processes import free_port
@@ -245,3 +248,33 @@ async def test_readiness_writes_its_row_and_says_when_the_server_is_gone(tmp_pat
 
 async def _ready(readiness: Readiness) -> bool:
     return await readiness.problem() is None
+
+
+class Writes(Sink):
+    """Every statement the store sends as a write, in order."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @contextmanager
+    def db_write(self, what: str) -> Iterator[None]:
+        self.sent.append(what.split()[0])
+        yield
+
+
+async def test_the_hot_path_is_one_statement_per_write_and_triggers_keep_the_rest(url: str) -> None:
+    writes = Writes()
+    store = await PgStore.open(url, telemetry=Telemetry([writes]))
+    try:
+        conversation = await store.create_conversation("local")
+        writes.sent.clear()
+        _, reply = await store.start_turn(conversation.id, "hi", metadata={}, earlier=[("user", "before")])
+        await store.checkpoint_message(reply.id, "partial")
+        await store.finish_message(reply.id, status="completed", content="done", metadata={}, last_event_id=3)
+        assert writes.sent == ["INSERT", "UPDATE", "UPDATE"]
+        ended = await store.get_message("local", reply.id)
+        seen = await store.get_conversation("local", conversation.id)
+        assert ended is not None and seen is not None
+        assert seen.updated_at == ended.completed_at and seen.message_count == 3  # the triggers
+    finally:
+        await store.close()
