@@ -23,6 +23,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -37,9 +38,11 @@ from .telemetry import NOTHING, Telemetry
 from .upgrades import TooNew
 
 T = TypeVar("T")
+log = logging.getLogger("sidechat")
 
 LOCK = 0x51DEC4A7  # the advisory lock that start-ups take in turn to apply the schema
-STEPS: tuple[Callable[[asyncpg.Connection], Awaitable[None]], ...] = ()  # version 2 onward
+Step = Callable[[asyncpg.Connection], Awaitable[None]]  # what `IF NOT EXISTS` cannot do
+STEPS: tuple[Step, ...] = ()  # the steps to version 2, 3, ...: none yet
 LATEST = 1 + len(STEPS)
 # What a statement raises when the database is unreachable, gone or refusing.
 FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -103,24 +106,28 @@ async def _prepare(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=encode_json, decoder=json.loads, schema="pg_catalog")
 
 
-async def apply_schema(connection: asyncpg.Connection, schema: str) -> int:
-    """Bring the database to `LATEST`; answers the version it had (0: new). `TooNew` when
-    another sidechat made it newer; a failure changes nothing (one transaction)."""
+async def apply_schema(connection: asyncpg.Connection, schema: str, steps: Sequence[Step] = STEPS) -> int:
+    """Bring the database to its newest version (1 + the steps); answers the version it had
+    (0: new). `TooNew` when another sidechat made it newer; a failure changes nothing (one
+    transaction). A step runs only on a database older than it, before `schema`."""
+    latest = 1 + len(steps)
     async with connection.transaction():
         await connection.execute("SELECT pg_advisory_xact_lock($1)", LOCK)
         exists = await connection.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
         found = int(await connection.fetchval("SELECT version FROM schema_version") or 0) if exists else 0
-        if found > LATEST:
-            raise TooNew(found, LATEST)
+        if found > latest:
+            raise TooNew(found, latest)
         if found:
-            for step in STEPS[found - 1 :]:
+            for step in steps[found - 1 :]:
                 await step(connection)
         await connection.execute(schema)
         await connection.execute(
             "INSERT INTO schema_version (id, version) VALUES (1, $1)"
             " ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-            LATEST,
+            latest,
         )
+    if found and found < latest:
+        log.info("database schema upgraded from version %d to %d", found, latest)
     return found
 
 

@@ -18,14 +18,16 @@ import pytest
 from chat.config import Settings
 from chat.errors import StartupError
 from chat.keeping import Keeper
-from chat.pg_database import LATEST, reason_of
+from chat.pg_database import LATEST, apply_schema, reason_of
 from chat.pg_readiness import PgReadiness
 from chat.pg_store import PgStore
 from chat.pg_usage import PgUsage
 from chat.readiness import Readiness
+from chat.resources import resource
 from chat.store import KeyTaken, NotLatest, StorageFailed, Store
 from chat.stores import is_postgres, open_database, open_readiness, shown
 from chat.telemetry import Sink, Telemetry
+from chat.upgrades import TooNew
 from tests.live import until
 from tests.postgres import Postgres, postgres_server
 from tests.processes import free_port
@@ -278,3 +280,29 @@ async def test_the_hot_path_is_one_statement_per_write_and_triggers_keep_the_res
         assert seen.updated_at == ended.completed_at and seen.message_count == 3  # the triggers
     finally:
         await store.close()
+
+
+async def test_an_older_database_takes_its_steps_once_and_a_failed_step_changes_nothing(url: str) -> None:
+    schema = resource("schema_pg.sql").read_text()
+    ran: list[str] = []
+
+    async def add_column(connection: asyncpg.Connection) -> None:
+        ran.append("step 2")
+        await connection.execute("ALTER TABLE messages ADD COLUMN tokens integer")
+
+    async def refused(connection: asyncpg.Connection) -> None:
+        raise RuntimeError("step 3 went wrong")
+
+    connection = await asyncpg.connect(url)
+    try:
+        assert await apply_schema(connection, schema, ()) == 0  # new: made whole at version 1
+        assert await apply_schema(connection, schema, (add_column,)) == 1
+        assert await apply_schema(connection, schema, (add_column,)) == 2  # done: not again
+        assert ran == ["step 2"]
+        with pytest.raises(RuntimeError, match="step 3"):
+            await apply_schema(connection, schema, (add_column, refused))
+        assert await connection.fetchval("SELECT version FROM schema_version") == 2
+        with pytest.raises(TooNew):
+            await apply_schema(connection, schema, ())
+    finally:
+        await connection.close()
