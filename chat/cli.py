@@ -39,6 +39,7 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
     from .errors import StartupError
     from .logs import configure as configure_logs
+    from .stores import shown
 
     try:
         settings = Settings.from_env().override(host=args.host, port=args.port, db=args.db)
@@ -47,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
         print(f"sidechat cannot start: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     configure_logs(settings.log_format)
-    stored = f"database {settings.db}" if settings.stored else "storing nothing (SIDECHAT_STORE=none)"
+    stored = f"database {shown(settings.db)}" if settings.stored else "storing nothing (SIDECHAT_STORE=none)"
     logging.getLogger("sidechat").info("provider %s; %s", settings.provider, stored)
     # No proxy headers: the trusted user header is believed by the address of the peer itself,
     # which uvicorn would otherwise replace with whatever X-Forwarded-For says; the log's client

@@ -29,6 +29,7 @@ from .redis_services import cancels_heard, live_broker
 from .running import Generations
 from .store import StorageFailed, Store
 from .store_none import LINGER_SECONDS, MemoryStore
+from .stores import open_database, open_readiness, shown
 from .telemetry import NOTHING, Telemetry
 from .transport import upstream_client
 
@@ -58,14 +59,14 @@ async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Stor
             settings.replay_seconds,
         )
         return MemoryStore(keep_seconds=settings.replay_seconds + LINGER_SECONDS)
-    store = await Store.open(settings.db, busy_timeout=settings.db_busy_timeout, telemetry=telemetry)
+    store = await open_database(settings, telemetry)
     try:
         interrupted = await store.interrupt_streaming(events.INTERRUPTED)
     except BaseException as exc:
         await store.close()
         if isinstance(exc, StorageFailed):
             raise StartupError(
-                f"cannot write to the database {settings.db} (SIDECHAT_DB or --db): {exc}"
+                f"cannot write to the database {shown(settings.db)} (SIDECHAT_DB or --db): {exc}"
             ) from None
         raise
     if interrupted:
@@ -105,7 +106,7 @@ async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> A
             )
             providers = build_providers(settings, client, timeouts, telemetry)
             # With nothing stored there is no database to check: ready whenever it answers.
-            readiness = await Readiness.open(settings.db, keeper) if settings.stored else None
+            readiness = await open_readiness(settings, store, keeper) if settings.stored else None
             try:
                 async with cancels_heard(broker, generations):
                     yield Services(
