@@ -27,6 +27,7 @@ from .providers.deadlines import Timeouts
 from .readiness import Readiness
 from .redis_services import cancels_heard, live_broker
 from .running import Generations
+from .single import sole_process
 from .store import StorageFailed, Store
 from .store_none import LINGER_SECONDS, MemoryStore
 from .stores import open_database, open_readiness, shown
@@ -77,6 +78,13 @@ async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Stor
 @asynccontextmanager
 async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> AsyncIterator[Services]:
     """Everything the routes need; on the way out, running generations get the grace period."""
+    with sole_process(settings):
+        async with _opened(settings, telemetry) as services:
+            yield services
+
+
+@asynccontextmanager
+async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Services]:
     store = await open_store(settings, telemetry)
     try:
         timeouts = Timeouts(
