@@ -91,11 +91,19 @@ def maintain(args: argparse.Namespace, work: Callable[[Settings], Coroutine[Any,
     what it answers, or its one-line error."""
     from .errors import StartupError
     from .maintenance import CommandError
+    from .stores import is_postgres, shown
 
     try:
         settings = Settings.from_env().override(db=args.db)
     except ConfigError as exc:
         print(f"sidechat {args.name}: {exc}", file=sys.stderr)
+        return 2
+    if is_postgres(settings.db):  # these work on the SQLite file; PostgreSQL has its own tools
+        print(
+            f"sidechat {args.name}: works on a SQLite database, and {shown(settings.db)} is PostgreSQL:"
+            " use pg_dump for backups and export, and psql for the rest",
+            file=sys.stderr,
+        )
         return 2
     try:
         said = asyncio.run(work(settings))

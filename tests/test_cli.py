@@ -137,3 +137,14 @@ async def test_a_database_locked_by_another_process_stops_start_up_saying_so(tmp
     errors = [line for line in result.stderr.splitlines() if "cannot start" in line]
     assert len(errors) == 1 and str(db) in errors[0] and "SIDECHAT_DB" in errors[0] and "locked" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["stats"], ["prune", "--days", "1"], ["export", "--conversation", "1"], ["backup", "/tmp/x.db"]],
+)
+async def test_a_maintenance_command_on_postgresql_points_at_its_own_tools(command: list[str]) -> None:
+    ran = await run([PYTHON, "-m", "chat", *command, "--db", "postgresql://sidechat:s3cret@db.example/chat"])
+    assert ran.returncode == 2
+    assert "is PostgreSQL: use pg_dump" in ran.stderr and "s3cret" not in ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1
