@@ -213,8 +213,10 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """503 with the reason when this process should not get traffic (it cannot store what it
     is sent); `?deep=1` also checks the database's integrity."""
-    readiness = services(request).readiness
+    app = services(request)
+    readiness = app.readiness
     problem = await readiness.problem(deep=request.query_params.get("deep") == "1") if readiness else None
+    problem = problem or await app.broker.problem()
     if problem is not None:
         return JSONResponse({"status": "unavailable", "reason": problem}, status_code=503)
     return _ok(request)

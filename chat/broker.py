@@ -255,6 +255,10 @@ class Broker:
         self._expire()
         return self._topics.get(name)
 
+    async def problem(self) -> str | None:
+        """Why what is live cannot be shared now (`/readyz`); in memory there is nothing to share."""
+        return None
+
     async def find(self, name: str) -> Topic | None:
         """The topic wherever it runs: here, `get`; a shared broker (`chat.redis_broker`) also
         looks for one another process runs. For attaching, never on the per-token path."""

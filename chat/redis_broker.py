@@ -79,6 +79,15 @@ class RedisBroker(Broker):
         task.add_done_callback(self._copies.pop)
         return topic
 
+    async def problem(self) -> str | None:
+        """Redis not answering a PING within a second: this process cannot share what is live."""
+        try:
+            async with asyncio.timeout(1.0):
+                await self.redis.ping()
+        except (TimeoutError, OSError, RedisError) as exc:
+            return f"Redis (SIDECHAT_REDIS_URL) is unreachable: {type(exc).__name__}"
+        return None
+
     async def find(self, name: str) -> Topic | None:
         """This process's topic of that name, else the stream another one writes (how far it had
         got, and whether it had ended, when we looked); None when neither exists."""
