@@ -2,21 +2,33 @@
 on the session's PostgreSQL (tests/postgres.py). A test that must reach under the store
 (to set a time outright, count rows, make the database refuse a write) does it through
 `Backend`, in SQL both dialects read, with `?` for each parameter.
+
+A test served over HTTP (the `database` fixture, and `client` in tests/conftest.py) runs on
+SQLite alone unless it, or its module, is marked `every_backend`; a test about SQLite itself
+(its file, its locking, WAL, the CLI's db commands) inside such a module is marked
+`sqlite_only`, so it still runs, once, where it means something.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from chat.config import Settings
 from chat.store import Store
 from chat.stores import open_database
 
 BACKENDS = ("sqlite", "postgres")
+
+every_backend = pytest.mark.backends(*BACKENDS)
+sqlite_only = pytest.mark.backends("sqlite")
 
 
 def numbered(sql: str) -> str:
@@ -78,3 +90,18 @@ class Backend:
     def refused(self) -> type[Exception]:
         """What a statement the database refuses (as `refuse_marks` makes it) raises."""
         return sqlite3.IntegrityError if self.kind == "sqlite" else asyncpg.RaiseError
+
+
+@contextmanager
+def new_backend(kind: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """A database of a test's own: a SQLite file in `directory`, or a new database on the
+    session's PostgreSQL (the `postgres` fixture), dropped after."""
+    if kind == "sqlite":
+        yield Backend("sqlite", str(directory / "chat.db"))
+        return
+    server = request.getfixturevalue("postgres")
+    url = server.database()
+    try:
+        yield Backend("postgres", url)
+    finally:
+        server.drop(url)

@@ -14,12 +14,25 @@ from playwright.async_api import Browser
 
 from chat.config import Settings
 from chat.store import Store
-from tests.backends import BACKENDS, Backend
+from tests.backends import BACKENDS, Backend, new_backend
 from tests.browser import Console, chromium
 from tests.fakeupstream import FakeUpstream
 from tests.live import serve, until
 from tests.postgres import Postgres, postgres_server
 from tests.processes import free_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*kinds): the databases a served test runs on (tests/backends.py)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`database` is each backend the closest `backends` mark names, else SQLite alone."""
+    if "database" in metafunc.fixturenames:
+        marked = metafunc.definition.get_closest_marker("backends")
+        metafunc.parametrize("database", marked.args if marked else ("sqlite",), indirect=True)
 
 
 @pytest.fixture
@@ -38,13 +51,16 @@ def postgres() -> Iterator[Postgres]:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each database a store runs on, new for the test: a SQLite file of its own, or a new
     database on the session's PostgreSQL."""
-    if request.param == "sqlite":
-        yield Backend("sqlite", str(tmp_path / "chat.db"))
-        return
-    server: Postgres = request.getfixturevalue("postgres")
-    url = server.database()
-    yield Backend("postgres", url)
-    server.drop(url)
+    with new_backend(request.param, tmp_path, request) as made:
+        yield made
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """The database a served test's sidechat keeps (`SIDECHAT_DB`): SQLite's file, and a new
+    PostgreSQL database too where the test is marked `every_backend` (tests/backends.py)."""
+    with new_backend(request.param, tmp_path, request) as made:
+        yield made
 
 
 @pytest.fixture
@@ -78,10 +94,12 @@ def settings_for(upstream: FakeUpstream, tmp_path: Path, **changes: object) -> S
 
 @pytest.fixture
 async def client(
-    upstream: FakeUpstream, tmp_path: Path, request: pytest.FixtureRequest
+    upstream: FakeUpstream, tmp_path: Path, database: Backend, request: pytest.FixtureRequest
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of sidechat on a real uvicorn server; parametrize indirectly to change settings."""
-    async with serve(settings_for(upstream, tmp_path, **getattr(request, "param", {}))) as url:
+    """A client of sidechat on a real uvicorn server, keeping its data in `database`;
+    parametrize indirectly to change settings."""
+    changes = {"db": database.db, **getattr(request, "param", {})}
+    async with serve(settings_for(upstream, tmp_path, **changes)) as url:
         async with httpx.AsyncClient(base_url=url, timeout=10) as http:
             yield http
 

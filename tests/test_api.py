@@ -7,22 +7,22 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from chat.config import Settings
 from chat.providers.demo import demo_reply
+from tests.backends import Backend, every_backend
 from tests.live import chat_stream, half_a_body, serve, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def client(database: Backend) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(
-        db=str(tmp_path / "chat.db"),
+        db=database.db,
         provider="demo",
         demo_delay=0.0,
         max_body_bytes=4096,
@@ -385,8 +385,10 @@ async def test_an_idempotency_key_that_is_empty_or_too_long_is_422(
     assert "idempotency_key" in error_of(response)["fields"]  # type: ignore[operator]
 
 
-async def test_a_body_that_never_finishes_arriving_is_408_and_the_connection_closed(tmp_path: Path) -> None:
-    settings = Settings(db=str(tmp_path / "chat.db"), provider="demo", body_timeout=0.2)
+async def test_a_body_that_never_finishes_arriving_is_408_and_the_connection_closed(
+    database: Backend,
+) -> None:
+    settings = Settings(db=database.db, provider="demo", body_timeout=0.2)
     async with serve(settings) as url:
         reader, writer = await half_a_body(url)
         answer = await asyncio.wait_for(reader.read(), timeout=5)  # to the end: the server closes

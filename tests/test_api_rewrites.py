@@ -9,10 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.backends import every_backend
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
 from tests.live import EventReader, read_stream, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 
 FAILED = Reply(
     status=400,

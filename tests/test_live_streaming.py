@@ -7,10 +7,11 @@ import asyncio
 import httpx
 import pytest
 
+from tests.backends import every_backend
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
 from tests.live import EventReader, chat_stream, read_stream
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 
 
 async def test_stream_answers_with_spec_headers_and_event_order(

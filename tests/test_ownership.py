@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from chat.config import Settings
+from tests.backends import Backend, every_backend
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
 from tests.live import serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210ab"
@@ -45,10 +46,10 @@ def client(url: str, token: str | None) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def world(upstream: FakeUpstream, tmp_path: Path) -> AsyncIterator[World]:
+async def world(upstream: FakeUpstream, tmp_path: Path, database: Backend) -> AsyncIterator[World]:
     held = asyncio.Event()  # never set: the second reply runs until the server stops
     upstream.add(Reply(openai_reply("hello there")), Reply([openai_chunk("and"), held]))
-    settings = settings_for(upstream, tmp_path, api_tokens=((ALICE, "alice"), (BOB, "bob")))
+    settings = settings_for(upstream, tmp_path, db=database.db, api_tokens=((ALICE, "alice"), (BOB, "bob")))
     async with serve(settings) as url:
         async with client(url, ALICE) as alice, client(url, BOB) as bob, client(url, None) as anonymous:
             done = await alice.post("/api/chat", json={"message": "hello", "wait": True})
@@ -209,10 +210,8 @@ async def test_nothing_was_stored_for_refused_requests(world: World) -> None:
 
 
 @pytest.fixture
-async def header_world(tmp_path: Path) -> AsyncIterator[str]:
-    settings = Settings(
-        db=str(tmp_path / "chat.db"), provider="demo", demo_delay=0.0, trusted_user_header="x-user"
-    )
+async def header_world(database: Backend) -> AsyncIterator[str]:
+    settings = Settings(db=database.db, provider="demo", demo_delay=0.0, trusted_user_header="x-user")
     async with serve(settings) as url:
         yield url
 

@@ -7,17 +7,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from chat.config import Settings
+from tests.backends import Backend, every_backend
 from tests.fakeupstream import FakeUpstream, Reply, Step, openai_chunk, sse
 from tests.live import EventReader, chat_stream, serve, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-0123456789ab"
 
@@ -52,10 +52,10 @@ class Server:
 
 @pytest.fixture
 async def server(
-    upstream: FakeUpstream, tmp_path: Path, request: pytest.FixtureRequest
+    upstream: FakeUpstream, database: Backend, request: pytest.FixtureRequest
 ) -> AsyncIterator[Server]:
     settings = Settings(
-        db=str(tmp_path / "chat.db"),
+        db=database.db,
         provider="openai",
         openai_api_key="sk-test",
         openai_base_url=upstream.url,
