@@ -93,14 +93,17 @@ class Backend:
 
 
 @contextmanager
-def new_backend(kind: str, directory: Path, request: pytest.FixtureRequest) -> Iterator[Backend]:
+def new_backend(
+    kind: str, directory: Path, request: pytest.FixtureRequest, *, schema: bool = False
+) -> Iterator[Backend]:
     """A database of a test's own: a SQLite file in `directory`, or a new database on the
-    session's PostgreSQL (the `postgres` fixture), dropped after."""
+    session's PostgreSQL (the `postgres` fixture), dropped after; with `schema`, a Postgres
+    one has sidechat's schema already (tests/postgres.py), as a served test needs."""
     if kind == "sqlite":
         yield Backend("sqlite", str(directory / "chat.db"))
         return
     server = request.getfixturevalue("postgres")
-    url = server.database()
+    url = server.database(schema=schema)
     try:
         yield Backend("postgres", url)
     finally:

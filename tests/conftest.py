@@ -59,7 +59,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """The database a served test's sidechat keeps (`SIDECHAT_DB`): SQLite's file, and a new
     PostgreSQL database too where the test is marked `every_backend` (tests/backends.py)."""
-    with new_backend(request.param, tmp_path, request) as made:
+    with new_backend(request.param, tmp_path, request, schema=True) as made:
         yield made
 
 
