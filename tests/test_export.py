@@ -10,12 +10,14 @@ import pytest
 
 from chat.export import as_markdown, status_note
 from chat.records import Conversation, Message
+from tests.backends import sqlite_only
 from tests.fakeupstream import FakeUpstream
 from tests.processes import run
 from tests.test_cli import SIDECHAT
 from tests.workload import busy, command_while_chatting, sidechat
 
-pytestmark = pytest.mark.anyio
+# `sidechat export` reads a SQLite file (the CLI is to refuse postgresql://, issue 15).
+pytestmark = [pytest.mark.anyio, sqlite_only]
 
 
 async def test_json_is_what_the_api_answers_for_the_conversation(

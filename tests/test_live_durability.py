@@ -18,12 +18,13 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.backends import sqlite_only
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
 from tests.live import EventReader, serve, until
 from tests.processes import PYTHON, ROOT, free_port, running
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, sqlite_only]  # about SQLite itself: its file locked, replaced, its WAL
 
 HOLD_LOCK = """
 import sqlite3, sys
