@@ -1,7 +1,7 @@
 """The Server-Sent Events wire format, both ways.
 
 Upstream we decode provider streams with `SSEDecoder`, and
-newline-delimited streams with the `LineDecoder` it is built on; downstream we
+newline-delimited JSON (Ollama's) with `NDJSONDecoder`, both built on `LineDecoder`; downstream we
 write our own events with `encode_event`, `PING` and `retry_field`. The decoder
 follows the WHATWG event-stream rules:
 https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation
@@ -232,3 +232,25 @@ def retry_field(milliseconds: int) -> bytes:
     if milliseconds < 0:
         raise ValueError(f"retry must be a non-negative number of ms: {milliseconds}")
     return f"retry: {milliseconds}\n\n".encode()
+
+
+class NDJSONDecoder:
+    """One JSON document per line, as events: blank lines are skipped, and the body's end
+    ends its last line too (only JSON can tell whether it was whole)."""
+
+    def __init__(self, max_bytes: int | None = None) -> None:
+        self._lines = LineDecoder(max_bytes)
+
+    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
+        try:
+            lines = self._lines.feed(chunk)
+        except TooLong as exc:
+            raise TooLong(str(exc), [line_event(line) for line in exc.completed if line.strip()]) from None
+        return [line_event(line) for line in lines if line.strip()]
+
+    def close(self) -> list[ServerSentEvent]:
+        return [line_event(line) for line in self._lines.close() if line.strip()]
+
+
+def line_event(line: bytes) -> ServerSentEvent:
+    return ServerSentEvent(data=line.decode("utf-8", "replace"))

@@ -104,6 +104,7 @@ async def test_a_client_continues_with_its_tools_results(upstream: FakeUpstream,
     assert answer.parse().choices[0].message.content == "It is 21 degrees."
     assert upstream.requests[0].json()["messages"] == history
     assert [(m["role"], m["content"]) for m in stored] == [
+        ("user", "Say hello"),  # a new conversation keeps what it was sent; the call has no row
         ("user", '{"celsius": 21}'),  # what the client sent this time: its tool's result
         ("assistant", "It is 21 degrees."),
     ]

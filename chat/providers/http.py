@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import httpx
 
-from ..sse import LineDecoder, ServerSentEvent, SSEDecoder, TooLong
+from ..sse import NDJSONDecoder, ServerSentEvent, SSEDecoder, TooLong
 from ..telemetry import upstream_headers
 from .base import ChatRequest, Finish, ProviderError, Usage
 from .deadlines import DEFAULT_TIMEOUTS, Deadline, Timeouts, read_within
@@ -268,28 +268,6 @@ class HTTPProvider:
             yield reading.end()
         except ProviderError as exc:  # a provider may echo our key in any shape: never pass it on
             raise exc.scrub(self._secrets, self._urls) from exc.__cause__
-
-
-class NDJSONDecoder:
-    """One JSON document per line, as events: blank lines are skipped, and the body's end
-    ends its last line too (only JSON can tell whether it was whole)."""
-
-    def __init__(self, max_bytes: int | None = None) -> None:
-        self._lines = LineDecoder(max_bytes)
-
-    def feed(self, chunk: bytes) -> list[ServerSentEvent]:
-        try:
-            lines = self._lines.feed(chunk)
-        except TooLong as exc:
-            raise TooLong(str(exc), [_line_event(line) for line in exc.completed if line.strip()]) from None
-        return [_line_event(line) for line in lines if line.strip()]
-
-    def close(self) -> list[ServerSentEvent]:
-        return [_line_event(line) for line in self._lines.close() if line.strip()]
-
-
-def _line_event(line: bytes) -> ServerSentEvent:
-    return ServerSentEvent(data=line.decode("utf-8", "replace"))
 
 
 def _parse(reading: Reading, event: ServerSentEvent, provider: str) -> tuple[str, Finish | None]:
