@@ -13,7 +13,7 @@ from functools import partial
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .attach import counted, reply_events
+from .attach import counted, ended, reply_events
 from .bodies import idempotency_key, parse_chat_body, parse_rewrite_body
 from .conversations import (
     add_member,
@@ -86,9 +86,7 @@ async def answer_turn(request: Request, accepted: AcceptedTurn, wait: bool) -> R
     app = services(request)
     reply = accepted.reply
     if wait:
-        generation = app.generations.get(reply.id)
-        if generation is not None:
-            await generation.finished.wait()
+        await ended(app, reply)
         message = await app.store.get_message(current_user(request), reply.id)
         if message is None:  # deleted in the meantime
             raise NotFound(f"message {reply.id} not found")

@@ -32,11 +32,13 @@ from .errors import (
     ApiError,
     StartupError,
     render_api_error,
+    render_broker_unavailable,
     render_http_exception,
     render_internal_error,
     render_storage_failed,
 )
 from .hosts import AllowedHosts
+from .live_errors import BrokerUnavailable
 from .metrics_page import PATH as METRICS
 from .metrics_page import MetricsPage
 from .openapi import routes as openapi_routes
@@ -91,6 +93,7 @@ class Sidechat:
             exception_handlers={
                 ApiError: render_api_error,
                 StorageFailed: render_storage_failed,
+                BrokerUnavailable: render_broker_unavailable,
                 HTTPException: render_http_exception,
                 Exception: render_internal_error,
             },

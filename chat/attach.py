@@ -14,11 +14,15 @@ from .responses import Events
 from .services import Services
 from .sse import encode_event
 
+APPEAR_SECONDS = 2.0  # how long a streaming reply's events may take to appear where it is not run
+
 
 async def reply_events(services: Services, user: str, message: Message, after: int) -> Events | None:
     """The events of `message` after id `after`; None when the client has them all."""
     heartbeat = services.settings.heartbeat_seconds
-    topic = await services.broker.find(topic_name(message.id))
+    # A reply stored as streaming a moment ago by another process may not be in Redis yet.
+    expected = APPEAR_SECONDS if message.status == "streaming" else 0.0
+    topic = await services.broker.find(topic_name(message.id), expected=expected)
     if topic is not None:
         if topic.closed and after >= topic.last_id:
             return None
@@ -30,6 +34,23 @@ async def reply_events(services: Services, user: str, message: Message, after: i
         message = await services.store.get_message(user, message.id) or message
     told = stored_events(message, after)
     return nullcontext(_each(told)) if told else None
+
+
+async def ended(services: Services, message: Message) -> None:
+    """Until the generation of `message` (as stored when it was read) has ended, wherever it runs."""
+    generation = services.generations.get(message.id)
+    if generation is not None:
+        await generation.finished.wait()
+        return
+    if message.status != "streaming":
+        return
+    topic = await services.broker.find(topic_name(message.id), expected=APPEAR_SECONDS)
+    if topic is None or topic.closed:
+        return
+    heartbeat = services.settings.heartbeat_seconds
+    async with services.broker.subscribe(topic, topic.last_id, heartbeat) as rest:
+        async for _ in rest:  # its end is stored before it is told
+            pass
 
 
 async def _each(chunks: list[bytes]) -> AsyncIterator[bytes]:

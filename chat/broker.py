@@ -259,9 +259,10 @@ class Broker:
         """Why what is live cannot be shared now (`/readyz`); in memory there is nothing to share."""
         return None
 
-    async def find(self, name: str) -> Topic | None:
+    async def find(self, name: str, *, expected: float = 0.0) -> Topic | None:
         """The topic wherever it runs: here, `get`; a shared broker (`chat.redis_broker`) also
-        looks for one another process runs. For attaching, never on the per-token path."""
+        looks for one another process runs, waiting up to `expected` seconds for one that
+        should exist to appear. For attaching, never on the per-token path."""
         return self.get(name)
 
     @asynccontextmanager

@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .bodies import Fields, digits
+from .elsewhere import stop_conversation_everywhere
 from .endpoints import MAX_PAGE, body_of, current_user, path_id, query_int, services
 from .errors import Forbidden, InvalidFields, NotFound, StorageOff
 from .records import Conversation
@@ -152,14 +153,20 @@ async def delete_conversation(request: Request) -> Response:
     app = services(request)
     conversation = await path_conversation(request, owner_only=True)
     users = await audience(app, conversation)  # read before its members go with it
-    await app.generations.stop_conversation(conversation.id)
+    await _stop_replies(app, conversation.id)
     deleted = await app.store.delete_conversation(current_user(request), conversation.id)
     # A turn stored while the first stop waited has no row left, but may still be running.
-    await app.generations.stop_conversation(conversation.id)
+    await _stop_replies(app, conversation.id)
     if not deleted:  # a twin request deleted it while this one waited: only one of them did
         raise NotFound(f"conversation {conversation.id} not found")
     app.feeds.conversation_deleted(conversation.id, users)
     return Response(status_code=204)
+
+
+async def _stop_replies(app: Services, conversation_id: int) -> None:
+    """Stop the replies of the conversation that run here, and those other processes run."""
+    await app.generations.stop_conversation(conversation_id)
+    await stop_conversation_everywhere(app.broker, conversation_id)
 
 
 # -- members -----------------------------------------------------------------------------

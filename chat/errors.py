@@ -18,6 +18,7 @@
     ├── QuotaExceeded           429 quota_exceeded (`budget`, `resets_at`: SIDECHAT_USER_BUDGET)
     ├── ServiceUnavailable      503 shutting_down
     ├── TooManyConnections      503 too_many_connections
+    ├── LiveUnavailable         503 live_unavailable (Redis, which the processes share, is away)
     └── StorageUnavailable      503 storage_unavailable (`cause`: locked, disk full, read-only, ...)
 
     StartupError                the service cannot start; its message is the one line that says why
@@ -138,6 +139,10 @@ class StorageUnavailable(ApiError):
     status, type = 503, "storage_unavailable"
 
 
+class LiveUnavailable(ApiError):
+    status, type = 503, "live_unavailable"
+
+
 class StartupError(Exception):
     """Start-up cannot go on: a database that is not one, a directory we cannot write, a
     missing file of the installation. The message is meant to be the whole story."""
@@ -156,6 +161,12 @@ async def render_storage_failed(request: Request, exc: Exception) -> Response:
     message = f"nothing was stored: {reason}; try again shortly"
     error = StorageUnavailable(message, retry_after=5, cause=reason)
     return await render_api_error(request, error)
+
+
+async def render_broker_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis, which holds what is live for every process, did not answer (`chat.live_errors`)."""
+    message = f"the live state shared by sidechat's processes is unreachable ({exc}); try again shortly"
+    return await render_api_error(request, LiveUnavailable(message, retry_after=2))
 
 
 async def render_http_exception(request: Request, exc: Exception) -> Response:

@@ -88,19 +88,25 @@ class RedisBroker(Broker):
             return f"Redis (SIDECHAT_REDIS_URL) is unreachable: {type(exc).__name__}"
         return None
 
-    async def find(self, name: str) -> Topic | None:
+    async def find(self, name: str, *, expected: float = 0.0) -> Topic | None:
         """This process's topic of that name, else the stream another one writes (how far it had
-        got, and whether it had ended, when we looked); None when neither exists."""
+        got, and whether it had ended, when we looked); None when neither exists, after waiting
+        up to `expected` seconds for its first entry (a reply just stored by another process,
+        whose copy has not written yet)."""
         local = self.get(name)
         if local is not None:
             return local
         key = self.keys.topic(name)
         try:
             last = await read_end(self.redis, key)
+            if last is None and expected > 0:
+                streams: dict[Any, Any] = {key: "0-0"}
+                await self.redis.xread(streams, count=1, block=max(1, round(expected * 1000)))
+                last = await read_end(self.redis, key)
         except (RedisError, OSError) as exc:
             raise BrokerUnavailable(f"could not look up {name} in Redis: {exc}") from exc
         if last is None:
-            return None
+            return self.get(name)  # it may have started here while we looked
         last_id, closed = last
         return RemoteTopic(name, key, last_id, closed)
 

@@ -1,8 +1,12 @@
-"""Cancel across processes: `POST /api/messages/{id}/cancel` reaches whichever process runs it.
+"""Cancel across processes: `POST /api/messages/{id}/cancel` reaches whichever process runs it,
+and deleting a conversation stops its replies on every process.
 
     asker  → <prefix>cancel           {"message_id": 42, "answers": "<token>"}
     each   → <prefix>cancel:<token>   {"here": false}
     runner → <prefix>cancel:<token>   {"here": true, "stopped": …, "finished": …, "message": {…}}
+
+    asker  → <prefix>cancel           {"conversation_id": 7, "answers": "<token>"}
+    each   → <prefix>cancel:<token>   {"here": true}, once it stopped any it ran
 
 Deliberate choices:
 - One channel that every process listens on, not a registry of who runs what: cancels are
@@ -54,16 +58,42 @@ async def cancel_elsewhere(
 ) -> CancelAnswer | None:
     """Ask every process to stop `message_id`; the answer of the one that runs it, or None when
     none does."""
+    try:
+        async with _asking(redis, keys, {"message_id": message_id}, timeout) as (pubsub, heard):
+            return await _answer(pubsub, heard, timeout)
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(f"could not ask the other processes to cancel {message_id}: {exc}") from exc
+
+
+async def stop_conversation_elsewhere(
+    redis: Redis, keys: Keys, conversation_id: int, *, timeout: float
+) -> int:
+    """Ask every process to stop the replies of `conversation_id` it runs, and wait until each
+    that heard has; how many answered."""
+    answered = 0
+    try:
+        async with _asking(redis, keys, {"conversation_id": conversation_id}, timeout) as (pubsub, heard):
+            async for _ in _answers(pubsub, heard, timeout):
+                answered += 1
+    except (RedisError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"could not ask the other processes to stop conversation {conversation_id}: {exc}"
+        ) from exc
+    return answered
+
+
+@asynccontextmanager
+async def _asking(
+    redis: Redis, keys: Keys, request: dict[str, Any], timeout: float
+) -> AsyncIterator[tuple[PubSub, int]]:
+    """`request` sent to every process, with the channel their answers come on, and how many heard it."""
     token = uuid.uuid4().hex
     pubsub = redis.pubsub()
     try:
         await pubsub.subscribe(keys.cancel_answers(token))
         await _confirmed(pubsub, timeout)
-        request = json.dumps({"message_id": message_id, "answers": token})
-        heard = int(await redis.publish(keys.cancel, request))
-        return await _answer(pubsub, heard, timeout)
-    except (RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"could not ask the other processes to cancel {message_id}: {exc}") from exc
+        heard = int(await redis.publish(keys.cancel, json.dumps({**request, "answers": token})))
+        yield pubsub, heard
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py 8.1
 
@@ -76,6 +106,14 @@ async def _confirmed(pubsub: PubSub, timeout: float) -> None:
 
 
 async def _answer(pubsub: PubSub, heard: int, timeout: float) -> CancelAnswer | None:
+    async for said in _answers(pubsub, heard, timeout):
+        if said["here"]:
+            return CancelAnswer(said["stopped"], said["finished"], said["message"])
+    return None
+
+
+async def _answers(pubsub: PubSub, heard: int, timeout: float) -> AsyncIterator[dict[str, Any]]:
+    """The answers of the `heard` processes, as they come, for up to `timeout` seconds in all."""
     answers = 0
     try:
         async with asyncio.timeout(timeout):
@@ -84,12 +122,9 @@ async def _answer(pubsub: PubSub, heard: int, timeout: float) -> CancelAnswer | 
                 if found is None:
                     continue
                 answers += 1
-                said = json.loads(found["data"])
-                if said["here"]:
-                    return CancelAnswer(said["stopped"], said["finished"], said["message"])
+                yield json.loads(found["data"])
     except TimeoutError:
         log.warning("%d of %d processes did not answer a cancel in %gs", heard - answers, heard, timeout)
-    return None
 
 
 @asynccontextmanager
@@ -130,7 +165,12 @@ async def _listen(redis: Redis, keys: Keys, generations: Generations) -> None:
 async def _handle(redis: Redis, keys: Keys, generations: Generations, raw: bytes) -> None:
     try:
         request = json.loads(raw)
-        message_id, channel = int(request["message_id"]), keys.cancel_answers(str(request["answers"]))
+        channel = keys.cancel_answers(str(request["answers"]))
+        if "conversation_id" in request:
+            await generations.stop_conversation(int(request["conversation_id"]))
+            await _say(redis, channel, {"here": True})
+            return
+        message_id = int(request["message_id"])
     except (ValueError, KeyError, TypeError):
         log.warning("a malformed cancel request on %s: %r", keys.cancel, raw[:200])
         return
@@ -145,7 +185,11 @@ async def _handle(redis: Redis, keys: Keys, generations: Generations, raw: bytes
             "finished": generation.finished.is_set(),
             "message": None if final is None else final.as_json(),
         }
+    await _say(redis, channel, said)
+
+
+async def _say(redis: Redis, channel: str, said: dict[str, Any]) -> None:
     try:
         await redis.publish(channel, json.dumps(said))
     except (RedisError, OSError) as exc:
-        log.warning("could not answer the cancel of %s: %s", message_id, exc)
+        log.warning("could not answer a cancel request on %s: %s", channel, exc)

@@ -12,6 +12,10 @@ Deliberate choices:
 - An XREAD that found nothing is followed by an EXISTS: a stream that expired under us (its
   writer died and nobody ended it) ends the follower with `EventsLost` instead of pinging
   forever.
+- A Redis that stops answering is waited for, pinging the client as ever, for up to
+  `OUTAGE_SECONDS`: the writer's copy waits for it too, so after a blip the follower goes on
+  from where it was, exactly. Past that, `BrokerUnavailable`: the response ends unfinished
+  and the client resumes with `Last-Event-ID` (`chat.responses`).
 """
 
 from __future__ import annotations
@@ -24,23 +28,16 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .broker import CHUNK_BYTES, Subscription, Topic
+from .live_errors import BrokerError, BrokerUnavailable, EventsLost
 from .redis_keys import entry_id, event_id
 from .sse import PING
 
+__all__ = ["BrokerError", "BrokerUnavailable", "EventsLost", "RemoteSubscription", "RemoteTopic", "read_end"]
+
 MAX_BLOCK = 2.0  # seconds an XREAD may block
 BATCH = 512  # entries an XREAD may return
-
-
-class BrokerError(Exception):
-    """The shared broker could not do what was asked."""
-
-
-class BrokerUnavailable(BrokerError):
-    """Redis could not be reached, or stopped answering."""
-
-
-class EventsLost(BrokerError):
-    """A follower's next events are no longer kept: its stream was trimmed or expired."""
+OUTAGE_SECONDS = 30.0  # how long a follower waits, pinging, for a Redis that stopped answering
+RETRY_SECONDS = 0.5  # between its tries meanwhile
 
 
 class RemoteTopic(Topic):
@@ -87,6 +84,7 @@ class RemoteSubscription(Subscription):
         self._chunks: deque[bytes] = deque()
         self._at_end = False  # the stream's `end` entry was read
         self.ended = False  # `end()` was called
+        self._away_since = 0.0  # when Redis stopped answering it (0: it answers)
 
     @property
     def topic(self) -> Topic:
@@ -107,11 +105,18 @@ class RemoteSubscription(Subscription):
             if now >= due:
                 self._last_sent = now
                 return PING
-            entries = await self._read(min(due - now, MAX_BLOCK))
-            if entries:
-                self._take(entries)
-            elif not await self._call(self._redis.exists(self._key)):
-                raise EventsLost(f"{self._topic.name}: its stream expired before it ended")
+            try:
+                entries = await self._read(min(due - now, MAX_BLOCK))
+                if not entries and not await self._call(self._redis.exists(self._key)):
+                    raise EventsLost(f"{self._topic.name}: its stream expired before it ended")
+            except BrokerUnavailable:
+                self._away_since = self._away_since or now
+                if now - self._away_since >= OUTAGE_SECONDS:
+                    raise
+                await asyncio.sleep(min(RETRY_SECONDS, due - now))  # pings go on meanwhile
+                continue
+            self._away_since = 0.0
+            self._take(entries)
 
     def end(self) -> None:
         """End this follower once its current read returns (within `MAX_BLOCK`)."""

@@ -20,6 +20,9 @@ Deliberate choices:
   of a chunk, sees the connection end rather than a finished stream, and resumes with
   `Last-Event-ID`. Until it reads (or goes), the server holds one transport buffer for it
   (no chunk is longer than `CHUNK_BYTES`) and the connection stays open.
+- A follower of a shared broker that lost Redis for good (`chat.live_errors.BrokerError`)
+  ends the same way, unfinished: the reply is not over, so no `error` event, and the client
+  resumes with `Last-Event-ID` wherever Redis answers again.
 - A client let go is a client gone: it leaves the topic like a closed tab, so with
   `on_disconnect=cancel` the generation stops if it was the last one following. A client
   too slow to take in the reply is not one to keep paying the provider for.
@@ -36,6 +39,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .broker import CHUNK_BYTES
+from .live_errors import BrokerError
 from .sse import retry_field
 
 log = logging.getLogger("sidechat")
@@ -94,7 +98,14 @@ class EventStreamResponse(Response):
                 self.stall,
             )
         elif stream.done() and not stream.cancelled() and (error := stream.exception()) is not None:
-            raise error
+            if not isinstance(error, BrokerError):
+                raise error
+            log.warning(
+                "%s %s: %s; the response ends unfinished, and the client resumes with Last-Event-ID",
+                scope["method"],
+                scope["path"],
+                error,
+            )
 
 
 class Sends:

@@ -260,9 +260,38 @@ async def test_a_follower_whose_stream_expires_unended_is_told_not_left_pinging(
     await broker.aclose()
 
 
-async def test_redis_going_away_mid_stream_is_an_error_and_the_copy_resumes_exactly_when_it_is_back(
+async def test_a_redis_blip_mid_stream_is_waited_out_with_pings_and_the_follower_goes_on_exactly(
     own_redis_server: RedisServer, redis_keys: Keys
 ) -> None:
+    server = own_redis_server
+    running_client, other_client = open_redis(server.url), open_redis(server.url)
+    running = RedisBroker(running_client, retention=30, keys=redis_keys)
+    other = RedisBroker(other_client, retention=30, keys=redis_keys)
+    try:
+        topic = running.open("message:12")
+        publish(topic, 10)
+        found = await remote(other, "message:12")
+        async with other.subscribe(found, 0, 0.2) as subscription:
+            assert await anext(subscription) == tokens(1, 10)
+            await running_client.save()  # what it holds comes back with it
+            server.stop()
+            publish(topic, 10)  # the reply goes on while Redis is away: this process has it all
+            topic.close()
+            assert await asyncio.wait_for(anext(subscription), 5) == PING
+            assert await asyncio.wait_for(anext(subscription), 5) == PING
+            server.start()
+            rest = [chunk async for chunk in subscription if chunk != PING]
+        assert b"".join(rest) == tokens(11, 20)
+    finally:
+        await running.aclose()
+        await running_client.aclose()
+        await other_client.aclose()
+
+
+async def test_redis_away_for_good_ends_a_follower_and_the_copy_resumes_exactly_when_it_is_back(
+    own_redis_server: RedisServer, redis_keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chat.redis_follow.OUTAGE_SECONDS", 0.5)
     server = own_redis_server
     running_client, other_client = open_redis(server.url), open_redis(server.url)
     running = RedisBroker(running_client, retention=30, keys=redis_keys)
@@ -277,7 +306,9 @@ async def test_redis_going_away_mid_stream_is_an_error_and_the_copy_resumes_exac
             server.stop()
             with pytest.raises(BrokerUnavailable, match="lost Redis while following message:12"):
                 await asyncio.wait_for(waiting, 20)
-        publish(topic, 10)  # the reply goes on while Redis is away: this process has it all
+        with pytest.raises(BrokerUnavailable, match="could not look up message:12"):
+            await other.find("message:12")
+        publish(topic, 10)
         topic.close()
         server.start()  # empty: nothing was saved, so the copy writes the whole stream again
         found = await until(lambda: _closed(other.find("message:12")), what="the copy, once Redis is back")
@@ -287,3 +318,21 @@ async def test_redis_going_away_mid_stream_is_an_error_and_the_copy_resumes_exac
         await running.aclose()
         await running_client.aclose()
         await other_client.aclose()
+
+
+async def test_a_reply_looked_for_before_its_first_event_reaches_redis_is_waited_for(
+    brokers: tuple[RedisBroker, RedisBroker],
+) -> None:
+    running, other = brokers
+    looking = asyncio.ensure_future(other.find("message:13", expected=5))
+    await until(lambda: _blocked_clients(other.redis), what="the look-up to wait")
+    topic = running.open("message:13")
+    topic.publish("start", {})
+    found = await asyncio.wait_for(looking, 5)
+    assert isinstance(found, RemoteTopic) and found.last_id >= 1 and not found.closed
+    assert await other.find("message:14", expected=0.05) is None  # none came: none there
+
+
+async def _blocked_clients(redis: Redis) -> bool:
+    info = await redis.info("clients")
+    return int(info["blocked_clients"]) > 0
