@@ -41,10 +41,14 @@ KINDS = {
 
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
-        url = urlsplit(args.url)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
         path, self.token_needle, self.done_needle = KINDS[args.kind]
-        self.path = url.path if path is None else path
+        # Stream i goes to URL i mod n: round robin over the servers given.
+        self.servers = []
+        for text in args.url:
+            url = urlsplit(text)
+            self.servers.append(
+                (url.hostname or "127.0.0.1", url.port or 80, url.path if path is None else path)
+            )
         self.kind = args.kind
         self.tokens = args.tokens
         self.knobs = f"bench:tokens={args.tokens},first_ms={args.first_ms:g},gap_ms={args.gap_ms:g},stamp={int(args.stamp)}"
@@ -64,7 +68,11 @@ class Run:
         self.first_ns = 0
         self.last_ns = 0
 
+    def server(self, index: int) -> tuple[str, int, str]:
+        return self.servers[index % len(self.servers)]
+
     def request(self, index: int) -> bytes:
+        host, port, path = self.server(index)
         message = f"{self.knobs} {self.tag}#{index}"
         if self.kind == "relay":
             body: dict[str, Any] = {"message": message}
@@ -77,7 +85,7 @@ class Run:
             }
         data = json.dumps(body).encode()
         return (
-            f"POST {self.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
             f"accept: text/event-stream\r\ncontent-length: {len(data)}\r\n\r\n"
         ).encode() + data
 
@@ -237,7 +245,8 @@ async def open_stream(run: Run, index: int, streams: list[Stream]) -> Stream:
     stream = Stream(run, index)
     streams.append(stream)
     try:
-        await asyncio.get_running_loop().create_connection(lambda: stream, run.host, run.port)
+        host, port, _ = run.server(index)
+        await asyncio.get_running_loop().create_connection(lambda: stream, host, port)
     except OSError as exc:
         stream.fail(f"connect: {exc.strerror or exc!r}")
         stream.closed.set_result(None)
@@ -323,7 +332,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Open concurrent SSE streams and time them.")
-    parser.add_argument("--url", required=True, help="the relay's chat URL, or the fake provider's base URL")
+    parser.add_argument(
+        "--url",
+        required=True,
+        action="append",
+        help="the relay's chat URL, or the fake provider's base URL; given again, streams go round robin",
+    )
     parser.add_argument("--kind", choices=tuple(KINDS), default="relay")
     parser.add_argument("--streams", type=int, default=1, help="concurrent streams")
     parser.add_argument("--total", type=int, default=0, help="streams in all (default: --streams)")

@@ -138,9 +138,13 @@ class Bench:
             time.sleep(0.05)
         return process, port, db
 
-    def loadgen(self, url: str, kind: str, phase: Phase, tag: str) -> dict[str, Any]:
+    def loadgen(self, url: str | list[str], kind: str, phase: Phase, tag: str) -> dict[str, Any]:
+        """One phase's load, merged across `--client-procs` processes; given several URLs,
+        each process spreads its streams over them round robin."""
         procs = self.args.client_procs if phase.streams >= self.args.client_procs else 1
-        command = [PY, str(BENCH / "loadgen.py"), "--url", url, "--kind", kind, "--tag", tag]
+        command = [PY, str(BENCH / "loadgen.py"), "--kind", kind, "--tag", tag]
+        for each in [url] if isinstance(url, str) else url:
+            command += ["--url", each]
         for name, value in asdict(phase).items():
             if name == "stamp":
                 command += ["--stamp"] if value else []
