@@ -13,8 +13,11 @@ Deliberate choices:
   one period, not every user ever seen.
 - A slot is taken when a request is admitted and given back when its generation or
   stream ends, so two requests racing for the last slot cannot both have it.
-- The limits live in this process. With several processes, the scale-out issue
-  puts them in Redis behind the same calls.
+- These limits live in this process. With SIDECHAT_REDIS_URL, `live_limits` gives every
+  process the same rate buckets, running-reply slots and budget tallies through Redis
+  (`chat.redis_limits`), behind the same calls; admission is `async` for that alone (here it
+  never waits). The open-stream caps and the typing rate stay per process even then: they
+  protect this process's memory and its feeds, which are its own.
 - What users may spend (`SIDECHAT_USER_BUDGET`, `chat.budgets`) is a limit too: it adds up
   the `cost_usd` each reply ends with (priced by `chat.prices`) and its tokens.
 """
@@ -22,10 +25,12 @@ Deliberate choices:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .broker import Broker
 from .budgets import Budgets, utc_now
 from .config import Settings
 from .errors import RateLimited, TooManyConnections
@@ -108,8 +113,12 @@ class Limits:
         self.connections = Counts(settings.max_connections_per_user, settings.max_connections)
         self.typing = Buckets(*TYPING_RATE, clock=clock)
 
-    def admit_generation(self, user: str) -> None:
+    async def admit_generation(self, user: str) -> None:
         """Count a new generation of `user`'s, or raise RateLimited; `generation_ended` gives it back."""
+        self.admit_here(user)
+
+    def admit_here(self, user: str) -> None:
+        """`admit_generation` by this process's counts alone, without waiting."""
         if not self.streams.take(user):
             raise RateLimited(
                 f"{self.streams.per_user} of your replies are running already"
@@ -148,3 +157,18 @@ class Limits:
 
     def stream_closed(self, user: str) -> None:
         self.connections.give_back(user)
+
+
+@asynccontextmanager
+async def live_limits(settings: Settings, broker: Broker) -> AsyncIterator[Limits]:
+    """This process's limits; with a shared broker (SIDECHAT_REDIS_URL), limits every process
+    shares through its Redis, kept up while the block lasts (`chat.redis_limits`)."""
+    if type(broker) is Broker:
+        yield Limits(settings)
+        return
+    from .redis_broker import RedisBroker
+    from .redis_limits import shared_limits
+
+    assert isinstance(broker, RedisBroker), broker
+    async with shared_limits(settings, broker.redis, broker.keys.prefix) as limits:
+        yield limits

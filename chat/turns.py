@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -140,17 +139,31 @@ async def within_budget(services: Services, user: str) -> None:
     await services.limits.budgets.check(user, partial(spent_since, services.store))
 
 
-@contextmanager
-def admitted(services: Services, user: str) -> Iterator[Slot]:
+class admitted:  # noqa: N801 (used as `async with admitted(services, user) as slot`)
     """A slot for one more running reply of `user`'s (else `RateLimited`), given back on the
-    way out unless a generation took it (`start_reply`), which gives it back as it ends."""
-    services.limits.admit_generation(user)
-    slot = Slot(user)
-    try:
-        yield slot
-    finally:
-        if not slot.taken:
-            services.limits.generation_ended(user)
+    way out unless a generation took it (`start_reply`), which gives it back as it ends.
+
+    `async with` it: shared limits (SIDECHAT_REDIS_URL) ask Redis. A plain `with` still works
+    with this process's own limits only, for callers not yet moved to `async with`."""
+
+    def __init__(self, services: Services, user: str) -> None:
+        self.limits = services.limits
+        self.slot = Slot(user)
+
+    async def __aenter__(self) -> Slot:
+        await self.limits.admit_generation(self.slot.user)
+        return self.slot
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__()
+
+    def __enter__(self) -> Slot:
+        self.limits.admit_here(self.slot.user)
+        return self.slot
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self.slot.taken:
+            self.limits.generation_ended(self.slot.user)
 
 
 def start_reply(
@@ -211,7 +224,7 @@ async def accept_turn(services: Services, ask: TurnRequest) -> AcceptedTurn:
         return _retried(first, fingerprint)  # a retry: no new reply, so no limit applies
 
     await within_budget(services, ask.user)
-    with admitted(services, ask.user) as slot:
+    async with admitted(services, ask.user) as slot:
         return await _store_and_start(services, slot, ask, conversation, info, model, key, fingerprint)
 
 

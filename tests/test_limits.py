@@ -66,17 +66,18 @@ def test_counts_per_user_and_in_all() -> None:
     assert counts.held == {} and counts.all == 0
 
 
-def test_a_running_cap_refusal_does_not_spend_the_rate() -> None:
+@pytest.mark.anyio
+async def test_a_running_cap_refusal_does_not_spend_the_rate() -> None:
     limits = Limits(Settings(rate_limit=(2, 60.0), max_streams_per_user=1), Clock())
-    limits.admit_generation("alice")
+    await limits.admit_generation("alice")
     with pytest.raises(RateLimited, match="SIDECHAT_MAX_STREAMS_PER_USER") as refused:
-        limits.admit_generation("alice")
+        await limits.admit_generation("alice")
     assert refused.value.retry_after is not None and refused.value.retry_after > 0
     limits.generation_ended("alice")
-    limits.admit_generation("alice")  # the second of two: the refusal above took none
+    limits.admit_here("alice")  # the second of two: the refusal above took none
     limits.generation_ended("alice")
     with pytest.raises(RateLimited, match="SIDECHAT_RATE_LIMIT") as limited:
-        limits.admit_generation("alice")
+        await limits.admit_generation("alice")
     assert limited.value.extra["retry_after"] == pytest.approx(30.0)
     assert limits.streams.held == {}  # the rate refusal gave its slot back
 
