@@ -86,6 +86,7 @@ class Settings:
     user_budget: tuple[Budget, ...] = ()  # per user, e.g. 5usd/day,100usd/month
     redis_url: str | None = _secret()  # redis://…: live state shared by several processes
     redis_prefix: str = "sidechat:"  # every Redis key's, so one Redis serves several deployments
+    lease_seconds: float = 10.0  # with Redis: a dead process's replies are ended within this long
 
     @property
     def stored(self) -> bool:
@@ -180,4 +181,5 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "user_budget": ("SIDECHAT_USER_BUDGET", parse.budget),
     "redis_url": ("SIDECHAT_REDIS_URL", parse.redis_url),
     "redis_prefix": ("SIDECHAT_REDIS_PREFIX", parse.redis_prefix),
+    "lease_seconds": ("SIDECHAT_LEASE_SECONDS", parse.positive_float),
 }

@@ -78,6 +78,32 @@ class PgStore(PgRewriteStore, PgConversationStore, Store):
             error,
         )
 
+    async def streaming_replies(self, *, created_before: str) -> list[int]:
+        """The replies still `streaming` that were stored before `created_before`."""
+        rows = await self._pg.rows(
+            "SELECT id FROM messages WHERE status = 'streaming' AND created_at < $1 ORDER BY id",
+            created_before,
+        )
+        return [row[0] for row in rows]
+
+    async def interrupt_reply(
+        self, message_id: int, *, content: str | None, error: dict[str, Any], last_event_id: int | None
+    ) -> bool:
+        """A reply whose process died becomes `interrupted` (see `Store.interrupt_reply`)."""
+        changed = await self._pg.write(
+            "UPDATE messages SET status = 'interrupted', completed_at = $5,"
+            " content = CASE WHEN length($2::text) > length(content) THEN $2::text ELSE content END,"
+            " last_event_id = COALESCE($3::bigint, last_event_id),"
+            " metadata = jsonb_set(metadata, '{error}', $4::jsonb)"
+            " WHERE id = $1 AND status = 'streaming'",
+            message_id,
+            None if content is None else storable(content),
+            last_event_id,
+            error,
+            now(),
+        )
+        return bool(changed)
+
     # -- messages ---------------------------------------------------------------------
 
     async def start_turn(

@@ -5,6 +5,10 @@ Redis can serve several deployments and `redis-cli --scan --pattern 'sidechat:*'
                                     (the encoded event); a last entry with field `end` once it closed
     <prefix>cancel                  pub/sub: "stop this reply", heard by every process
     <prefix>cancel:<token>          pub/sub: the answers to one cancel request
+    <prefix>processes               a set: the id of every process that holds (or held) a lease
+    <prefix>process:<id>            a process's lease: a string that expires unless it is renewed
+    <prefix>runs:<id>               a set: the ids of the replies that process is generating
+    <prefix>reaping:<id>            a short lock: which process ends a dead one's replies
 """
 
 from __future__ import annotations
@@ -27,6 +31,19 @@ class Keys:
 
     def cancel_answers(self, token: str) -> str:
         return f"{self.prefix}cancel:{token}"
+
+    @property
+    def processes(self) -> str:
+        return f"{self.prefix}processes"
+
+    def process(self, process_id: str) -> str:
+        return f"{self.prefix}process:{process_id}"
+
+    def runs(self, process_id: str) -> str:
+        return f"{self.prefix}runs:{process_id}"
+
+    def reaping(self, process_id: str) -> str:
+        return f"{self.prefix}reaping:{process_id}"
 
 
 def entry_id(event_id: int) -> str:

@@ -1,5 +1,6 @@
 """What `chat.services` opens for live state: this process's broker, or with `SIDECHAT_REDIS_URL`
-one shared through Redis, and the cancel requests of other processes heard while it serves.
+one shared through Redis, the cancel requests of other processes heard while it serves, and its
+lease on the replies it generates, with the reaper that ends those of dead processes.
 
 The helpers take the in-memory case as it is today (a plain `Broker`, nothing listened to), so
 `open_services` calls them unconditionally and one process without Redis is unchanged. The
@@ -9,6 +10,7 @@ it, sidechat runs on its base dependencies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from .broker import Broker
 from .config import Settings
-from .running import Generations
+from .running import Generations, Registry
+from .store import Store
 
 if TYPE_CHECKING:
     from .redis_cancel import CancelAnswer
@@ -64,6 +67,31 @@ async def cancels_heard(broker: Broker, generations: Generations) -> AsyncIterat
     assert isinstance(broker, RedisBroker), broker
     async with listening(broker.redis, broker.keys, generations):
         yield
+
+
+@asynccontextmanager
+async def lease_held(settings: Settings, broker: Broker, store: Store) -> AsyncIterator[Registry | None]:
+    """With Redis, this process's lease (`chat.redis_leases`), the registry its generations are
+    told to, and its reaper (`chat.orphans`) running, until the block ends: then the lease is
+    dropped, so enter it around everything that may still generate. Without, None."""
+    if type(broker) is Broker:
+        yield None
+        return
+    from .orphans import Reaper
+    from .redis_broker import RedisBroker
+    from .redis_leases import Lease
+
+    assert isinstance(broker, RedisBroker), broker
+    lease = Lease(broker.redis, broker.keys, settings.lease_seconds)
+    await lease.take()
+    reaper = Reaper(lease, store, retention=settings.replay_seconds, stored=settings.stored)
+    task = asyncio.create_task(reaper.run(), name="reaper")
+    try:
+        yield lease
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await lease.drop()
 
 
 async def cancel_in_another_process(broker: Broker, message_id: int) -> CancelAnswer | None:

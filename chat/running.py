@@ -6,12 +6,16 @@ Deliberate choices:
   partial text stored.
 - Each generation runs in a task of its own, inside the telemetry's watch of it,
   so a trace span made current there is the upstream request's parent.
+- With several processes, a `Registry` (`chat.redis_leases.Lease`) is told of each
+  generation as it starts and once its end is stored, so the others know whose it is;
+  one call each way per generation, none per token, and none at all without Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 from .broker import Broker, Topic
 from .generations import Generation, topic_name
@@ -22,6 +26,14 @@ from .providers.base import ChatRequest, Provider
 from .records import Message
 from .telemetry import NOTHING, Telemetry
 from .waits import first_of
+
+
+class Registry(Protocol):
+    """Where this process says which replies it is generating (a lease other processes see)."""
+
+    def started(self, message_id: int) -> None: ...
+
+    def ended(self, message_id: int) -> None: ...
 
 
 class Generations:
@@ -36,7 +48,9 @@ class Generations:
         watched: dict[int, Topic] | None = None,
         telemetry: Telemetry = NOTHING,
         prices: Prices | None = None,
+        registry: Registry | None = None,
     ) -> None:
+        self.registry = registry  # told of each start and end; None: this process is the only one
         self.telemetry = telemetry
         self.prices = prices  # what a reply's usage costs (`cost_usd`); None: not priced
         self.broker = broker
@@ -78,6 +92,8 @@ class Generations:
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
         self._running[reply.id] = generation
+        if self.registry is not None:
+            self.registry.started(reply.id)
         generation.task = asyncio.create_task(self._run(generation, on_end))
         if self.closing:  # accepted while shutdown began: it ends at once, as interrupted
             generation.stop(SHUTDOWN)
@@ -89,6 +105,8 @@ class Generations:
                 await generation.run(self.keeper)
         finally:
             del self._running[generation.message_id]
+            if self.registry is not None:  # its end is stored (or given up on): no orphan
+                self.registry.ended(generation.message_id)
             if on_end is not None:
                 on_end(generation)
 

@@ -25,7 +25,7 @@ from .prices import load_prices
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
 from .readiness import Readiness
-from .redis_services import cancels_heard, live_broker
+from .redis_services import cancels_heard, lease_held, live_broker
 from .running import Generations
 from .single import sole_process
 from .store import StorageFailed, Store
@@ -52,7 +52,9 @@ class Services:
 
 async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Store:
     """The database's store, with the replies a previous process left running marked
-    interrupted; with SIDECHAT_STORE=none, a store that keeps nothing and opens no file."""
+    interrupted; with SIDECHAT_STORE=none, a store that keeps nothing and opens no file.
+    With Redis, other processes may be running those replies: only the orphans are ended,
+    by the reaper (`chat.orphans`), once it can tell which are."""
     if not settings.stored:
         log.info(
             "storage is off (SIDECHAT_STORE=none): nothing is stored; a reply can be resumed"
@@ -61,6 +63,8 @@ async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Stor
         )
         return MemoryStore(keep_seconds=settings.replay_seconds + LINGER_SECONDS)
     store = await open_database(settings, telemetry)
+    if settings.redis_url:
+        return store
     try:
         interrupted = await store.interrupt_streaming(events.INTERRUPTED)
     except BaseException as exc:
@@ -95,6 +99,7 @@ async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Ser
         async with (
             upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client,
             live_broker(settings) as broker,
+            lease_held(settings, broker, store) as registry,  # dropped once generations ended
         ):
             feeds = Feeds(broker, settings)
             keeper = Keeper(
@@ -111,6 +116,7 @@ async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Ser
                 watched=feeds.watched,
                 telemetry=telemetry,
                 prices=load_prices(settings.prices),  # checked: a bad SIDECHAT_PRICES stops start-up
+                registry=registry,
             )
             providers = build_providers(settings, client, timeouts, telemetry)
             # With nothing stored there is no database to check: ready whenever it answers.

@@ -94,6 +94,37 @@ class Store(RewriteStore, ConversationStore):
             {"now": now(), "error": json.dumps(error)},
         )
 
+    async def streaming_replies(self, *, created_before: str) -> list[int]:
+        """The replies still `streaming` that were stored before `created_before`: with several
+        processes, those no live one has registered are orphans (`chat.orphans`)."""
+        rows = await self._db.rows(
+            "SELECT id FROM messages WHERE status = 'streaming' AND created_at < :before ORDER BY id",
+            {"before": created_before},
+        )
+        return [row[0] for row in rows]
+
+    async def interrupt_reply(
+        self, message_id: int, *, content: str | None, error: dict[str, Any], last_event_id: int | None
+    ) -> bool:
+        """A reply whose process died becomes `interrupted` with `error`, keeping `content` (what
+        it had published) where that is longer than its checkpoint; only a row still `streaming`
+        changes, and whether it did is the answer."""
+        changed = await self._db.write(
+            "UPDATE messages SET status = 'interrupted', completed_at = :now,"
+            " content = CASE WHEN length(:content) > length(content) THEN :content ELSE content END,"
+            " last_event_id = COALESCE(:last_event_id, last_event_id),"
+            " metadata = json_set(metadata, '$.error', json(:error))"
+            " WHERE id = :id AND status = 'streaming'",
+            {
+                "id": message_id,
+                "content": None if content is None else storable(content),
+                "last_event_id": last_event_id,
+                "error": json.dumps(error),
+                "now": now(),
+            },
+        )
+        return changed > 0
+
     # -- messages ---------------------------------------------------------------------
 
     async def start_turn(

@@ -130,6 +130,16 @@ class MemoryStore(Store):
         """No earlier process left anything behind: it kept nothing."""
         return 0
 
+    async def streaming_replies(self, *, created_before: str) -> list[int]:
+        """None is another process's orphan: this one holds only its own replies."""
+        return []
+
+    async def interrupt_reply(
+        self, message_id: int, *, content: str | None, error: dict[str, Any], last_event_id: int | None
+    ) -> bool:
+        """Another process's reply is not here to end: it kept it in its own memory."""
+        return False
+
     # -- the live turns -----------------------------------------------------------------
 
     async def start_turn(

@@ -37,3 +37,11 @@ def test_a_prefix_is_taken_and_one_with_spaces_refused() -> None:
     assert Settings.from_env({"SIDECHAT_REDIS_PREFIX": "staging:chat:"}).redis_prefix == "staging:chat:"
     with pytest.raises(ConfigError, match="SIDECHAT_REDIS_PREFIX=.*without spaces"):
         Settings.from_env({"SIDECHAT_REDIS_PREFIX": "my app:"})
+
+
+def test_the_lease_bounds_how_long_a_dead_processes_replies_stay_open() -> None:
+    assert Settings().lease_seconds == 10.0
+    assert Settings.from_env({"SIDECHAT_LEASE_SECONDS": "2.5"}).lease_seconds == 2.5
+    for wrong in ("0", "-1", "soon", "nan"):
+        with pytest.raises(ConfigError, match="SIDECHAT_LEASE_SECONDS=.*positive number of seconds|number"):
+            Settings.from_env({"SIDECHAT_LEASE_SECONDS": wrong})
