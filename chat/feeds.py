@@ -25,7 +25,8 @@ Deliberate choices:
   `http.disconnect`, which ends the response at once). It is sent on every join,
   so that each new connection learns who is there.
 - Only encoded events cross the broker, and ids are integers per topic, so a broker
-  on Redis Streams can stand behind the same calls.
+  on Redis Streams can stand behind the same calls. With SIDECHAT_REDIS_URL, `live_feeds`
+  gives `chat.redis_feeds.SharedFeeds` instead: the same calls, every process's feeds one.
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def user_feed(user: str) -> str:
 
 def conversation_feed(conversation_id: int) -> str:
     return f"conversation:{conversation_id}"
+
+
+@asynccontextmanager
+async def live_feeds(broker: Broker, settings: Settings) -> AsyncIterator[Feeds]:
+    """The feeds for `broker`: this process's own over an in-memory broker (nothing runs
+    beside them), else feeds every process shares through Redis, for as long as the block lasts."""
+    if type(broker) is Broker:
+        yield Feeds(broker, settings)
+        return
+    from .redis_broker import RedisBroker
+    from .redis_feeds import shared_feeds
+
+    assert isinstance(broker, RedisBroker), broker
+    async with shared_feeds(broker, settings) as feeds:
+        yield feeds
 
 
 class Feeds:
