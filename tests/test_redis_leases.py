@@ -1,6 +1,6 @@
 """A process's lease in Redis: written at once, renewed before it expires, the replies it runs
 registered under it as they start and end, put back whole when it was lost, and taken away
-when the process stops."""
+when the process stops, once it has ended its own replies."""
 
 from __future__ import annotations
 
@@ -8,14 +8,20 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 from redis.asyncio import Redis
 
+from chat import events
 from chat.redis_broker import open_redis
 from chat.redis_leases import TTL_SHARE, Lease
-from tests.live import until
+from chat.store import Store
+from tests.conftest import settings_for
+from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
+from tests.live import serve, until
 
 if TYPE_CHECKING:
     from chat.redis_keys import Keys
@@ -128,3 +134,40 @@ async def test_without_redis_at_start_the_lease_is_taken_once_it_answers(
     finally:
         await lease.drop()
         await redis.aclose()
+
+
+async def test_a_served_reply_is_registered_under_its_process_while_it_runs(
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys, redis: Redis
+) -> None:
+    going = asyncio.Event()
+    upstream.add(Reply([openai_chunk("so "), going, *openai_reply("far")]))
+    settings = settings_for(upstream, tmp_path, redis_url=redis_server.url, redis_prefix=redis_keys.prefix)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        (process_id,) = [raw.decode() for raw in await redis.smembers(redis_keys.processes)]
+        lease = Lease(redis, redis_keys, settings.lease_seconds, process_id=process_id)  # to read it by
+        message_id = (await client.post("/api/chat", json={"message": "hi"})).json()["message_id"]
+        assert await until(lambda: registers(redis, redis_keys, lease, {message_id}), what="it registered")
+        going.set()
+        assert await until(lambda: registers(redis, redis_keys, lease, set()), what="it taken off")
+    assert not await redis.exists(redis_keys.process(process_id))
+    assert await redis.smembers(redis_keys.processes) == set()
+
+
+async def test_a_process_stopping_ends_its_own_replies_then_drops_its_lease(
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys, redis: Redis
+) -> None:
+    upstream.add(Reply([openai_chunk("cut "), asyncio.Event()], finish=False))
+    settings = settings_for(upstream, tmp_path, redis_url=redis_server.url, redis_prefix=redis_keys.prefix)
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        accepted = (await client.post("/api/chat", json={"message": "hi"})).json()
+        await until(lambda: upstream.requests, what="the upstream request")
+        (process_id,) = [raw.decode() for raw in await redis.smembers(redis_keys.processes)]
+    # As on SIGTERM: the grace period, the reply ended here as shut down, and only then no lease.
+    store = await Store.open(settings.db)
+    try:
+        row = await store.get_message("local", accepted["message_id"])
+    finally:
+        await store.close()
+    assert row is not None and (row.status, row.metadata["error"]) == ("interrupted", events.SHUTDOWN)
+    assert not await redis.exists(redis_keys.process(process_id), redis_keys.runs(process_id))
+    assert await redis.smembers(redis_keys.processes) == set()
