@@ -59,6 +59,29 @@ class RedisProcess:
         except OSError:
             return False
 
+    def wait_ended(self, prefix: str, at_least: int, deadline: float = 120) -> int:
+        """Wait until every topic stream under `prefix` has its `end` entry and there are at
+        least `at_least` of them: sidechat has copied everything to Redis. CLOCK_MONOTONIC ns
+        when it had."""
+        from redis import Redis  # the scale extra's; sidechat itself needs it for this bench
+
+        client = Redis(port=self.port)
+        try:
+            give_up = time.monotonic() + deadline
+            while True:
+                keys = list(client.scan_iter(match=f"{prefix}topic:*", count=1000))
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.xrevrange(key, count=1)
+                lasts = pipe.execute()
+                if len(keys) >= at_least and all(last and b"end" in last[0][1] for last in lasts):
+                    return time.monotonic_ns()
+                if time.monotonic() > give_up:
+                    raise SystemExit(f"sidechat had not copied its topics to Redis within {deadline:g} s")
+                time.sleep(0.01)
+        finally:
+            client.close()
+
     def keys(self) -> int:
         """How many keys it holds (DBSIZE): the bench's streams were really written."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
