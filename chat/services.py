@@ -82,7 +82,7 @@ async def open_store(settings: Settings, telemetry: Telemetry = NOTHING) -> Stor
 @asynccontextmanager
 async def open_services(settings: Settings, telemetry: Telemetry = NOTHING) -> AsyncIterator[Services]:
     """Everything the routes need; on the way out, running generations get the grace period."""
-    with sole_process(settings):
+    async with sole_process(settings):
         async with _opened(settings, telemetry) as services:
             yield services
 

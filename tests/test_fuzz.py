@@ -8,6 +8,7 @@ be no 5xx and what the document says: its status, content type, headers and body
 a stream, and for a live feed what each event's `data` holds).
 
 Deliberate choices:
+- On SQLite and on PostgreSQL, each with servers of its own.
 - Repeatable: Hypothesis is derandomized, the state machine seeded, schemathesis' own seed
   fixed, and no example database is kept, so each run sends the same requests. Hypothesis
   calls a scenario flaky when steps it drew before get other answers now (they decide which
@@ -35,6 +36,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from schemathesis.config import SchemathesisConfig
 
 from chat.config import Settings
 from chat.openapi import document
+from tests.backends import BACKENDS, Backend, new_backend
 from tests.live import serve
 
 EXAMPLES = 100  # generated requests per operation, besides schemathesis' coverage cases
@@ -89,28 +92,36 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 schema = schemathesis.openapi.from_dict(document(SETTINGS), config=CONFIG)
 
-ANSWERS: Counter[tuple[str, int]] = Counter()  # (operation, status class) -> how many
+ANSWERS: Counter[tuple[str, str, int]] = Counter()  # (backend, operation, status class) -> how many
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving(tmp_path_factory.mktemp("fuzz")) as url:
-        yield url
+@dataclass(frozen=True)
+class Served:
+    url: str
+    backend: Backend
 
 
-@pytest.fixture
-def fresh_url(tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(scope="module", params=BACKENDS)
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    with new_backend(request.param, tmp_path_factory.mktemp("fuzz"), request, schema=True) as backend:
+        with serving(backend) as url:
+            yield Served(url, backend)
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Served]:
     """A server of its own for the workflows: the same steps must find the same data each time
     Hypothesis draws them, whatever `test_api` left behind."""
-    with serving(tmp_path) as url:
-        yield url
+    with new_backend(request.param, tmp_path, request, schema=True) as backend:
+        with serving(backend) as url:
+            yield Served(url, backend)
 
 
 @contextmanager
-def serving(directory: Path) -> Iterator[str]:
+def serving(backend: Backend) -> Iterator[str]:
     """sidechat on a real server, on an event loop of its own in a thread: schemathesis calls
     it with `requests`, which blocks."""
-    settings = SETTINGS.override(db=str(directory / "chat.db"))
+    settings = SETTINGS.override(db=backend.db)
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     started = threading.Event()
@@ -144,17 +155,24 @@ def settle(response: schemathesis.Response, base_url: str) -> None:
             client.get(stream_url, headers={"authorization": f"Bearer {TOKEN}"}).raise_for_status()
 
 
-def forget_everything(base_url: str) -> None:
-    """Delete every conversation, so the next ids are 1 again (SQLite gives out the highest plus
-    one): each scenario of the workflows starts from the same, empty, database."""
-    with httpx.Client(base_url=base_url, headers={"authorization": f"Bearer {TOKEN}"}, timeout=30) as client:
+def forget_everything(served: Served) -> None:
+    """Delete every conversation, and have the next ids be 1 again (SQLite gives out the highest
+    plus one; a PostgreSQL identity is told to restart): each scenario of the workflows starts
+    from the same, empty, database."""
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=served.url, headers=headers, timeout=30) as client:
         while page := client.get("/api/conversations", params={"limit": 100}).json()["conversations"]:
             for conversation in page:
                 client.delete(f"/api/conversations/{conversation['id']}").raise_for_status()
+    if served.backend.kind == "postgres":
+        for table in ("conversations", "messages"):
+            asyncio.run(served.backend.execute(f"ALTER TABLE {table} ALTER COLUMN id RESTART WITH 1"))
 
 
-def validate(case: schemathesis.Case, response: schemathesis.Response, **transport: Any) -> None:
-    ANSWERS[case.operation.label, response.status_code // 100] += 1
+def validate(
+    case: schemathesis.Case, response: schemathesis.Response, backend: Backend, **transport: Any
+) -> None:
+    ANSWERS[backend.kind, case.operation.label, response.status_code // 100] += 1
     case.validate_response(response, transport_kwargs=transport)
     if case.operation.definition.raw.get("operationId") in FEEDS and response.status_code == 200:
         # Cut short is what reading an open feed ends in; an end of its own would be a bug.
@@ -169,19 +187,19 @@ def validate(case: schemathesis.Case, response: schemathesis.Response, **transpo
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-def test_api(case: schemathesis.Case, base_url: str) -> None:
-    response = case.call(base_url=base_url)
-    validate(case, response, base_url=base_url)
-    settle(response, base_url)
+def test_api(case: schemathesis.Case, served: Served) -> None:
+    response = case.call(base_url=served.url)
+    validate(case, response, served.backend, base_url=served.url)
+    settle(response, served.url)
 
 
-def test_workflows(fresh_url: str) -> None:
+def test_workflows(fresh: Served) -> None:
     """Chains of calls along the document's links, in the orders Hypothesis finds."""
-    base_url = fresh_url
+    base_url = fresh.url
 
     class Workflows(schema.as_state_machine()):  # type: ignore[misc]
         def setup(self) -> None:
-            forget_everything(base_url)
+            forget_everything(fresh)
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"base_url": base_url}  # timeouts are in CONFIG, per operation
@@ -189,7 +207,7 @@ def test_workflows(fresh_url: str) -> None:
         def validate_response(  # type: ignore[override]
             self, response: Any, case: schemathesis.Case, additional_checks: object = None, **kwargs: Any
         ) -> None:
-            validate(case, response, **kwargs)
+            validate(case, response, fresh.backend, **kwargs)
             settle(response, base_url)
 
     seed(SEED)(Workflows).run(
@@ -205,14 +223,15 @@ def test_workflows(fresh_url: str) -> None:
     )
 
 
-def test_the_fuzz_reached_every_operation() -> None:
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_the_fuzz_reached_every_operation(kind: str) -> None:
     """A fuzz that only ever heard 401 or 404 would pass and prove nothing."""
     if not ANSWERS:
         pytest.skip("the fuzz did not run in this session")
     operations = {
         f"{method.upper()} {path}" for path, item in schema.raw_schema["paths"].items() for method in item
     }
-    unanswered = {op for op in operations if ANSWERS[op, 2] == 0}
+    unanswered = {op for op in operations if ANSWERS[kind, op, 2] == 0}
     # A demo reply finishes at once, so a cancel nearly always comes too late (409);
     # test_openapi cancels a slow one.
     assert unanswered <= {"POST /api/messages/{message_id}/cancel"}, sorted(ANSWERS.items())

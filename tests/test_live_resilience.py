@@ -9,10 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.backends import every_backend
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply, sse
 from tests.live import EventReader, chat_stream, read_stream, until
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, every_backend]
 ROOT = Path(__file__).resolve().parent.parent
 
 
