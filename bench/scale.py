@@ -34,7 +34,7 @@ from typing import Any
 
 import report
 import scale_report
-from attach_probe import Probe, attach_on
+from attach_probe import Crowd, Probe, attach_on, crowd_on
 from procs import TICK, cpu_list, cpu_seconds, free_port, healthy, spawn, stop
 from redis_proc import REDIS_SERVER, RedisProcess
 from run import BENCH, PY, ROOT, Bench, describe
@@ -42,6 +42,7 @@ from scale_report import Part, Row
 from scenarios import Phase, Scenario, scenarios
 
 PARTS = ("cpu", "processes", "attach")
+CROWD = 150  # followers of one reply at once: more than redis-py's pool holds (100) by default
 
 
 class ScaleBench(Bench):
@@ -287,6 +288,23 @@ def attach_rows(same: Probe, other: Probe) -> list[Row]:
     ]
 
 
+def crowd_rows(many: int, same: Crowd, other: Crowd) -> list[Row]:
+    def p99(samples: list[int]) -> float | None:
+        return report.percentiles(samples)["p99"] if samples else None  # type: ignore[index]
+
+    return [
+        Row(
+            f"{many} attaching at once: followed to the end",
+            same.followed,
+            other.followed,
+            ratio=False,
+            target=f"= {many}",
+            passes=lambda v: v == many,
+        ),
+        Row(f"{many} attaching at once: first event p99 ms", p99(same.attach_us), p99(other.attach_us)),
+    ]
+
+
 def pair_parts(
     bench: ScaleBench, chosen: list[str], quick: bool, out: dict[str, list[Row]]
 ) -> dict[str, Any]:
@@ -306,8 +324,14 @@ def pair_parts(
                 (_, a), (_, b) = pair
                 same = asyncio.run(attach_on(a, a, replies, tokens, 10, "attach-same"))
                 other = asyncio.run(attach_on(a, b, replies, tokens, 10, "attach-other"))
-                raw["attach"] = {"same": dataclasses.asdict(same), "other": dataclasses.asdict(other)}
-                out["attach"] = attach_rows(same, other)
+                many = 30 if quick else CROWD
+                crowds = [asyncio.run(crowd_on(a, f, many, 100, 20, f"crowd-{f}")) for f in (a, b)]
+                raw["attach"] = {
+                    "same": dataclasses.asdict(same),
+                    "other": dataclasses.asdict(other),
+                    "crowd": [dataclasses.asdict(c) for c in crowds],
+                }
+                out["attach"] = attach_rows(same, other) + crowd_rows(many, *crowds)
     return raw
 
 
@@ -343,7 +367,9 @@ def describe_parts(quick: bool, cores: int) -> dict[str, Part]:
             "on A itself",
             "on B",
             [
-                "time to first event: from B's connect to its first event; lag: tokens A got after that, B's arrival less A's"
+                "time to first event: from B's connect to its first event; lag: tokens A got after that, B's arrival less A's",
+                f"then {30 if quick else CROWD} clients attach at once to one reply (100 tokens 20 ms apart) on A, then on B;"
+                " a follower on B holds one Redis connection (XREAD BLOCK) while it waits",
             ],
         ),
     }
