@@ -281,7 +281,12 @@ class Broker:
             topic.subscribers -= 1
             self.subscribers -= 1
             if topic.subscribers == 0 and topic.on_abandoned is not None:
-                topic.on_abandoned()
+                self.abandoned(topic)
+
+    def abandoned(self, topic: Topic) -> None:
+        """The last of this process's followers of `topic` left: here, nobody follows it."""
+        assert topic.on_abandoned is not None
+        topic.on_abandoned()
 
     def _closing(self, topic: Topic) -> None:
         self._closed.append((self._clock() + self.retention, topic))

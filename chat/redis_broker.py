@@ -18,12 +18,15 @@ Deliberate choices:
   in-memory topic is dropped; an open one expires `open_ttl` after its last write, so the stream
   of a process that died goes away by itself. `MAXLEN ~` caps a stream; the cap is far above a
   reply's length, and a follower that falls behind it is told (`EventsLost`), never silently.
-- Feeds stay in this process's memory for now (`Broker.feed` is inherited as is).
+- A reply whose clients are gone (`SIDECHAT_ON_DISCONNECT=cancel`) is stopped only once nobody
+  follows it on any process: followers elsewhere are counted at `<prefix>followers:<topic>`,
+  and the last of them to leave tells the runner, on the cancel channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -70,6 +73,7 @@ class RedisBroker(Broker):
         self.max_entries = max_entries
         self.open_ttl = open_ttl
         self._copies: dict[asyncio.Task[None], Topic] = {}  # running copies, and what each copies
+        self._checks: set[asyncio.Task[None]] = set()  # is an abandoned topic followed elsewhere?
 
     def open(self, name: str) -> Topic:
         """A new topic, in memory as ever, copied to its stream from now on."""
@@ -119,10 +123,48 @@ class RedisBroker(Broker):
                 yield local
             return
         self.subscribers += 1
+        followers = self.keys.followers(topic.name)
+        await self._count(followers, 1)
         try:
             yield RemoteSubscription(self.redis, topic, after, heartbeat, reset)
         finally:
             self.subscribers -= 1
+            if await self._count(followers, -1) == 0:  # perhaps nobody follows it now: ask its runner
+                await self._tell(json.dumps({"abandoned": topic.name}))
+
+    def abandoned(self, topic: Topic) -> None:
+        """This process's last follower left: the reply is abandoned unless another process's
+        clients follow it (they tell its runner when the last of them leaves)."""
+        task = asyncio.create_task(self._abandon_unless_followed(topic))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _abandon_unless_followed(self, topic: Topic) -> None:
+        try:
+            followed = int(await self.redis.get(self.keys.followers(topic.name)) or 0) > 0
+        except (RedisError, OSError):
+            followed = False  # nobody can follow it from elsewhere while Redis is away
+        if not followed and topic.subscribers == 0 and not topic.closed and topic.on_abandoned is not None:
+            topic.on_abandoned()
+
+    async def _count(self, key: str, change: int) -> int | None:
+        """The count of followers at `key` changed by `change`; None when Redis did not answer
+        (then a runner may go on with a reply nobody follows, as it would without `cancel`)."""
+        try:
+            pipe: Any = self.redis.pipeline(transaction=True)
+            pipe.incrby(key, change)
+            pipe.pexpire(key, max(1, round(self.open_ttl * 1000)))
+            count, _ = await pipe.execute()
+            return int(count)
+        except (RedisError, OSError) as exc:
+            log.warning("could not count the followers at %s: %s", key, exc)
+            return None
+
+    async def _tell(self, notice: str) -> None:
+        try:
+            await self.redis.publish(self.keys.cancel, notice)
+        except (RedisError, OSError) as exc:
+            log.warning("could not tell the other processes %s: %s", notice, exc)
 
     async def aclose(self, grace: float = 5.0) -> None:
         """Let the copies of closed topics finish writing, for up to `grace` seconds; the rest
@@ -131,7 +173,7 @@ class RedisBroker(Broker):
         ending = [task for task, topic in self._copies.items() if topic.closed]
         if ending:
             await asyncio.wait(ending, timeout=grace)
-        pending = list(self._copies)
+        pending = [*self._copies, *self._checks]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)

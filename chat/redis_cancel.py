@@ -5,6 +5,8 @@ and deleting a conversation stops its replies on every process.
     each   → <prefix>cancel:<token>   {"here": false}
     runner → <prefix>cancel:<token>   {"here": true, "stopped": …, "finished": …, "message": {…}}
 
+    follower → <prefix>cancel         {"abandoned": "message:42"}: the last follower elsewhere left
+
     asker  → <prefix>cancel           {"conversation_id": 7, "answers": "<token>"}
     each   → <prefix>cancel:<token>   {"here": true}, once it stopped any it ran
 
@@ -165,6 +167,9 @@ async def _listen(redis: Redis, keys: Keys, generations: Generations) -> None:
 async def _handle(redis: Redis, keys: Keys, generations: Generations, raw: bytes) -> None:
     try:
         request = json.loads(raw)
+        if "abandoned" in request:
+            _abandoned(generations, str(request["abandoned"]))
+            return
         channel = keys.cancel_answers(str(request["answers"]))
         if "conversation_id" in request:
             await generations.stop_conversation(int(request["conversation_id"]))
@@ -186,6 +191,14 @@ async def _handle(redis: Redis, keys: Keys, generations: Generations, raw: bytes
             "message": None if final is None else final.as_json(),
         }
     await _say(redis, channel, said)
+
+
+def _abandoned(generations: Generations, name: str) -> None:
+    """The last client following `name` from another process left: if it runs here and nobody
+    here follows it either, it is abandoned."""
+    topic = generations.broker.get(name)
+    if topic is not None and topic.subscribers == 0 and not topic.closed and topic.on_abandoned is not None:
+        generations.broker.abandoned(topic)
 
 
 async def _say(redis: Redis, channel: str, said: dict[str, Any]) -> None:

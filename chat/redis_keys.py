@@ -3,6 +3,7 @@ Redis can serve several deployments and `redis-cli --scan --pattern 'sidechat:*'
 
     <prefix>topic:<topic>           a topic's events, a Stream: entry `0-<event id>`, field `e`
                                     (the encoded event); a last entry with field `end` once it closed
+    <prefix>followers:<topic>       how many clients follow a topic from processes that do not run it
     <prefix>cancel                  pub/sub: "stop this reply", heard by every process
     <prefix>cancel:<token>          pub/sub: the answers to one cancel request
     <prefix>processes               a set: the id of every process that holds (or held) a lease
@@ -24,6 +25,9 @@ class Keys:
 
     def topic(self, name: str) -> str:
         return f"{self.prefix}topic:{name}"
+
+    def followers(self, name: str) -> str:
+        return f"{self.prefix}followers:{name}"
 
     @property
     def cancel(self) -> str:

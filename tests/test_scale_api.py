@@ -19,7 +19,7 @@ from chat.redis_broker import RedisBroker
 from tests.backends import Backend, every_backend
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
-from tests.live import Transcript, read_stream, serve, until
+from tests.live import EventReader, Transcript, read_stream, serve, until
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -226,6 +226,54 @@ async def test_deleting_the_conversation_on_the_other_process_stops_its_reply(
     transcript = await asyncio.wait_for(following, 10)
     assert transcript.terminal.data["finish_reason"] == "cancelled"
     assert (await pair.a.get(f"/api/conversations/{accepted['conversation_id']}")).status_code == 404
+
+
+@pytest.fixture
+async def cancelling_pair(
+    upstream: FakeUpstream, tmp_path: Path, database: Backend, redis_server: RedisServer, redis_keys: Keys
+) -> AsyncIterator[Pair]:
+    """Two processes that stop a reply once no client follows it (SIDECHAT_ON_DISCONNECT=cancel)."""
+    settings = {
+        "db": database.db,
+        "redis_url": redis_server.url,
+        "redis_prefix": redis_keys.prefix,
+        "on_disconnect": "cancel",
+    }
+    async for pair in _pair(settings, upstream, tmp_path):
+        yield pair
+
+
+async def test_with_cancel_on_disconnect_a_reply_followed_elsewhere_goes_on_until_that_client_leaves(
+    cancelling_pair: Pair, upstream: FakeUpstream, redis: Redis, redis_keys: Keys
+) -> None:
+    pair = cancelling_pair
+    for text, leaves in (("still followed", False), ("left behind", True)):
+        first, _, rest = text.partition(" ")
+        reply, gate = held_reply(first, " " + rest)
+        upstream.add(reply)
+        async with pair.a.stream("POST", "/api/chat/stream", json={"message": "hi"}) as posted:
+            asking = EventReader(posted)  # kept: a reader let go would close the response
+            message_id = (await asking.read(until=1)).events[0].data["message_id"]
+            request = pair.b.build_request("GET", f"/api/messages/{message_id}/stream")
+            elsewhere = await pair.b.send(request, stream=True)
+            key = redis_keys.followers(topic_name(message_id))
+            await until(lambda: _count_is(redis, key, 1), what="the follower elsewhere to be counted")  # noqa: B023
+        # The client that asked is gone; the one on the other process still follows it.
+        if leaves:
+            await elsewhere.aclose()
+            await until(lambda: upstream.hangups == 1, what="the reply nobody follows to be stopped")
+            row = await stored(pair.a, message_id)
+            assert (row["status"], row["content"]) == ("cancelled", "left")  # its first token
+        else:
+            gate.set()
+            followed = await EventReader(elsewhere).read()
+            await elsewhere.aclose()
+            assert followed.terminal.event == "done" and followed.text == "still followed"
+            assert upstream.hangups == 0
+
+
+async def _count_is(redis: Redis, key: str, count: int) -> bool:
+    return int(await redis.get(key) or 0) == count
 
 
 @pytest.fixture
