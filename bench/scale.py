@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -138,11 +139,19 @@ def stop_all(servers: list[tuple[subprocess.Popen[bytes], int]]) -> None:
         stop(process)
 
 
-def machine_busy() -> float:
-    """CPU seconds all this machine's cores spent on anything since boot, stolen time included."""
+def machine_busy() -> tuple[float, float, float]:
+    """CPU seconds all this machine's cores spent on anything since boot, and of those: on
+    interrupts (softirq: mostly the loopback network, counted to no process), and the time the
+    hypervisor gave to other guests (steal)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
-    return (user + nice + system + irq + softirq + steal) / TICK
+    return (user + nice + system + irq + softirq + steal) / TICK, (irq + softirq) / TICK, steal / TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def chat_url(port: int) -> str:
@@ -217,16 +226,20 @@ def throughput(
         "redis-server": [bench.redis.pid],
     }
     before, began = {who: sum(map(cpu_seconds, pids)) for who, pids in watched.items()}, time.monotonic()
-    busy = machine_busy()
+    busy, mine, ended = machine_busy(), time.process_time(), children_cpu()
     raw = bench.loadgen([chat_url(port) for _, port in servers], "relay", phase, "run")
     # CPU over the window it was read in (the load generator's start and exit included), so
     # the shares add up to at most the cores; tokens/s over the load generator's own run.
     spent = {who: sum(map(cpu_seconds, pids)) - before[who] for who, pids in watched.items()}
     window = time.monotonic() - began
-    spent["load generator"] = raw["cpu_s"]
+    spent["load generator"] = children_cpu() - ended  # its start-up included
+    spent["this bench (waits for Redis)"] = time.process_time() - mine
     # what the cores did besides: other processes (a test run next door), and time the
     # hypervisor gave to other guests
-    spent["anything else"] = max(0.0, machine_busy() - busy - sum(spent.values()))
+    total, interrupts, steal = (after - before for after, before in zip(machine_busy(), busy, strict=True))
+    spent["interrupts (loopback network)"] = interrupts
+    spent["stolen (other guests)"] = steal
+    spent["other processes"] = max(0.0, total - sum(spent.values()))
     return {
         "tokens_per_s": round(raw["tokens"] / ((raw["last_ns"] - raw["began_ns"]) / 1e9)),
         "copied_tokens_per_s": round(raw["tokens"] / ((bench.drained_ns - raw["began_ns"]) / 1e9)),
