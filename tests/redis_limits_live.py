@@ -105,3 +105,25 @@ async def test_a_budget_spent_on_one_process_refuses_on_the_other(
             return response.status_code == 429 and response.json()["error"]["type"] == "quota_exceeded"
 
         await until(spent_on_b, what="the tokens spent on one process to count on the other")
+
+
+async def test_while_redis_is_away_a_chat_is_503_with_retry_after_and_admitted_when_it_is_back(
+    upstream: FakeUpstream, tmp_path: Path, own_redis_server: RedisServer, redis_keys: Keys
+) -> None:
+    upstream.add(Reply(openai_reply("back")))
+    settings = settings_for(
+        upstream, tmp_path, redis_url=own_redis_server.url, redis_prefix=redis_keys.prefix
+    )
+    async with serve(settings) as url, httpx.AsyncClient(base_url=url, timeout=10) as client:
+        own_redis_server.stop()
+        for path in ("/api/chat", "/api/chat/stream"):
+            away = await client.post(path, json={"message": "hi"})
+            assert away.status_code == 503, away.text
+            error = away.json()["error"]
+            assert error["type"] == "live_unavailable" and "limits shared" in error["message"]
+            assert "SIDECHAT_REDIS_URL" in error["message"]
+            assert int(away.headers["retry-after"]) >= error["retry_after"] > 0
+        own_redis_server.start()
+        back = await client.post("/api/chat", json={"message": "hi", "wait": True})
+        assert back.status_code == 200, back.text
+    assert len(upstream.requests) == 1
