@@ -142,13 +142,14 @@ class SharedLimits(Limits):
                 verdict, wait = await self._admit(keys=[self.rate_key(user), self.slots_key(user)], args=args)
         except UNREACHABLE as exc:
             raise unavailable("limits", exc) from None
-        if verdict == b"streams":
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict  # however it decodes
+        if verdict == "streams":
             raise RateLimited(
                 f"{self.streams.per_user} of your replies are running already"
                 " (SIDECHAT_MAX_STREAMS_PER_USER, counted on every process); wait for one to end",
                 retry_after=STREAMS_RETRY_AFTER,
             )
-        if verdict == b"rate":
+        if verdict == "rate":
             raise RateLimited(
                 f"more than {count} chat requests in the period"
                 " (SIDECHAT_RATE_LIMIT, counted on every process)",
