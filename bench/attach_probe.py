@@ -167,3 +167,63 @@ async def attach_on(origin: int, follower: int, replies: int, tokens: int, gap_m
     for n in range(replies):
         await one_reply(origin, follower, tokens, gap_ms, f"{tag}#{n}", probe)
     return probe
+
+
+@dataclass
+class Crowd:
+    attach_us: list[int] = field(default_factory=list)  # of the followers that got the whole reply
+    followed: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # what the others got instead
+
+
+async def crowd_on(origin: int, follower: int, followers: int, tokens: int, gap_ms: float, tag: str) -> Crowd:
+    """`followers` clients attaching at once to one reply running on `origin`: how many follow it
+    to its end (every token, then `done`), and how soon each had its first event."""
+    body = json.dumps({"message": f"bench:tokens={tokens},gap_ms={gap_ms:g} {tag}"}).encode()
+    head = (
+        "POST /api/chat/stream HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+        f"accept: text/event-stream\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    a = await Response.open(origin, head, body)
+    crowd = Crowd()
+    try:
+        message_id = 0
+        async for event in a.events():
+            if event.name == "start":
+                message_id = json.loads(event.data)["message_id"]
+            elif event.name == "token":
+                break
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(follow(follower, message_id, tokens) for _ in range(followers))), 120
+        )
+    finally:
+        a.close()
+    for outcome in outcomes:
+        if isinstance(outcome, int):
+            crowd.followed += 1
+            crowd.attach_us.append(outcome)
+        else:
+            crowd.refused[outcome] = crowd.refused.get(outcome, 0) + 1
+    return crowd
+
+
+async def follow(port: int, message_id: int, tokens: int) -> int | str:
+    """µs to the first event when the whole reply came, else what came instead."""
+    asked = now_ns()
+    head = f"GET /api/messages/{message_id}/stream HTTP/1.1\r\nhost: 127.0.0.1\r\naccept: text/event-stream\r\n\r\n"
+    b = await Response.open(port, head)
+    try:
+        if b.status != 200:
+            return f"http {b.status}"
+        first, seen = 0, 0
+        async for event in b.events():
+            first = first or event.at_ns
+            if event.name == "token":
+                seen += 1
+            elif event.name in ("done", "error"):
+                if event.name == "done" and seen == tokens:
+                    return (first - asked) // 1000
+                return f"{event.name} after {seen} tokens"
+        return f"ended after {seen} tokens"
+    finally:
+        b.close()

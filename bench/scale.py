@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from typing import Any
 
 import report
 import scale_report
-from attach_probe import Probe, attach_on
+from attach_probe import Crowd, Probe, attach_on, crowd_on
 from procs import TICK, cpu_list, cpu_seconds, free_port, healthy, spawn, stop
 from redis_proc import REDIS_SERVER, RedisProcess
 from run import BENCH, PY, ROOT, Bench, describe
@@ -42,6 +43,7 @@ from scale_report import Part, Row
 from scenarios import Phase, Scenario, scenarios
 
 PARTS = ("cpu", "processes", "attach")
+CROWD = 150  # followers of one reply at once: more than redis-py's pool holds (100) by default
 
 
 class ScaleBench(Bench):
@@ -137,11 +139,19 @@ def stop_all(servers: list[tuple[subprocess.Popen[bytes], int]]) -> None:
         stop(process)
 
 
-def machine_busy() -> float:
-    """CPU seconds all this machine's cores spent on anything since boot, stolen time included."""
+def machine_busy() -> tuple[float, float, float]:
+    """CPU seconds all this machine's cores spent on anything since boot, and of those: on
+    interrupts (softirq: mostly the loopback network, counted to no process), and the time the
+    hypervisor gave to other guests (steal)."""
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
-    return (user + nice + system + irq + softirq + steal) / TICK
+    return (user + nice + system + irq + softirq + steal) / TICK, (irq + softirq) / TICK, steal / TICK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended and were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def chat_url(port: int) -> str:
@@ -216,16 +226,20 @@ def throughput(
         "redis-server": [bench.redis.pid],
     }
     before, began = {who: sum(map(cpu_seconds, pids)) for who, pids in watched.items()}, time.monotonic()
-    busy = machine_busy()
+    busy, mine, ended = machine_busy(), time.process_time(), children_cpu()
     raw = bench.loadgen([chat_url(port) for _, port in servers], "relay", phase, "run")
     # CPU over the window it was read in (the load generator's start and exit included), so
     # the shares add up to at most the cores; tokens/s over the load generator's own run.
     spent = {who: sum(map(cpu_seconds, pids)) - before[who] for who, pids in watched.items()}
     window = time.monotonic() - began
-    spent["load generator"] = raw["cpu_s"]
+    spent["load generator"] = children_cpu() - ended  # its start-up included
+    spent["this bench (waits for Redis)"] = time.process_time() - mine
     # what the cores did besides: other processes (a test run next door), and time the
     # hypervisor gave to other guests
-    spent["anything else"] = max(0.0, machine_busy() - busy - sum(spent.values()))
+    total, interrupts, steal = (after - before for after, before in zip(machine_busy(), busy, strict=True))
+    spent["interrupts (loopback network)"] = interrupts
+    spent["stolen (other guests)"] = steal
+    spent["other processes"] = max(0.0, total - sum(spent.values()))
     return {
         "tokens_per_s": round(raw["tokens"] / ((raw["last_ns"] - raw["began_ns"]) / 1e9)),
         "copied_tokens_per_s": round(raw["tokens"] / ((bench.drained_ns - raw["began_ns"]) / 1e9)),
@@ -287,6 +301,23 @@ def attach_rows(same: Probe, other: Probe) -> list[Row]:
     ]
 
 
+def crowd_rows(many: int, same: Crowd, other: Crowd) -> list[Row]:
+    def p99(samples: list[int]) -> float | None:
+        return report.percentiles(samples)["p99"] if samples else None  # type: ignore[index]
+
+    return [
+        Row(
+            f"{many} attaching at once: followed to the end",
+            same.followed,
+            other.followed,
+            ratio=False,
+            target=f"= {many}",
+            passes=lambda v: v == many,
+        ),
+        Row(f"{many} attaching at once: first event p99 ms", p99(same.attach_us), p99(other.attach_us)),
+    ]
+
+
 def pair_parts(
     bench: ScaleBench, chosen: list[str], quick: bool, out: dict[str, list[Row]]
 ) -> dict[str, Any]:
@@ -306,8 +337,14 @@ def pair_parts(
                 (_, a), (_, b) = pair
                 same = asyncio.run(attach_on(a, a, replies, tokens, 10, "attach-same"))
                 other = asyncio.run(attach_on(a, b, replies, tokens, 10, "attach-other"))
-                raw["attach"] = {"same": dataclasses.asdict(same), "other": dataclasses.asdict(other)}
-                out["attach"] = attach_rows(same, other)
+                many = 30 if quick else CROWD
+                crowds = [asyncio.run(crowd_on(a, f, many, 100, 20, f"crowd-{f}")) for f in (a, b)]
+                raw["attach"] = {
+                    "same": dataclasses.asdict(same),
+                    "other": dataclasses.asdict(other),
+                    "crowd": [dataclasses.asdict(c) for c in crowds],
+                }
+                out["attach"] = attach_rows(same, other) + crowd_rows(many, *crowds)
     return raw
 
 
@@ -343,7 +380,9 @@ def describe_parts(quick: bool, cores: int) -> dict[str, Part]:
             "on A itself",
             "on B",
             [
-                "time to first event: from B's connect to its first event; lag: tokens A got after that, B's arrival less A's"
+                "time to first event: from B's connect to its first event; lag: tokens A got after that, B's arrival less A's",
+                f"then {30 if quick else CROWD} clients attach at once to one reply (100 tokens 20 ms apart) on A, then on B;"
+                " a follower on B holds one Redis connection (XREAD BLOCK) while it waits",
             ],
         ),
     }

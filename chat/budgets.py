@@ -19,8 +19,9 @@ Deliberate choices:
   without a price (a model missing from the table) adds to token budgets only.
 - Memory follows the users active lately: when there are many tallies, those untouched for
   an hour are dropped, and read again from the database if their user comes back.
-- The tallies live in this process, as the rate limits do: with several processes, each
-  knows what the database held when it read, plus the replies it ran itself.
+- The tallies live in this process, as the rate limits do. With SIDECHAT_REDIS_URL they live
+  in Redis instead (`chat.redis_budgets`, the same calls), so a reply ending on one process
+  counts on all; without it, one process runs every reply, so its own tally is the whole story.
 - A tally is not read again while it is kept, so deleting a conversation does not give its
   spending back; after a restart it does, since the replies are the only ledger (see the
   notes of `chat.usage`).

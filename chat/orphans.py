@@ -45,7 +45,7 @@ from . import events
 from .database import StorageFailed, stamp
 from .generations import topic_name
 from .redis_keys import Keys, entry_id, event_id
-from .redis_leases import Lease
+from .redis_leases import Lease, still_wanted
 from .sse import SSEDecoder, encode_event
 from .store import Store
 
@@ -154,6 +154,7 @@ class Reaper:
         self.trouble_at = loop.time()  # start-up waits a whole period too
         looks = 0
         while True:
+            still_wanted()
             await asyncio.sleep(self.seconds * LOOK_SHARE)
             try:
                 if not self.quiet():
@@ -164,11 +165,16 @@ class Reaper:
                     await self.sweep()
                 looks += 1
             except (RedisError, OSError) as exc:
+                still_wanted()
                 if self.quiet():
                     log.warning("the reaper lost Redis (%s); it reaps nothing until it is back", exc)
                 self.trouble_at = loop.time()
             except StorageFailed as exc:
+                still_wanted()
                 log.warning("the reaper could not end an orphaned reply (%s); trying again", exc)
+            except Exception:  # whatever it was, the next look tries again: a reaper never stops
+                still_wanted()
+                log.exception("the reaper failed; it looks again in a moment")
 
     async def reap(self) -> int:
         """End the replies of every process whose lease has expired; how many were ended."""

@@ -5,8 +5,9 @@ Deliberate choices:
 - Where a follower starts is decided from the stream's last entry: a new follower (no
   `Last-Event-ID`) there; a resume at its id, or before it, from that id (the chain then tells
   whether it is exact); a resume past it, or into a deleted conversation's stream, `reset` first.
-- After a `reset`, "from now": what the window still holds after the gap is read through and not
-  sent, as the in-memory feed goes on from its last event.
+- After a `reset`, "from now": what the stream held when the follower started is read through and
+  not sent, as the in-memory feed goes on from its last event; what came since is sent. A gap
+  found while following (events dropped) is a `reset` too, and what follows it is sent.
 - A read that fails ends the follower's stream: its client reconnects and resumes with
   `Last-Event-ID`, wherever Redis answers. Nothing waits for a Redis that is away.
 """
@@ -35,6 +36,7 @@ class Start:
     position: int  # the id of the last entry this follower counts as read
     reset: bool = False  # its first event is `reset`
     after_end: bool = False  # `position` is a deleted conversation's `end`: the next life may begin
+    last: int = 0  # the stream's last entry then: after a gap, what is not past it is not sent
 
 
 async def start_of(redis: Redis, key: str, after: int) -> Start:
@@ -42,10 +44,10 @@ async def start_of(redis: Redis, key: str, after: int) -> Start:
     found: Any = await redis.xrevrange(key, count=1)
     last, ended = (event_id(found[0][0]), b"end" in found[0][1]) if found else (0, False)
     if ended:
-        return Start(last, reset=bool(after), after_end=True)
+        return Start(last, reset=bool(after), after_end=True, last=last)
     if after > last:  # past the feed's end: another life's id, or none ever given
-        return Start(last, reset=True)
-    return Start(after or last)
+        return Start(last, reset=True, last=last)
+    return Start(after or last, last=last)
 
 
 class FeedTopic(Topic):
@@ -85,7 +87,9 @@ class FeedSubscription(Subscription):
         self._loop = asyncio.get_running_loop()
         self._last_sent = self._loop.time()
         self._chunks: deque[bytes] = deque([reset] if start.reset else [])
-        self._skipping = False  # after a gap: reading through to now, sending nothing
+        self._backlog = start.last
+        self._skipping = False  # after a gap: reading through what was there at the start
+        self._was_reset = start.reset  # the last thing sent was a `reset` (one says it all)
         self._at_end = False
         self.ended = False
 
@@ -115,25 +119,27 @@ class FeedSubscription(Subscription):
             except (RedisError, OSError) as exc:
                 log.warning("lost Redis while following %s (%s): the client resumes", self._topic.name, exc)
                 raise StopAsyncIteration from None
-            entries = list(reply[0][1]) if reply else []
-            self._take(entries)
-            if len(entries) < BATCH:
-                self._skipping = False  # caught up: from now on, everything is sent
+            self._take(list(reply[0][1]) if reply else [])
 
     def _take(self, entries: list[Any]) -> None:
         parts: list[bytes] = []
         for raw_id, fields in entries:
-            previous = int(fields[b"p"])
-            if not self._skipping and previous != self._position and not (self._after_end and previous == 0):
-                parts.append(self._reset)  # something between was let go: the client refetches
+            number, previous = event_id(raw_id), int(fields[b"p"])
+            if previous != self._position and not (self._after_end and previous == 0):
+                if not self._was_reset:  # something between was let go: the client refetches
+                    parts.append(self._reset)
+                    self._was_reset = True
                 self._skipping = True
-            self._position, self._after_end = event_id(raw_id), False
+            if self._skipping and number > self._backlog:
+                self._skipping = False  # past what was there at the start: "now"
+            self._position, self._after_end = number, False
             gone = fields.get(b"gone")
             if b"end" in fields or (gone is not None and gone == self._user):
                 self._at_end = True
                 break
             if not self._skipping and b"e" in fields:
                 parts.append(fields[b"e"])
+                self._was_reset = False
         self._chunks.extend(chunked(parts))
 
     def end(self) -> None:

@@ -64,20 +64,22 @@ local member, ttl = ARGV[4], tonumber(ARGV[5])
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local last, prev = 0, 0
+local last, prev, ended = 0, 0, false
 local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 if top[1] then
   last = tonumber(string.sub(top[1][1], 3))
   prev = last
-  if top[1][2][3] == 'end' then  -- a deleted conversation's: what follows is another life
-    redis.call('DEL', stream)
-    prev = 0
-  end
+  ended = top[1][2][3] == 'end'  -- a deleted conversation's: an event or a join begins another life
 end
 if ARGV[3] == '1' then prev = -1 end
 local added = false
 
 local function add(kind, value)
+  if ended then
+    redis.call('DEL', stream)
+    if prev ~= -1 then prev = 0 end
+    ended = false
+  end
   local id = math.max(last + 1, now_ms * 1000)
   local text = string.format('%.0f', id)
   if kind == 'e' then value = 'id: ' .. text .. '\n' .. value end
@@ -117,14 +119,14 @@ if touched then
   local after = present()
   local same = #after == #before
   for i = 1, #after do same = same and after[i] == before[i] end
-  if joined or not same then
+  if joined or not (same or ended) then  -- nobody is told of a deleted conversation's leavers
     local quoted = {}
     for i, user in ipairs(after) do quoted[i] = cjson.encode(user) end
     add('e', 'event: presence\ndata: {"users": [' .. table.concat(quoted, ', ') .. ']}\n\n')
   end
   if redis.call('EXISTS', zset) == 1 then redis.call('PEXPIRE', zset, ttl) end
 end
-if ARGV[3] == '1' and not added then add('gap', '') end
+if ARGV[3] == '1' and not added and not ended then add('gap', '') end
 if added then
   local oldest = (now_ms - max_ms) * 1000
   if oldest > 0 then redis.call('XTRIM', stream, 'MINID', '0-' .. string.format('%.0f', oldest)) end

@@ -42,6 +42,16 @@ RENEW_SHARE = 0.2  # of it: how often it is renewed
 RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0)  # between tries to write, while Redis is away
 
 
+def still_wanted() -> None:
+    """Raise `CancelledError` if the current task is being cancelled. A cancellation that comes
+    mid-command can come back from the clients as an error of theirs (or not at all: a reaper
+    cancelled in tests went on looking), which a loop that retries on errors must not take for
+    one; so those loops ask, each time round and in each handler."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Lease:
     """This process's lease and registry (see the module's docstring); a `chat.running.Registry`."""
 
@@ -104,6 +114,7 @@ class Lease:
         due = loop.time() + every
         failures = 0
         while True:
+            still_wanted()
             if not (self._added or self._removed or self._whole):
                 self._wake.clear()
                 try:
@@ -115,6 +126,7 @@ class Lease:
             try:
                 await self._write(renew=renew)
             except (RedisError, OSError) as exc:
+                still_wanted()
                 self._failed(exc, failures)
                 await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1

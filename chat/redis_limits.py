@@ -125,6 +125,7 @@ class SharedLimits(Limits):
         self._admit = redis.register_script(ADMIT)
         self._keep = redis.register_script(KEEP)
         self._away = False  # the keeper has logged that Redis is away
+        self._stopping = False
 
     def slots_key(self, user: str) -> str:
         return f"{self.prefix}streams:{user}"
@@ -141,13 +142,14 @@ class SharedLimits(Limits):
                 verdict, wait = await self._admit(keys=[self.rate_key(user), self.slots_key(user)], args=args)
         except UNREACHABLE as exc:
             raise unavailable("limits", exc) from None
-        if verdict == b"streams":
+        verdict = verdict.decode() if isinstance(verdict, bytes) else verdict  # however it decodes
+        if verdict == "streams":
             raise RateLimited(
                 f"{self.streams.per_user} of your replies are running already"
                 " (SIDECHAT_MAX_STREAMS_PER_USER, counted on every process); wait for one to end",
                 retry_after=STREAMS_RETRY_AFTER,
             )
-        if verdict == b"rate":
+        if verdict == "rate":
             raise RateLimited(
                 f"more than {count} chat requests in the period"
                 " (SIDECHAT_RATE_LIMIT, counted on every process)",
@@ -168,13 +170,19 @@ class SharedLimits(Limits):
         self._wake.set()
 
     async def keep_up(self) -> None:
-        """Run for the process's life: refresh its slots, send what was given back or spent."""
-        while True:
+        """Run until `stop`: refresh this process's slots, send what was given back or spent."""
+        while not self._stopping:
             with suppress(TimeoutError):
                 async with asyncio.timeout(self.refresh):
                     await self._wake.wait()
             self._wake.clear()
             await self.send()
+
+    def stop(self) -> None:
+        """`keep_up` returns after the round it is in (no cancel: a cancelled Redis command
+        could cut a round in half, and a cancel swallowed on the way would keep it running)."""
+        self._stopping = True
+        self._wake.set()
 
     async def send(self) -> bool:
         """One round of the keeper: False (and logged once) while Redis does not answer."""
@@ -217,8 +225,7 @@ async def shared_limits(settings: Settings, redis: Redis, prefix: str) -> AsyncI
     try:
         yield limits
     finally:
-        keeper.cancel()
-        with suppress(asyncio.CancelledError):
-            await keeper
+        limits.stop()
+        await keeper
         limits.give_back_all()
         await limits.send()

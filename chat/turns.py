@@ -142,9 +142,7 @@ async def within_budget(services: Services, user: str) -> None:
 class admitted:  # noqa: N801 (used as `async with admitted(services, user) as slot`)
     """A slot for one more running reply of `user`'s (else `RateLimited`), given back on the
     way out unless a generation took it (`start_reply`), which gives it back as it ends.
-
-    `async with` it: shared limits (SIDECHAT_REDIS_URL) ask Redis. A plain `with` still works
-    with this process's own limits only, for callers not yet moved to `async with`."""
+    `async with` it (shared limits ask Redis); `with` is for this process's limits alone."""
 
     def __init__(self, services: Services, user: str) -> None:
         self.limits = services.limits

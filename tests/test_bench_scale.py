@@ -50,6 +50,7 @@ def test_quick_scale_benchmark_measures_every_part(tmp_path: Path) -> None:
         ("attach", "time to first event p50 ms", "scaled"),
         ("attach", "token lag behind A p99 ms", "scaled"),
         ("attach", "live tokens timed", "scaled"),
+        ("attach", "30 attaching at once: first event p99 ms", "base"),
     ]
     for part, metric, side in must_be_positive:
         value = figures[part, metric][side]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import AsyncIterable
 from typing import Any
@@ -14,6 +16,7 @@ from chat.config import Settings
 from chat.feeds import RESET, Feeds, conversation_feed
 from chat.sse import SSEDecoder
 from tests.live import until
+from tests.processes import ROOT
 
 pytestmark = pytest.mark.anyio
 
@@ -176,3 +179,21 @@ async def test_shutting_down_ends_every_feed_and_starts_none() -> None:
     assert live.closing
     async with live.follow_user("carol", 0) as late:
         assert [chunk async for chunk in late] == []
+
+
+def test_without_redis_the_feeds_are_this_processes_own_and_redis_is_not_imported() -> None:
+    """In memory, `live_feeds` is the plain `Feeds`, and the base install (no `redis`) runs it."""
+    code = (
+        "import sys, asyncio\n"
+        "from chat.broker import Broker\n"
+        "from chat.config import Settings\n"
+        "from chat.feeds import Feeds, live_feeds\n"
+        "async def main():\n"
+        "    async with live_feeds(Broker(retention=1), Settings()) as feeds:\n"
+        "        assert type(feeds) is Feeds\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m == 'redis' or m.startswith('redis.')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

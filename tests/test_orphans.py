@@ -339,3 +339,65 @@ async def test_with_redis_start_up_leaves_streaming_rows_to_the_reaper(
 async def _status(store: Store, reply: Message, status: str) -> bool:
     row = await store.get_message("local", reply.id)
     return row is not None and row.status == status
+
+
+class Meanwhile(Store):
+    """A store on the test's database whose end of a reply is slow enough for its process to
+    write one more event first: a process that was not dead after all."""
+
+    def __init__(self, store: Store, redis: Redis, keys: Keys) -> None:
+        self.__dict__.update(store.__dict__)
+        self._store, self._redis, self._keys = store, redis, keys
+
+    async def interrupt_reply(self, message_id: int, **changes: Any) -> bool:
+        key = self._keys.topic(topic_name(message_id))
+        last = await read_end(self._redis, key)
+        assert last is not None
+        await self._redis.xadd(
+            key, {"e": encode_event("token", {"text": "!"}, last[0] + 1)}, id=f"0-{last[0] + 1}"
+        )
+        return await self._store.interrupt_reply(message_id, **changes)
+
+
+async def test_a_stream_written_to_meanwhile_is_left_for_the_next_look(
+    store: Store, redis: Redis, redis_keys: Keys
+) -> None:
+    reply = await a_reply(store)
+    await published(redis, redis_keys, reply, "alive")
+    await dead_process(redis, redis_keys, reply)
+    reaper = Reaper(
+        Lease(redis, redis_keys, SECONDS), Meanwhile(store, redis, redis_keys), retention=5.0, stored=True
+    )
+    assert await reaper.reap() == 0
+    assert [name for _, name, _ in await stream_events(redis, redis_keys, reply)] == [
+        "start",
+        "token",
+        "token",
+    ]
+    assert await redis.sismember(redis_keys.processes, "dead")
+    assert await redis.sismember(redis_keys.runs("dead"), reply.id)
+
+
+async def test_a_database_refusing_the_end_is_tried_again_until_it_takes_it(
+    store: Store, backend: Backend, redis: Redis, redis_keys: Keys, caplog: pytest.LogCaptureFixture
+) -> None:
+    reply = await a_reply(store)
+    await published(redis, redis_keys, reply, "patience")
+    await dead_process(redis, redis_keys, reply)
+    await backend.refuse_marks("assistant")
+    reaper = Reaper(Lease(redis, redis_keys, SECONDS), store, retention=5.0, stored=True)
+    reaper.trouble_at = -SECONDS  # as if Redis had answered since long before
+    looking = asyncio.create_task(reaper.run())
+    try:
+        await until(lambda: "the reaper failed" in caplog.text, what="the refusal")
+        assert await _status(store, reply, "streaming")
+        await backend.execute(
+            "DROP TRIGGER refuse_mark" + ("" if backend.kind == "sqlite" else " ON messages")
+        )
+        key = redis_keys.topic(topic_name(reply.id))
+        await until(lambda: _at(redis, key, (3, True)), what="its stream ended")  # after its row
+    finally:
+        looking.cancel()
+        await asyncio.gather(looking, return_exceptions=True)
+    assert await _status(store, reply, "interrupted")
+    assert [name for _, name, _ in await stream_events(redis, redis_keys, reply)][-2:] == ["error", "end"]

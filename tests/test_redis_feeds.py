@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from chat.config import Settings
-from chat.feeds import RESET, Feeds, conversation_feed, live_feeds, user_feed
+from chat.feeds import conversation_feed, user_feed
 from chat.redis_broker import RedisBroker, open_redis
 from chat.redis_feed_scripts import FeedKeys
 from chat.redis_feeds import SharedFeeds, shared_feeds
@@ -229,6 +229,9 @@ async def test_a_deleted_conversation_ends_its_feed_everywhere_and_a_removed_mem
             a.conversation_deleted(7, ["carol"])
             await room.until("conversation.deleted")
             assert await room.ended()
+        await b.outboxes.flushed(5)  # carol left: nobody is told, and the stream still ends there
+        stream = FeedKeys(b.keys.prefix).feed(conversation_feed(7))
+        assert b"end" in (await a.redis.xrevrange(stream, count=1))[0][1]
         async with a.follow_conversation(7, "dave", 0) as again:  # the id again (SQLite reuses it)
             assert (await reader(again).next())[1] == {"users": ["dave"]}
 
@@ -271,11 +274,3 @@ async def test_shutting_down_ends_every_follower(process: Opener) -> None:
         assert await reader(mine).ended() and await reader(room).ended()
         async with a.follow_user("carol", 0) as late:
             assert [chunk async for chunk in late] == []
-
-
-async def test_without_redis_the_feeds_are_this_processes_own() -> None:
-    from chat.broker import Broker
-
-    async with live_feeds(Broker(retention=1), Settings()) as feeds:
-        assert type(feeds) is Feeds
-    assert conversation_feed(7) == "conversation:7" and RESET.startswith(b"event: reset")

@@ -264,3 +264,20 @@ def test_the_limits_without_redis_import_no_redis() -> None:
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         == "[]\n"
     )
+
+
+async def test_a_running_replys_slot_that_lapsed_while_redis_was_away_is_put_back(
+    process: Process, redis: Redis
+) -> None:
+    limits = process(max_streams_per_user=1)
+    await limits.admit_generation("alice")
+    await redis.delete(limits.slots_key("alice"))  # as an admission elsewhere drops a lapsed slot
+    assert await limits.send()
+    assert await running(redis, limits) == 1
+    assert 0 < await redis.pttl(limits.slots_key("alice")) <= limits.lapse * 1000
+    await refused(process(max_streams_per_user=1))
+
+
+async def test_shared_limits_cannot_admit_without_waiting(process: Process) -> None:
+    with pytest.raises(TypeError, match="await admit_generation"):
+        process().admit_here("alice")
