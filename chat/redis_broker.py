@@ -9,8 +9,9 @@ Deliberate choices:
 - The process that runs a generation keeps its topic in memory exactly as `chat.broker` does,
   and its own followers read that log: publishing a token is the same one call, with no await
   and no Redis round trip. A task per topic (`_copy`) waits on the topic like any follower and
-  XADDs whatever has queued up since its last write, in one pipelined round trip: tokens that
-  come faster than Redis answers go in batches, by themselves.
+  XADDs whatever has queued up since its last write, in one script (one round trip, and
+  Redis's work, not the client's, per entry): tokens that come faster than Redis answers go in
+  batches, by themselves.
 - Our event ids are the entries' ids (`0-<id>`, `chat.redis_keys`), so a follower elsewhere
   resumes with `XREAD … 0-<Last-Event-ID>`, and a copy cut off by a Redis outage resumes after
   the last entry Redis has: no duplicates, no gaps, whichever side failed.
@@ -45,6 +46,19 @@ log = logging.getLogger("sidechat.redis")
 MAX_ENTRIES = 100_000  # a stream's cap (MAXLEN ~): far more events than a reply has
 OPEN_TTL = 3600.0  # an open topic's stream lives this long after its last write
 RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0)  # between tries to copy, while Redis is away
+MAX_BATCH = 4096  # the most events one write copies (a backlog after an outage goes in pieces)
+MAX_CONNECTIONS = 10_000  # Redis's own maxclients: each follower here holds one while it waits
+
+# A copy's batch of entries in one call: ARGV = fresh (1: delete what an earlier topic left),
+# the cap, the expiry in ms, the `end` entry's id (or ''), then id, event, id, event, ...
+APPEND = """
+if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
+for i = 5, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i], 'e', ARGV[i + 1])
+end
+if ARGV[4] ~= '' then redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[4], 'end', '') end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+"""
 
 
 def open_redis(url: str) -> Redis:
@@ -52,7 +66,12 @@ def open_redis(url: str) -> Redis:
     longer than the longest XREAD BLOCK (`redis_follow.MAX_BLOCK`) so a vanished server is an
     error within seconds, not a hang (TCP keepalive covers the pub/sub reads that block on)."""
     return Redis.from_url(
-        url, protocol=2, socket_timeout=10.0, socket_connect_timeout=5.0, socket_keepalive=True
+        url,
+        protocol=2,
+        socket_timeout=10.0,
+        socket_connect_timeout=5.0,
+        socket_keepalive=True,
+        max_connections=MAX_CONNECTIONS,  # redis-py's default of 100 refused the 101st follower
     )
 
 
@@ -74,6 +93,7 @@ class RedisBroker(Broker):
         self.open_ttl = open_ttl
         self._copies: dict[asyncio.Task[None], Topic] = {}  # running copies, and what each copies
         self._checks: set[asyncio.Task[None]] = set()  # is an abandoned topic followed elsewhere?
+        self._append = redis.register_script(APPEND)
 
     def open(self, name: str) -> Topic:
         """A new topic, in memory as ever, copied to its stream from now on."""
@@ -195,6 +215,8 @@ class RedisBroker(Broker):
                         return  # the end was written before the reply to that write was lost
                     written = 0 if found is None else found[0]
                 if written < end or closed:
+                    end = min(end, written + MAX_BATCH)  # a long backlog in pieces
+                    closed = closed and end == len(events)
                     await self._write(key, events, written, end, closed)
                     written = end
                     if failures:
@@ -216,15 +238,14 @@ class RedisBroker(Broker):
 
     async def _write(self, key: str, events: list[bytes], start: int, end: int, closed: bool) -> None:
         """Events `start`..`end` (0-based) as entries, the `end` entry if the topic closed, and
-        the stream's expiry: one round trip."""
-        pipe: Any = self.redis.pipeline(transaction=False)
-        if start == 0:
-            pipe.delete(key)  # a stream left by an earlier topic of this name
+        the stream's expiry: one script, one round trip, however many events."""
+        ttl = self.retention if closed else self.open_ttl
+        args: list[Any] = [
+            int(start == 0),  # a stream left by an earlier topic of this name goes first
+            self.max_entries,
+            max(1, round(ttl * 1000)),
+            entry_id(end + 1) if closed else "",
+        ]
         for index in range(start, end):
-            pipe.xadd(key, {"e": events[index]}, id=entry_id(index + 1), maxlen=self.max_entries)
-        if closed:
-            pipe.xadd(key, {"end": b""}, id=entry_id(end + 1), maxlen=self.max_entries)
-            pipe.pexpire(key, max(1, round(self.retention * 1000)))
-        else:
-            pipe.pexpire(key, max(1, round(self.open_ttl * 1000)))
-        await pipe.execute()
+            args += (entry_id(index + 1), events[index])
+        await self._append(keys=[key], args=args)

@@ -336,3 +336,16 @@ async def test_a_reply_looked_for_before_its_first_event_reaches_redis_is_waited
 async def _blocked_clients(redis: Redis) -> bool:
     info = await redis.info("clients")
     return int(info["blocked_clients"]) > 0
+
+
+async def test_a_backlog_longer_than_a_write_goes_in_pieces_and_arrives_whole(
+    brokers: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chat.redis_broker.MAX_BATCH", 3)
+    running, other = brokers
+    topic = running.open("message:15")
+    publish(topic, 10)
+    topic.close()
+    found = await until(lambda: _closed(other.find("message:15")), what="the end in Redis")
+    assert found.last_id == 10
+    assert await everything(other, found, 0) == tokens(1, 10)
