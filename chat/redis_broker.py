@@ -8,10 +8,9 @@ client attached to any process follows it, and resumes after `Last-Event-ID` exa
 Deliberate choices:
 - The process that runs a generation keeps its topic in memory exactly as `chat.broker` does,
   and its own followers read that log: publishing a token is the same one call, with no await
-  and no Redis round trip. A task per topic (`_copy`) waits on the topic like any follower and
-  XADDs whatever has queued up since its last write, in one script (one round trip, and
-  Redis's work, not the client's, per entry): tokens that come faster than Redis answers go in
-  batches, by themselves.
+  and no Redis round trip. One task of the process (`chat.redis_copier`) copies what came on
+  every topic since its last write, in one script call: tokens that come faster than Redis
+  answers go in batches, by themselves.
 - Our event ids are the entries' ids (`0-<id>`, `chat.redis_keys`), so a follower elsewhere
   resumes with `XREAD … 0-<Last-Event-ID>`, and a copy cut off by a Redis outage resumes after
   the last entry Redis has: no duplicates, no gaps, whichever side failed.
@@ -38,27 +37,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from .broker import Broker, Subscription, Topic
+from .redis_copier import Copier
 from .redis_follow import BrokerUnavailable, RemoteSubscription, RemoteTopic, read_end
-from .redis_keys import Keys, entry_id
+from .redis_keys import Keys
 
 log = logging.getLogger("sidechat.redis")
 
 MAX_ENTRIES = 100_000  # a stream's cap (MAXLEN ~): far more events than a reply has
 OPEN_TTL = 3600.0  # an open topic's stream lives this long after its last write
-RETRY_SECONDS = (0.05, 0.2, 0.5, 1.0)  # between tries to copy, while Redis is away
-MAX_BATCH = 4096  # the most events one write copies (a backlog after an outage goes in pieces)
 MAX_CONNECTIONS = 10_000  # Redis's own maxclients: each follower here holds one while it waits
-
-# A copy's batch of entries in one call: ARGV = fresh (1: delete what an earlier topic left),
-# the cap, the expiry in ms, the `end` entry's id (or ''), then id, event, id, event, ...
-APPEND = """
-if ARGV[1] == '1' then redis.call('DEL', KEYS[1]) end
-for i = 5, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[i], 'e', ARGV[i + 1])
-end
-if ARGV[4] ~= '' then redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[4], 'end', '') end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-"""
 
 
 def open_redis(url: str) -> Redis:
@@ -91,16 +78,15 @@ class RedisBroker(Broker):
         self.keys = keys or Keys()
         self.max_entries = max_entries
         self.open_ttl = open_ttl
-        self._copies: dict[asyncio.Task[None], Topic] = {}  # running copies, and what each copies
+        self._copier = Copier(
+            redis, self.keys, retention=retention, open_ttl=open_ttl, max_entries=max_entries
+        )
         self._checks: set[asyncio.Task[None]] = set()  # is an abandoned topic followed elsewhere?
-        self._append = redis.register_script(APPEND)
 
     def open(self, name: str) -> Topic:
         """A new topic, in memory as ever, copied to its stream from now on."""
         topic = super().open(name)
-        task = asyncio.create_task(self._copy(topic), name=f"copy {name}")
-        self._copies[task] = topic
-        task.add_done_callback(self._copies.pop)
+        self._copier.add(topic)
         return topic
 
     async def problem(self) -> str | None:
@@ -190,62 +176,8 @@ class RedisBroker(Broker):
         """Let the copies of closed topics finish writing, for up to `grace` seconds; the rest
         (topics still open: the generations were ended before) are abandoned, and their streams
         expire by themselves."""
-        ending = [task for task, topic in self._copies.items() if topic.closed]
-        if ending:
-            await asyncio.wait(ending, timeout=grace)
-        pending = [*self._copies, *self._checks]
-        for task in pending:
+        await self._copier.drain(grace)
+        await self._copier.aclose()
+        for task in self._checks:
             task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-    # -- the copy of a topic to its stream ----------------------------------------------------
-
-    async def _copy(self, topic: Topic) -> None:
-        key = self.keys.topic(topic.name)
-        loop = asyncio.get_running_loop()
-        written: int | None = 0  # events in the stream; None: unknown (a write failed)
-        failures = 0
-        while True:
-            events, closed = topic.events, topic.closed
-            end = len(events)
-            try:
-                if written is None:
-                    found = await read_end(self.redis, key)
-                    if found is not None and found[1]:
-                        return  # the end was written before the reply to that write was lost
-                    written = 0 if found is None else found[0]
-                if written < end or closed:
-                    end = min(end, written + MAX_BATCH)  # a long backlog in pieces
-                    closed = closed and end == len(events)
-                    await self._write(key, events, written, end, closed)
-                    written = end
-                    if failures:
-                        log.warning("copying %s to Redis again, after %d failures", topic.name, failures)
-                        failures = 0
-                    if closed:
-                        return
-                    continue  # more may have come while we wrote
-            except (RedisError, OSError) as exc:
-                if failures == 0:
-                    log.warning("could not copy %s to Redis (%s); retrying", topic.name, exc)
-                written = None
-                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                failures += 1
-                continue
-            waiter: asyncio.Future[None] = loop.create_future()
-            topic.waiters.append(waiter)
-            await waiter
-
-    async def _write(self, key: str, events: list[bytes], start: int, end: int, closed: bool) -> None:
-        """Events `start`..`end` (0-based) as entries, the `end` entry if the topic closed, and
-        the stream's expiry: one script, one round trip, however many events."""
-        ttl = self.retention if closed else self.open_ttl
-        args: list[Any] = [
-            int(start == 0),  # a stream left by an earlier topic of this name goes first
-            self.max_entries,
-            max(1, round(ttl * 1000)),
-            entry_id(end + 1) if closed else "",
-        ]
-        for index in range(start, end):
-            args += (entry_id(index + 1), events[index])
-        await self._append(keys=[key], args=args)
+        await asyncio.gather(*self._checks, return_exceptions=True)

@@ -341,7 +341,7 @@ async def _blocked_clients(redis: Redis) -> bool:
 async def test_a_backlog_longer_than_a_write_goes_in_pieces_and_arrives_whole(
     brokers: tuple[RedisBroker, RedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("chat.redis_broker.MAX_BATCH", 3)
+    monkeypatch.setattr("chat.redis_copier.MAX_BATCH", 3)
     running, other = brokers
     topic = running.open("message:15")
     publish(topic, 10)
