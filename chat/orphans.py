@@ -13,7 +13,9 @@ Deliberate choices:
   after any failure to reach it, here or in this process's own lease writes: a lease that
   expired because Redis was away is not a dead process, and in that period every live one
   has renewed its lease and written its registry again. So start-up marks nothing at once:
-  what a dead process left is ended within that first period.
+  what a dead process left is ended within that first period. A Redis that restarted
+  between two looks, without an error seen, has lost the registries too: the `epoch` key,
+  set once, is then gone or another, and counts as a failure.
 - A reply is ended in its database row first, by a conditional UPDATE (only a row still
   `streaming`; also when its stream has ended: its last write was lost with its process),
   and only if that changed the row do its followers get the `error` and the end; so a
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -143,6 +146,7 @@ class Reaper:
         self.retention = retention  # how long an ended stream is kept (SIDECHAT_REPLAY_SECONDS)
         self.stored = stored
         self.trouble_at = 0.0  # loop time of this reaper's last failure to reach Redis
+        self.epoch: bytes | None = None  # the `epoch` key's value when it last looked
 
     def quiet(self) -> bool:
         """Whether Redis has answered for a whole lease period, to this reaper and the lease."""
@@ -157,8 +161,10 @@ class Reaper:
             still_wanted()
             await asyncio.sleep(self.seconds * LOOK_SHARE)
             try:
+                if await self.restarted():
+                    log.warning("Redis lost its keys (it restarted?): the reaper waits a lease period")
+                    self.trouble_at = loop.time()
                 if not self.quiet():
-                    await self.redis.ping()
                     continue
                 await self.reap()
                 if looks % SWEEP_EVERY == 0:
@@ -175,6 +181,15 @@ class Reaper:
             except Exception:  # whatever it was, the next look tries again: a reaper never stops
                 still_wanted()
                 log.exception("the reaper failed; it looks again in a moment")
+
+    async def restarted(self) -> bool:
+        """Whether Redis lost its keys since the last look (the first look learns the epoch)."""
+        found: Any = await self.redis.get(self.keys.epoch)
+        if found is None:
+            await self.redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)  # new each time
+            found = await self.redis.get(self.keys.epoch)
+        known, self.epoch = self.epoch, found
+        return known is not None and found != known
 
     async def reap(self) -> int:
         """End the replies of every process whose lease has expired; how many were ended."""

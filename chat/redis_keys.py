@@ -10,6 +10,7 @@ Redis can serve several deployments and `redis-cli --scan --pattern 'sidechat:*'
     <prefix>process:<id>            a process's lease: a string that expires unless it is renewed
     <prefix>runs:<id>               a set: the ids of the replies that process is generating
     <prefix>reaping:<id>            a short lock: which process ends a dead one's replies
+    <prefix>epoch                   a value set once: changed, Redis lost its keys (restarted)
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Keys:
 
     def reaping(self, process_id: str) -> str:
         return f"{self.prefix}reaping:{process_id}"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.prefix}epoch"
 
 
 def entry_id(event_id: int) -> str:

@@ -401,3 +401,29 @@ async def test_a_database_refusing_the_end_is_tried_again_until_it_takes_it(
         await asyncio.gather(looking, return_exceptions=True)
     assert await _status(store, reply, "interrupted")
     assert [name for _, name, _ in await stream_events(redis, redis_keys, reply)][-2:] == ["error", "end"]
+
+
+async def test_a_redis_that_lost_its_keys_between_two_looks_holds_the_reaper(
+    store: Store, backend: Backend, redis: Redis, redis_keys: Keys
+) -> None:
+    reply = await a_reply(store)
+    await aged(backend, reply)
+    await redis.sadd(redis_keys.processes, "alive")
+    await redis.sadd(redis_keys.runs("alive"), reply.id)
+    await redis.set(redis_keys.process("alive"), "alive", px=60_000)
+    reaper = Reaper(Lease(redis, redis_keys, SECONDS), store, retention=5.0, stored=True)
+    looking = asyncio.create_task(reaper.run())
+    try:
+        await until(lambda: reaper.epoch is not None, what="the first look")
+        reaper.trouble_at = -SECONDS  # as if Redis had answered since long before
+        # A restart without persistence, between two looks: every key gone at once, the
+        # registry of the live process running `reply` with them.
+        lost: Any = redis.pipeline(transaction=True)
+        lost.delete(redis_keys.epoch, redis_keys.runs("alive"), redis_keys.process("alive"))
+        lost.srem(redis_keys.processes, "alive")
+        await lost.execute()
+        await until(lambda: not reaper.quiet(), what="the reaper to notice")
+        assert await _status(store, reply, "streaming")
+    finally:
+        looking.cancel()
+        await asyncio.gather(looking, return_exceptions=True)
