@@ -10,7 +10,9 @@ Deliberate choices:
 - `SIDECHAT_LEASE_SECONDS` (`seconds`) is the bound on the whole: from a process's death to its
   replies ended. So the key lives `TTL_SHARE` of it, is renewed every `RENEW_SHARE`, and the
   reapers look every `chat.orphans.LOOK_SHARE`: expiry plus a look stays inside the bound,
-  and a renewal may come late by half of it before the lease is lost.
+  and a renewal may come late by half of it before the lease is lost. Every process of a
+  deployment should have the same setting: a reaper's wait after trouble (a lease period,
+  its own) must cover the others' renewals.
 - One task writes everything: the renewal and the registry's changes, in one MULTI each
   time. `started`/`ended` only note the change and wake it (a generation's start costs no
   round trip, and nothing per token), and with one writer an end is never written before its
