@@ -1,7 +1,8 @@
 """Whole `sidechat serve` processes sharing one database (SQLite's file, or PostgreSQL) and one
 Redis: when the process running a reply is SIGKILLed, a follower on another process gets the
 `error` `interrupted` within the lease and the row keeps the text it had published; a worker
-that starts again touches no reply a live process is running, only the real orphans."""
+that starts again touches no reply a live process is running, only the real orphans; one
+stopped with SIGTERM ends its own replies as shut down, then takes its lease away."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from chat.database import stamp
+from chat.redis_broker import open_redis
 from tests.backends import Backend, every_backend
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
 from tests.live import EventReader, until
@@ -152,3 +154,32 @@ async def an_orphan(database: Backend) -> int:
     old = stamp(datetime.now(UTC) - timedelta(minutes=1))
     await database.execute("UPDATE messages SET created_at = ? WHERE id = ?", old, reply.id)
     return reply.id
+
+
+async def test_sigterm_ends_the_processes_own_replies_as_shut_down_then_drops_its_lease(
+    tmp_path: Path, database: Backend, upstream: FakeUpstream, redis_server: RedisServer, redis_keys: Keys
+) -> None:
+    upstream.add(Reply([openai_chunk("so far "), asyncio.Event()], finish=False))
+    args = (tmp_path, database, upstream, redis_server, redis_keys)
+    redis = open_redis(redis_server.url)
+    try:
+        async with sidechat("a", *args) as a, sidechat("b", *args) as b:
+            async with httpx.AsyncClient(base_url=a.url, timeout=10) as on_a:
+                message_id = (await on_a.post("/api/chat", json={"message": "hi"})).json()["message_id"]
+            async with (
+                httpx.AsyncClient(base_url=b.url, timeout=20) as on_b,
+                on_b.stream("GET", f"/api/messages/{message_id}/stream") as response,
+            ):
+                reader = EventReader(response)
+                assert (await reader.read(until=2)).names == ["start", "token"]
+                assert await redis.scard(redis_keys.processes) == 2
+                a.process.send_signal(signal.SIGTERM)
+                rest = await asyncio.wait_for(reader.read(), timeout=20)
+                # uvicorn raises SIGTERM again once it has shut down in order (tests/test_app.py)
+                assert await asyncio.to_thread(a.process.wait, 20) in (0, -signal.SIGTERM)
+            assert await redis.scard(redis_keys.processes) == 1  # B's alone: A took its lease away
+    finally:
+        await redis.aclose()
+    assert rest.names == ["error"] and rest.terminal.data["error"]["type"] == "shutdown"
+    assert await status_of(database, message_id) == ("interrupted", "so far ")
+    assert "died (its lease expired)" not in b.output()
