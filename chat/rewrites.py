@@ -67,7 +67,7 @@ async def regenerate(services: Services, ask: RewriteRequest) -> AcceptedTurn:
     info, model = choose_model(services, ask.provider, ask.model, _asked_of(old))
     audience = [conversation.user_id, *await store.members(conversation.id)]
     await within_budget(services, ask.user)
-    with admitted(services, ask.user) as slot:
+    async with admitted(services, ask.user) as slot:
         try:
             reply = await store.regenerate_reply(old.id, metadata=reply_metadata(info.name, model, ask.user))
         except NotLatest:
@@ -90,7 +90,7 @@ async def edit(services: Services, ask: RewriteRequest) -> AcceptedTurn:
     info, model = choose_model(services, ask.provider, ask.model, usual)
     audience = [conversation.user_id, *await store.members(conversation.id)]
     await within_budget(services, ask.user)
-    with admitted(services, ask.user) as slot:
+    async with admitted(services, ask.user) as slot:
         try:
             asked, new_reply = await store.edit_turn(
                 old.id,

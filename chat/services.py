@@ -20,7 +20,7 @@ from .config import Settings
 from .errors import StartupError
 from .feeds import Feeds
 from .keeping import Keeper
-from .limits import Limits
+from .limits import Limits, live_limits
 from .prices import load_prices
 from .providers import ProviderInfo, build_providers
 from .providers.deadlines import Timeouts
@@ -100,6 +100,7 @@ async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Ser
             upstream_client(timeouts, ca_bundle=settings.ca_bundle) as client,
             live_broker(settings) as broker,
             lease_held(settings, broker, store) as registry,  # dropped once generations ended
+            live_limits(settings, broker) as limits,  # likewise: slots are given back as they end
         ):
             feeds = Feeds(broker, settings)
             keeper = Keeper(
@@ -129,7 +130,7 @@ async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Ser
                         broker,
                         generations,
                         providers,
-                        Limits(settings),
+                        limits,
                         feeds,
                         readiness,
                         telemetry,

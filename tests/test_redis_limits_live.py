@@ -1,8 +1,5 @@
 """The shared limits as clients meet them: two sidechat servers (two processes) on one database
-and one Redis prefix; a user's rate, running replies and budget count on both.
-
-To be collected (renamed `tests/test_redis_limits_live.py`) once `chat.services` opens its
-limits with `chat.limits.live_limits` (until then each server counts alone, and these fail)."""
+and one Redis prefix; a user's rate, running replies and budget count on both."""
 
 from __future__ import annotations
 
