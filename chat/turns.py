@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -139,29 +140,18 @@ async def within_budget(services: Services, user: str) -> None:
     await services.limits.budgets.check(user, partial(spent_since, services.store))
 
 
-class admitted:  # noqa: N801 (used as `async with admitted(services, user) as slot`)
+@asynccontextmanager
+async def admitted(services: Services, user: str) -> AsyncIterator[Slot]:
     """A slot for one more running reply of `user`'s (else `RateLimited`), given back on the
-    way out unless a generation took it (`start_reply`), which gives it back as it ends.
-    `async with` it (shared limits ask Redis); `with` is for this process's limits alone."""
-
-    def __init__(self, services: Services, user: str) -> None:
-        self.limits = services.limits
-        self.slot = Slot(user)
-
-    async def __aenter__(self) -> Slot:
-        await self.limits.admit_generation(self.slot.user)
-        return self.slot
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.__exit__()
-
-    def __enter__(self) -> Slot:
-        self.limits.admit_here(self.slot.user)
-        return self.slot
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self.slot.taken:
-            self.limits.generation_ended(self.slot.user)
+    way out unless a generation took it (`start_reply`), which gives it back as it ends."""
+    limits = services.limits
+    await limits.admit_generation(user)
+    slot = Slot(user)
+    try:
+        yield slot
+    finally:
+        if not slot.taken:
+            limits.generation_ended(user)
 
 
 def start_reply(
