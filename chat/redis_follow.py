@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from .broker import CHUNK_BYTES, Subscription, Topic
 from .live_errors import BrokerError, BrokerUnavailable, EventsLost
 from .redis_keys import entry_id, event_id
+from .redis_leases import still_wanted
 from .sse import PING
 
 __all__ = ["BrokerError", "BrokerUnavailable", "EventsLost", "RemoteSubscription", "RemoteTopic", "read_end"]
@@ -110,6 +111,7 @@ class RemoteSubscription(Subscription):
                 if not entries and not await self._call(self._redis.exists(self._key)):
                     raise EventsLost(f"{self._topic.name}: its stream expired before it ended")
             except BrokerUnavailable:
+                still_wanted()  # a cancel can come back from the client as its error
                 self._away_since = self._away_since or now
                 if now - self._away_since >= OUTAGE_SECONDS:
                     raise
