@@ -119,8 +119,11 @@ async def end_orphan(
             error=events.INTERRUPTED,
             last_event_id=None if published is None else published.last_id + 1,
         )
-        if published is None or published.closed or (stored and not ended):
-            return ended  # nobody follows a stream that is not there; or it ended by itself
+        if published is None or published.closed:
+            return ended  # nobody follows a stream that is not there, or one that ended
+        if stored and not ended:  # its end was stored, but its process died before copying it:
+            await pipe.delete(key)  # its followers elsewhere end unfinished, and resume from the row
+            return False
         last = published.last_id
         error = events.error(message_id, events.INTERRUPTED, partial=published.partial)
         pipe.multi()
