@@ -123,13 +123,14 @@ class Outboxes:
                     self._boxes.pop(outbox.name, None)
 
     async def _write(self, taken: list[tuple[Outbox, bool, list[bytes | str]]]) -> None:
-        pipe: Any = self.redis.pipeline(transaction=False)
         window, member, ttl = self.window, self.member, self.ttl
-        for outbox, lost, items in taken:
-            stream, cid = self.keys.feed(outbox.name), outbox.conversation_id
-            keys = [stream, stream if cid is None else self.keys.presence(cid)]
-            await self._append(keys, [*window, int(lost), member, ttl, *items], client=pipe)
-        await pipe.execute()
+        pipe: Any
+        async with self.redis.pipeline(transaction=False) as pipe:  # let go of, however it ends
+            for outbox, lost, items in taken:
+                stream, cid = self.keys.feed(outbox.name), outbox.conversation_id
+                keys = [stream, stream if cid is None else self.keys.presence(cid)]
+                await self._append(keys, [*window, int(lost), member, ttl, *items], client=pipe)
+            await pipe.execute()
 
     async def flushed(self, timeout: float) -> None:
         """Until everything queued was written (or `timeout` seconds passed)."""
