@@ -275,3 +275,15 @@ async def test_shutting_down_ends_every_follower(process: Opener) -> None:
         assert await reader(mine).ended() and await reader(room).ended()
         async with a.follow_user("carol", 0) as late:
             assert [chunk async for chunk in late] == []
+
+
+async def test_a_redis_that_forgot_the_script_is_given_it_again(
+    process: Opener, own_redis_server: RedisServer
+) -> None:
+    async with process(own_redis_server.url) as a, a.follow_user("alice", 0) as mine:
+        seen = reader(mine)
+        a.to_users(["alice"], "n", {"n": 0})
+        assert (await seen.next())[1] == {"n": 0}
+        await a.redis.script_flush()  # as after a restart, or a failover to a replica without it
+        a.to_users(["alice"], "n", {"n": 1})
+        assert (await seen.next())[1] == {"n": 1}  # exactly once, and no reset: nothing ran before
