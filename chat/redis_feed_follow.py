@@ -10,6 +10,7 @@ Deliberate choices:
   found while following (events dropped) is a `reset` too, and what follows it is sent.
 - A read that fails ends the follower's stream: its client reconnects and resumes with
   `Last-Event-ID`, wherever Redis answers. Nothing waits for a Redis that is away.
+- A cancelled follower stops even when redis-py swallowed the cancellation (`_still_wanted`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ async def start_of(redis: Redis, key: str, after: int) -> Start:
     if after > last:  # past the feed's end: another life's id, or none ever given
         return Start(last, reset=True, last=last)
     return Start(after or last, last=last)
+
+
+def _still_wanted() -> None:
+    """Raise the cancellation of the task reading, if it was asked for: redis-py can swallow one
+    that lands as its read times out (asyncio.timeout turns it into a TimeoutError, which it
+    retries), and a follower that went on reading would keep its response open for ever."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class FeedTopic(Topic):
@@ -117,8 +127,10 @@ class FeedSubscription(Subscription):
             try:
                 reply: Any = await self._redis.xread(streams, count=BATCH, block=block)
             except (RedisError, OSError) as exc:
+                _still_wanted()
                 log.warning("lost Redis while following %s (%s): the client resumes", self._topic.name, exc)
                 raise StopAsyncIteration from None
+            _still_wanted()
             self._take(list(reply[0][1]) if reply else [])
 
     def _take(self, entries: list[Any]) -> None:

@@ -21,7 +21,7 @@ from contextlib import suppress
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from .broker import Topic
 from .redis_feed_scripts import APPEND, FeedKeys
@@ -123,13 +123,33 @@ class Outboxes:
                     self._boxes.pop(outbox.name, None)
 
     async def _write(self, taken: list[tuple[Outbox, bool, list[bytes | str]]]) -> None:
-        pipe: Any = self.redis.pipeline(transaction=False)
+        """Every feed's batch in one round trip, by EVALSHA (a pipeline of `Script`s would ask
+        SCRIPT EXISTS first, a second round trip each time); the script is loaded when Redis has
+        not got it (NOSCRIPT: that batch did not run, so it is simply sent again)."""
         window, member, ttl = self.window, self.member, self.ttl
+        calls = []
         for outbox, lost, items in taken:
             stream, cid = self.keys.feed(outbox.name), outbox.conversation_id
-            keys = [stream, stream if cid is None else self.keys.presence(cid)]
-            await self._append(keys, [*window, int(lost), member, ttl, *items], client=pipe)
-        await pipe.execute()
+            presence = stream if cid is None else self.keys.presence(cid)
+            calls.append((stream, presence, *window, int(lost), member, ttl, *items))
+        for attempt in range(2):
+            pipe: Any
+            async with self.redis.pipeline(transaction=False) as pipe:  # let go of, however it ends
+                for call in calls:
+                    pipe.evalsha(self._append.sha, 2, *call)
+                results = await pipe.execute(raise_on_error=False)
+            missing = [
+                call for call, got in zip(calls, results, strict=True) if isinstance(got, NoScriptError)
+            ]
+            failed = [
+                got for got in results if isinstance(got, Exception) and not isinstance(got, NoScriptError)
+            ]
+            if failed or (missing and attempt):
+                raise (failed or [NoScriptError("the feeds' script could not be loaded")])[0]
+            if not missing:
+                return
+            await self.redis.script_load(APPEND)
+            calls = missing
 
     async def flushed(self, timeout: float) -> None:
         """Until everything queued was written (or `timeout` seconds passed)."""

@@ -58,6 +58,7 @@ class SharedFeeds(Feeds):
         window = (self.max_events, max(1, round(self.max_seconds * 1000)))
         self.outboxes = Outboxes(self.redis, self.keys, window, f"{self.process}:", round(ttl * 1000))
         self.outboxes.keep = self._watched_outbox
+        self._here: Counter[int] = Counter()  # conversation id -> its followers here, joined or joining
         self._released: set[int] = set()  # conversations no longer followed here: watched a while yet
         self._following: Counter[str] = Counter()  # stream key -> followers here
         self._subscriptions: set[Subscription] = set()
@@ -92,32 +93,41 @@ class SharedFeeds(Feeds):
     ) -> AsyncIterator[Subscription]:
         key, name = (conversation_id, user), conversation_feed(conversation_id)
         outbox = self.outbox(name)
-        present = self._present.setdefault(conversation_id, Counter())
-        first = not present
-        present[user] += 1
-        followers = self._followers.setdefault(key, set())
-        subscription: Subscription | None = None
+        first = not self._here[conversation_id]
+        self._here[conversation_id] += 1
+        joined: Subscription | None = None
         try:
             if first:  # the first follower here: the others learn it at once
                 self.watched[conversation_id] = outbox
                 self._released.discard(conversation_id)
                 await self._start_watching(conversation_id)
             async with self._follow(name, after, user) as subscription:
-                followers.add(subscription)
+                self._followers.setdefault(key, set()).add(subscription)
+                self._present.setdefault(conversation_id, Counter())[user] += 1
+                joined = subscription
                 outbox.control("join", user)  # said on every join: a second tab must learn it too
                 yield subscription
         finally:
-            if subscription is not None:
-                followers.discard(subscription)
-            if not followers:
-                del self._followers[key]
-            present[user] -= 1
-            if not present[user]:
-                del present[user]
-                outbox.control("leave", user)
-            if not present:
-                del self._present[conversation_id]
+            if joined is not None:
+                self._left(conversation_id, user, joined)
+            self._here[conversation_id] -= 1
+            if not self._here[conversation_id]:
+                del self._here[conversation_id]
                 self._released.add(conversation_id)
+
+    def _left(self, conversation_id: int, user: str, subscription: Subscription) -> None:
+        key = (conversation_id, user)
+        followers = self._followers[key]
+        followers.discard(subscription)
+        if not followers:
+            del self._followers[key]
+        present = self._present[conversation_id]
+        present[user] -= 1
+        if not present[user]:  # their last connection here: gone, unless another process has one
+            del present[user]
+            self.outbox(conversation_feed(conversation_id)).control("leave", user)
+        if not present:
+            del self._present[conversation_id]
 
     async def _start_watching(self, conversation_id: int) -> None:
         try:
@@ -183,18 +193,19 @@ class SharedFeeds(Feeds):
                 outbox.control("hold", user)
         released, self._released = self._released, set()
         try:
-            pipe: Any = self.redis.pipeline(transaction=False)
-            await self._watch([self.keys.watched], [round(self.ttl * 1000), *self._present], client=pipe)
-            if released:
-                window = round(self.max_seconds * 1000)
-                await self._watch([self.keys.watched], [window, *released], client=pipe)
-            for key in self._following:
-                pipe.pexpire(key, max(1, round(self.max_seconds * 1000)))
-            live: Any = (await pipe.execute())[0]
+            pipe: Any
+            async with self.redis.pipeline(transaction=False) as pipe:
+                await self._watch([self.keys.watched], [round(self.ttl * 1000), *self._here], client=pipe)
+                if released:
+                    window = round(self.max_seconds * 1000)
+                    await self._watch([self.keys.watched], [window, *released], client=pipe)
+                for key in self._following:
+                    pipe.pexpire(key, max(1, round(self.max_seconds * 1000)))
+                live: Any = (await pipe.execute())[0]
         except BaseException:
-            self._released |= released - set(self._present)
+            self._released |= released - set(self._here)
             raise
-        watched = {int(found) for found in live} | set(self._present)
+        watched = {int(found) for found in live} | set(self._here)
         for conversation_id in watched:
             self._watched_here(conversation_id)
         for conversation_id in set(self.watched) - watched:

@@ -18,7 +18,7 @@ from chat.config import Settings
 from chat.feeds import live_feeds
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_reply
-from tests.live import EventReader, serve
+from tests.live import Event, EventReader, serve
 from tests.test_live_sync import Feed
 
 if TYPE_CHECKING:
@@ -180,10 +180,20 @@ async def test_a_resume_from_before_the_window_is_reset(
             seen = await feed.until("conversation.updated")
             for title in "bcdefgh":
                 await a.alice.patch(f"/api/conversations/{conversation}", json={"title": title})
+            await titled(feed, "h")  # all of them are in the stream
         resumed = await b.feed(b.alice, "/api/events", last_event_id=seen.id)
         await a.alice.patch(f"/api/conversations/{conversation}", json={"title": "now"})
         assert (await resumed.until("conversation.updated")).data["conversation"]["title"] == "now"
         assert resumed.names()[0] == "reset" and resumed.events[0].id is None
+
+
+async def titled(feed: Feed, title: str) -> Event:
+    """The first `conversation.updated` to `title`, dropping the ones before it."""
+    while True:
+        event = await feed.until("conversation.updated")
+        feed.events.remove(event)
+        if event.data["conversation"]["title"] == title:
+            return event
 
 
 async def test_redis_stopped_and_started_mid_follow(
