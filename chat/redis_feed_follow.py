@@ -10,7 +10,7 @@ Deliberate choices:
   found while following (events dropped) is a `reset` too, and what follows it is sent.
 - A read that fails ends the follower's stream: its client reconnects and resumes with
   `Last-Event-ID`, wherever Redis answers. Nothing waits for a Redis that is away.
-- A cancelled follower stops even when redis-py swallowed the cancellation (`_still_wanted`).
+- A cancelled follower stops even when redis-py swallowed the cancellation (`still_wanted`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ async def start_of(redis: Redis, key: str, after: int) -> Start:
     return Start(after or last, last=last)
 
 
-def _still_wanted() -> None:
+def still_wanted() -> None:
     """Raise the cancellation of the task reading, if it was asked for: redis-py can swallow one
     that lands as its read times out (asyncio.timeout turns it into a TimeoutError, which it
     retries), and a follower that went on reading would keep its response open for ever."""
@@ -101,6 +101,7 @@ class FeedSubscription(Subscription):
         self._skipping = False  # after a gap: reading through what was there at the start
         self._was_reset = start.reset  # the last thing sent was a `reset` (one says it all)
         self._at_end = False
+        self._reading: asyncio.Future[Any] | None = None  # the XREAD under way
         self.ended = False
 
     @property
@@ -124,13 +125,21 @@ class FeedSubscription(Subscription):
                 return PING
             streams: dict[Any, Any] = {self._key: entry_id(self._position)}
             block = max(1, round(min(due - now, MAX_BLOCK) * 1000))
+            self._reading = reading = asyncio.ensure_future(
+                self._redis.xread(streams, count=BATCH, block=block)
+            )
             try:
-                reply: Any = await self._redis.xread(streams, count=BATCH, block=block)
+                reply: Any = await reading
+            except asyncio.CancelledError:
+                still_wanted()
+                if not self.ended:
+                    raise
+                raise StopAsyncIteration from None  # `end()` cut the read short
             except (RedisError, OSError) as exc:
-                _still_wanted()
+                still_wanted()
                 log.warning("lost Redis while following %s (%s): the client resumes", self._topic.name, exc)
                 raise StopAsyncIteration from None
-            _still_wanted()
+            still_wanted()
             self._take(list(reply[0][1]) if reply else [])
 
     def _take(self, entries: list[Any]) -> None:
@@ -155,8 +164,10 @@ class FeedSubscription(Subscription):
         self._chunks.extend(chunked(parts))
 
     def end(self) -> None:
-        """End this follower once its current read returns (within `MAX_BLOCK`)."""
+        """End this follower now: its read under way is cut short."""
         self.ended = True
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()
 
     def close(self) -> None:
         """Nothing to let go: its reads hold no timer."""

@@ -69,13 +69,14 @@ local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
 if top[1] then
   last = tonumber(string.sub(top[1][1], 3))
   prev = last
-  ended = top[1][2][3] == 'end'  -- a deleted conversation's: an event or a join begins another life
+  ended = top[1][2][3] == 'end'  -- a deleted conversation's: only an event begins another life
 end
 if ARGV[3] == '1' then prev = -1 end
 local added = false
 
 local function add(kind, value)
   if ended then
+    if kind ~= 'e' then return end  -- a control entry for a deleted conversation's followers: none left
     redis.call('DEL', stream)
     if prev ~= -1 then prev = 0 end
     ended = false

@@ -31,7 +31,7 @@ from .broker import Subscription
 from .config import Settings
 from .feeds import RESET, Feeds, conversation_feed, user_feed
 from .redis_broker import RedisBroker
-from .redis_feed_follow import FeedSubscription, FeedTopic, Start, start_of
+from .redis_feed_follow import FeedSubscription, FeedTopic, Start, start_of, still_wanted
 from .redis_feed_outbox import Outbox, Outboxes
 from .redis_feed_scripts import WATCH, FeedKeys
 
@@ -39,6 +39,7 @@ log = logging.getLogger("sidechat.redis")
 
 REFRESH_SECONDS = 5.0  # how often a process renews its presence and watches, and learns others'
 PRESENCE_TTL = 15.0  # how long a process's presence counts without being renewed
+LISTEN_SECONDS = 5.0  # the longest a wait for a `watching` nudge lasts before it looks again
 
 
 class SharedFeeds(Feeds):
@@ -227,7 +228,8 @@ class SharedFeeds(Feeds):
                 await pubsub.subscribe(self.keys.watching)
                 await self.renew()  # what was said while this one was not listening
                 while True:
-                    found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_SECONDS)
+                    still_wanted()
                     if found is not None:
                         self._watched_here(int(found["data"]))
             except (RedisError, OSError, ValueError) as exc:
@@ -257,6 +259,8 @@ async def shared_feeds(
     finally:
         feeds.shut_down()
         await feeds.outboxes.flushed(max(1.0, settings.shutdown_grace_seconds))
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        pending = set(tasks)
+        while pending:  # again until it lands: redis-py can swallow a cancellation mid-read
+            for task in pending:
+                task.cancel()
+            pending = (await asyncio.wait(pending, timeout=1.0))[1]

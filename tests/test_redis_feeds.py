@@ -16,6 +16,7 @@ from chat.feeds import conversation_feed, user_feed
 from chat.redis_broker import RedisBroker, open_redis
 from chat.redis_feed_scripts import FeedKeys
 from chat.redis_feeds import SharedFeeds, shared_feeds
+from chat.redis_follow import MAX_BLOCK
 from chat.sse import PING, SSEDecoder
 from tests.live import until
 
@@ -226,13 +227,19 @@ async def test_a_deleted_conversation_ends_its_feed_everywhere_and_a_removed_mem
             await reader(bob).until("presence", users=["bob", "carol"])
             a.member_removed(7, "bob")
             assert await reader(bob).ended()
+            async with b.follow_conversation(7, "erin", 0) as erin:
+                await reader(erin).until("presence")
+                asked = asyncio.get_running_loop().time()
+                b.member_removed(7, "erin")  # here: ended at once, not when its read is over
+                assert await reader(erin).ended()
+                assert asyncio.get_running_loop().time() - asked < MAX_BLOCK / 2
             room = reader(carol)
             a.conversation_deleted(7, ["carol"])
             await room.until("conversation.deleted")
             assert await room.ended()
         await b.outboxes.flushed(5)  # carol left: nobody is told, and the stream still ends there
         stream = FeedKeys(b.keys.prefix).feed(conversation_feed(7))
-        assert b"end" in (await a.redis.xrevrange(stream, count=1))[0][1]
+        assert b"end" in (await a.redis.xrevrange(stream, count=1))[0][1], await a.redis.xrange(stream)
         async with a.follow_conversation(7, "dave", 0) as again:  # the id again (SQLite reuses it)
             assert (await reader(again).next())[1] == {"users": ["dave"]}
 
