@@ -18,7 +18,7 @@ from . import events
 from .broker import Broker
 from .config import Settings
 from .errors import StartupError
-from .feeds import Feeds
+from .feeds import Feeds, live_feeds
 from .keeping import Keeper
 from .limits import Limits, live_limits
 from .prices import load_prices
@@ -101,8 +101,8 @@ async def _opened(settings: Settings, telemetry: Telemetry) -> AsyncIterator[Ser
             live_broker(settings) as broker,
             lease_held(settings, broker, store) as registry,  # dropped once generations ended
             live_limits(settings, broker) as limits,  # likewise: slots are given back as they end
+            live_feeds(broker, settings) as feeds,
         ):
-            feeds = Feeds(broker, settings)
             keeper = Keeper(
                 store,
                 # Nothing to save a running reply's text to without a database.
