@@ -39,11 +39,13 @@ from redis.exceptions import RedisError
 from .outcome import CANCELLED
 from .redis_follow import BrokerUnavailable
 from .redis_keys import Keys
+from .redis_leases import still_wanted
 from .running import Generations
 
 log = logging.getLogger("sidechat.redis")
 
 RETRY_SECONDS = 1.0  # between tries to listen again, while Redis is away
+LISTEN_SECONDS = 5.0  # the longest one read for requests waits before it looks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,8 @@ async def _listen(redis: Redis, keys: Keys, generations: Generations) -> None:
             try:
                 await pubsub.subscribe(keys.cancel)
                 while True:
-                    found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    still_wanted()  # redis-py can swallow a cancel mid-read: then we stop here
+                    found = await pubsub.get_message(ignore_subscribe_messages=True, timeout=LISTEN_SECONDS)
                     if found is None:
                         continue
                     task = asyncio.create_task(_handle(redis, keys, generations, found["data"]))

@@ -13,17 +13,13 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-import chat.services
 from chat.config import Settings
-from chat.feeds import live_feeds
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_reply
 from tests.live import Event, EventReader, serve
 from tests.test_live_sync import Feed
 
 if TYPE_CHECKING:
-    from chat.broker import Broker
-    from chat.feeds import Feeds
     from chat.redis_keys import Keys
     from tests.redis_server import RedisServer
 
@@ -32,25 +28,6 @@ pytestmark = pytest.mark.anyio
 
 ALICE = "alice-token-0123456789"
 BOB = "bob-token-9876543210ab"
-
-
-@pytest.fixture
-def wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Until chat/services.py opens its feeds with `live_feeds`, each server's are opened so here,
-    beside its broker; once it does, this does nothing."""
-    if hasattr(chat.services, "live_feeds"):
-        return
-    opened: dict[int, Feeds] = {}
-    original = chat.services.live_broker
-
-    @contextlib.asynccontextmanager
-    async def broker_and_feeds(settings: Settings) -> AsyncIterator[Broker]:
-        async with original(settings) as broker, live_feeds(broker, settings) as feeds:
-            opened[id(broker)] = feeds
-            yield broker
-
-    monkeypatch.setattr(chat.services, "live_broker", broker_and_feeds)
-    monkeypatch.setattr(chat.services, "Feeds", lambda broker, settings: opened[id(broker)])
 
 
 @dataclass
@@ -93,7 +70,7 @@ def shared(upstream: FakeUpstream, tmp_path: Path, url: str, keys: Keys, **chang
 
 @pytest.fixture
 async def pair(
-    wired: None, upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys
 ) -> AsyncIterator[tuple[Side, Side]]:
     async with two_servers(shared(upstream, tmp_path, redis_server.url, redis_keys)) as sides:
         yield sides
@@ -169,7 +146,7 @@ async def test_a_resume_on_one_with_an_id_from_the_others_feed_is_exact(pair: tu
 
 
 async def test_a_resume_from_before_the_window_is_reset(
-    wired: None, upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys
+    upstream: FakeUpstream, tmp_path: Path, redis_server: RedisServer, redis_keys: Keys
 ) -> None:
     settings = shared(upstream, tmp_path, redis_server.url, redis_keys, feed_replay_events=2)
     async with two_servers(settings) as (a, b):
@@ -197,7 +174,7 @@ async def titled(feed: Feed, title: str) -> Event:
 
 
 async def test_redis_stopped_and_started_mid_follow(
-    wired: None, upstream: FakeUpstream, tmp_path: Path, own_redis_server: RedisServer, redis_keys: Keys
+    upstream: FakeUpstream, tmp_path: Path, own_redis_server: RedisServer, redis_keys: Keys
 ) -> None:
     settings = shared(upstream, tmp_path, own_redis_server.url, redis_keys)
     async with two_servers(settings) as (a, b):
