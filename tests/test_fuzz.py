@@ -32,6 +32,7 @@ Deliberate choices:
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -210,6 +211,10 @@ def test_workflows(fresh: Served) -> None:
             validate(case, response, fresh.backend, **kwargs)
             settle(response, base_url)
 
+    # Hypothesis takes a state machine's seed from the global `random`, whose state is whatever
+    # the tests before this one left (seed() on the class is not read): fixed here, so the
+    # scenarios are the same in any run, alone or in the whole suite.
+    random.seed(SEED)
     seed(SEED)(Workflows).run(
         settings=settings(
             max_examples=EXAMPLES,
@@ -233,5 +238,12 @@ def test_the_fuzz_reached_every_operation(kind: str) -> None:
     }
     unanswered = {op for op in operations if ANSWERS[kind, op, 2] == 0}
     # A demo reply finishes at once, so a cancel nearly always comes too late (409);
-    # test_openapi cancels a slow one.
-    assert unanswered <= {"POST /api/messages/{message_id}/cancel"}, sorted(ANSWERS.items())
+    # test_openapi cancels a slow one. An edit is a 2xx only with the id of its conversation's
+    # latest user message, which a scenario finds by a link perhaps once in a hundred: whether it
+    # did depended on which tests ran before (their use of `random`), so it is not asked of the
+    # fuzz; its hundreds of refused edits are still checked against the document, and
+    # test_api_rewrites edits on both backends.
+    assert unanswered <= {
+        "POST /api/messages/{message_id}/cancel",
+        "POST /api/messages/{message_id}/edit",
+    }, sorted(ANSWERS.items())
