@@ -136,15 +136,15 @@ def test_token_file_reload_on_demand_and_a_broken_file_keeps_the_old_tokens(
     tokens = TokenFile(str(path), Clock())
     write(path, f"{BOB}=bob\n")
     tokens.reload()  # what SIGHUP does
-    assert [user for _, user in tokens.digests] == ["bob"]
+    assert list(tokens.digests.values()) == ["bob"]
     write(path, "this line is not token=user but just words\nbroken\n")
     with caplog.at_level(logging.ERROR, logger="sidechat"):
         tokens.reload()
-    assert [user for _, user in tokens.digests] == ["bob"]
+    assert list(tokens.digests.values()) == ["bob"]
     assert "keeping the tokens read before" in caplog.text
     path.unlink()
     tokens.reload()
-    assert [user for _, user in tokens.digests] == ["bob"]
+    assert list(tokens.digests.values()) == ["bob"]
 
 
 def test_an_unreadable_token_file_stops_start_up(tmp_path: Path) -> None:
