@@ -11,9 +11,11 @@ offers the same transport (`DefaultAioHttpClient`).
 Deliberate choices:
 - No connection limit: aiohttp's default of 100 would queue the 101st
   concurrent generation behind the others.
-- The aiohttp session is ours, made with `trust_env`: aiohttp then takes
-  proxies from `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY` (and their lower-case
-  forms) for every request. Certificates are checked against
+- The aiohttp session is ours. Proxies come from `HTTPS_PROXY`, `HTTP_PROXY` and
+  `NO_PROXY` (and their lower-case forms), worked out once per host: aiohttp's own
+  `trust_env` asks the environment and reads `~/.netrc` in a worker thread on every
+  request, two thread round trips on the start path of every chat (bench/). A
+  proxy's credentials go in its URL (`http://user:pass@proxy:3128`). Certificates are checked against
   `SIDECHAT_CA_BUNDLE` when it is set, else `SSL_CERT_FILE` or `SSL_CERT_DIR`,
   else certifi's roots, as httpx would.
 - aiohttp's exceptions are translated here, most specific first, before the
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -38,6 +41,7 @@ from .errors import StartupError
 from .providers.deadlines import Timeouts
 
 KEEPALIVE_SECONDS = 15.0
+PROXY_HOSTS = 1024  # hosts whose proxy is remembered; providers are a handful
 
 # Most specific first: the first match wins.
 _EXCEPTIONS: list[tuple[type[BaseException], type[httpx.TransportError]]] = [
@@ -109,19 +113,42 @@ class _Body(httpx.AsyncByteStream):
         await self._inner.aclose()  # a body left before its end closes its connection
 
 
+class EnvironmentProxies:
+    """The proxy the environment names for a URL, or None: read once, then remembered per host."""
+
+    def __init__(self) -> None:
+        named = urllib.request.getproxies_environment()
+        self._named = {scheme: named[scheme] for scheme in ("http", "https") if scheme in named}
+        self._chosen: dict[tuple[str, str], httpx.Proxy | None] = {}
+
+    def for_url(self, url: httpx.URL) -> httpx.Proxy | None:
+        key = (url.scheme, url.netloc.decode("ascii"))
+        if key not in self._chosen:
+            if len(self._chosen) >= PROXY_HOSTS:
+                self._chosen.clear()
+            proxy = self._named.get(url.scheme)
+            bypassed = proxy is not None and urllib.request.proxy_bypass_environment(key[1])
+            self._chosen[key] = httpx.Proxy(proxy) if proxy is not None and not bypassed else None
+        return self._chosen[key]
+
+
 class AiohttpTransport(PackageTransport):
     """The package's transport, on our session and with our exception translation."""
 
     def __init__(self, ssl_context: ssl.SSLContext) -> None:
         super().__init__(verify=ssl_context, client=self._session)
         self._ssl_context = ssl_context
+        self._proxies = EnvironmentProxies()
 
     def _session(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop, as aiohttp requires.
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS, ssl=self._ssl_context)
-        return aiohttp.ClientSession(connector=connector, trust_env=True, auto_decompress=False)
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        # The package reads `self.proxy` before its first await, so setting it here, with no
+        # await in between, gives this request its own proxy however many run at once.
+        self.proxy = self._proxies.for_url(request.url)
         with _as_httpx_errors(request):
             response = await super().handle_async_request(request)
         assert isinstance(response.stream, httpx.AsyncByteStream)

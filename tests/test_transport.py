@@ -15,7 +15,7 @@ import trustme
 
 from chat.errors import StartupError
 from chat.providers.deadlines import Timeouts
-from chat.transport import ssl_context, upstream_client
+from chat.transport import EnvironmentProxies, ssl_context, upstream_client
 from tests.conftest import Proxy
 from tests.fakeupstream import FakeUpstream, Reply
 
@@ -222,3 +222,21 @@ def test_a_ca_bundle_that_cannot_be_read_stops_start_up(tmp_path: Path) -> None:
     with pytest.raises(StartupError) as info:
         ssl_context(str(tmp_path / "missing.pem"))
     assert "SIDECHAT_CA_BUNDLE" in str(info.value)
+
+
+def test_the_environment_s_proxies_are_chosen_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("https_proxy", "http://alice:secret@proxy.example:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://plain.example:8080")
+    monkeypatch.setenv("NO_PROXY", "internal.example,local.example:8443")
+    proxies = EnvironmentProxies()
+    chosen = proxies.for_url(httpx.URL("https://api.openai.com/v1/chat"))
+    assert chosen is not None and chosen.url == httpx.URL("http://proxy.example:3128")
+    assert chosen.auth == ("alice", "secret")
+    plain = proxies.for_url(httpx.URL("http://ollama.example:11434/api/chat"))
+    assert plain is not None and plain.url == httpx.URL("http://plain.example:8080")
+    assert proxies.for_url(httpx.URL("https://internal.example/v1")) is None
+    assert proxies.for_url(httpx.URL("https://local.example:8443/v1")) is None
+    assert proxies.for_url(httpx.URL("https://local.example/v1")) is not None
