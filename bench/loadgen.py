@@ -39,6 +39,11 @@ KINDS = {
 }
 
 
+def bench_token(index: int) -> str:
+    """Stream `index`'s bearer token: one simulated user per stream (run.py writes the tokens file)."""
+    return f"bench-token-{index:08d}"
+
+
 class Run:
     def __init__(self, args: argparse.Namespace) -> None:
         path, self.token_needle, self.done_needle = KINDS[args.kind]
@@ -55,6 +60,7 @@ class Run:
         self.stamp = args.stamp
         self.tag = args.tag
         self.hold = args.hold
+        self.auth = args.auth
         self.errors: Counter[str] = Counter()
         self.ttft: list[int] = []
         self.latency: list[int] = []
@@ -84,9 +90,10 @@ class Run:
                 "messages": [{"role": "user", "content": message}],
             }
         data = json.dumps(body).encode()
+        auth = f"authorization: Bearer {bench_token(index)}\r\n" if self.auth else ""
         return (
             f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-            f"accept: text/event-stream\r\ncontent-length: {len(data)}\r\n\r\n"
+            f"accept: text/event-stream\r\n{auth}content-length: {len(data)}\r\n\r\n"
         ).encode() + data
 
 
@@ -357,6 +364,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--open-concurrency", type=int, default=0, help="at most this many streams awaiting headers"
     )
     parser.add_argument("--deadline", type=float, default=120)
+    parser.add_argument("--auth", action="store_true", help="send stream i's bearer token (bench_token)")
     parser.add_argument("--tag", default="run", help="put in every message, to find the stored rows")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     return parser.parse_args(argv)

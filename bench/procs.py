@@ -35,10 +35,10 @@ def stop(process: subprocess.Popen[bytes], grace: float = 20) -> None:
         process.wait()
 
 
-def healthy(port: int) -> bool:
+def healthy(port: int, path: str = "/healthz") -> bool:
     try:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        connection.request("GET", "/healthz")
+        connection.request("GET", path)
         return connection.getresponse().status == 200
     except OSError:
         return False

@@ -30,6 +30,7 @@ from typing import Any
 
 import profile_summary
 import report
+from loadgen import bench_token
 from procs import (
     RssSampler,
     cpu_list,
@@ -48,6 +49,7 @@ from scenarios import Phase, Scenario, scenarios
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PY = sys.executable
+USERS = 10_000  # more than any scenario's streams: every stream its own user
 
 
 class Bench:
@@ -58,6 +60,13 @@ class Bench:
         self.fake_port = 0
         self.loop, self.http = server_stack(args.loop, args.http)
         self.profiled = {name for name in args.profile.split(",") if name}
+        self.litellm = Path()
+        if "litellm" in args.only:  # imported only then: it installs LiteLLM on first use
+            import litellm_row
+
+            self.litellm = litellm_row.prepare(BENCH / ".venv-litellm")
+        self.tokens_file = workdir / "tokens"
+        self.tokens_file.write_text("".join(f"{bench_token(i)}=user{i}\n" for i in range(USERS)))
         if self.pin:  # this process samples RSS: keep it off the relay's core too
             os.sched_setaffinity(0, cpu_list(args.client_cpus))
 
@@ -85,6 +94,8 @@ class Bench:
             "ANTHROPIC_API_KEY": "x",
             "ANTHROPIC_BASE_URL": upstream,
             "SIDECHAT_DB": str(db),
+            # Deployed as a user would: auth on, one bearer token per simulated user (loadgen --auth).
+            "SIDECHAT_API_TOKENS_FILE": str(self.tokens_file),
             "SIDECHAT_HEARTBEAT_SECONDS": f"{scenario.heartbeat:g}",
             "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0",
             # The limits stay on (their cost is measured) but high enough for one user's load.
@@ -100,6 +111,7 @@ class Bench:
         self, target: str, name: str, scenario: Scenario
     ) -> tuple[subprocess.Popen[bytes], int, Path]:
         port, db = free_port(), self.workdir / f"{name}.db"
+        env, health, wait = self.relay_env(scenario, db), "/healthz", 20
         if target == "hop":
             command = [
                 PY,
@@ -110,6 +122,9 @@ class Bench:
                 str(self.fake_port),
             ]
             command += ["--loop", self.loop]
+        elif target == "floor":
+            command = [PY, str(BENCH / "floor_relay.py"), "--port", str(port)]
+            command += ["--upstream-port", str(self.fake_port), "--loop", self.loop, "--http", self.http]
         elif target == "naive":
             command = [
                 PY,
@@ -121,17 +136,20 @@ class Bench:
                 "--http",
                 self.http,
             ]
+        elif target == "litellm":
+            import litellm_row
+
+            command, extra = litellm_row.command(self.litellm, port, self.fake_port, self.workdir)
+            env, health, wait = {**env, **extra}, litellm_row.HEALTH_PATH, 120
         elif self.args.server == "app":
             command = [PY, "app.py", "--port", str(port), "--db", str(db)]
         else:
             command = [PY, "-m", "uvicorn", "app:app", "--port", str(port), "--backlog", "8192"]
             command += ["--loop", self.loop, "--http", self.http]
         log = self.workdir / f"{name}-{target}.log"
-        process = spawn(
-            self.pinned(self.args.relay_cpus, command), log, cwd=ROOT, env=self.relay_env(scenario, db)
-        )
-        deadline = time.monotonic() + 20
-        while not healthy(port):
+        process = spawn(self.pinned(self.args.relay_cpus, command), log, cwd=ROOT, env=env)
+        deadline = time.monotonic() + wait
+        while not healthy(port, health):
             if time.monotonic() > deadline or process.poll() is not None:
                 stop(process)
                 raise SystemExit(f"{target} did not start; see {log}")
@@ -142,7 +160,7 @@ class Bench:
         """One phase's load, merged across `--client-procs` processes; given several URLs,
         each process spreads its streams over them round robin."""
         procs = self.args.client_procs if phase.streams >= self.args.client_procs else 1
-        command = [PY, str(BENCH / "loadgen.py"), "--kind", kind, "--tag", tag]
+        command = [PY, str(BENCH / "loadgen.py"), "--kind", kind, "--tag", tag, "--auth"]
         for each in [url] if isinstance(url, str) else url:
             command += ["--url", each]
         for name, value in asdict(phase).items():
@@ -164,8 +182,10 @@ class Bench:
         if target != "direct":
             relay, port, db = self.start_relay(target, name, scenario)
             url, kind = f"http://127.0.0.1:{port}/api/chat/stream", "relay"
-            if target == "hop":  # bytes pass through: the client speaks the provider's format
+            if target in ("hop", "floor"):  # bytes pass through: the client speaks the provider's format
                 url, kind = f"http://127.0.0.1:{port}", self.args.format
+            elif target == "litellm":  # an OpenAI-compatible proxy, whatever the provider speaks
+                url, kind = f"http://127.0.0.1:{port}", "openai"
             self.loadgen(url, kind, Phase(4, 5, total=20), "warm")
         assert self.fake is not None
         watched = relay.pid if relay else self.fake.pid
@@ -287,7 +307,15 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Benchmark direct vs naive relay vs sidechat.")
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--scenarios", default="latency,load,throughput,idle,start,completions")
-    parser.add_argument("--only", default=",".join(report.TARGETS), help="targets to run, comma-separated")
+    parser.add_argument(
+        "--only", default="", help="targets to run, comma-separated (default: all but optional)"
+    )
+    parser.add_argument(
+        "--with",
+        dest="optional",
+        default="",
+        help="optional targets to add: litellm (installed on first use)",
+    )
     parser.add_argument("--format", choices=("openai", "anthropic"), default="openai")
     parser.add_argument(
         "--server",
@@ -319,6 +347,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", default=str(BENCH / "results.json"))
     parser.add_argument("--keep", action="store_true", help="keep the relays' logs and databases")
     args = parser.parse_args()
+    standard = [t for t in report.TARGETS if t not in report.OPTIONAL]
+    args.only = ",".join(filter(None, [args.only or ",".join(standard), args.optional]))
+    if unknown := set(args.only.split(",")) - set(report.TARGETS):
+        parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.format != "openai" and "litellm" in args.only:
+        parser.error("the litellm row is set up for --format openai")
     if args.server == "app" and (args.loop != "auto" or args.http != "auto"):
         parser.error("--loop/--http need --server uvicorn (python app.py lets uvicorn choose)")
     return args
@@ -375,11 +409,18 @@ def main() -> None:
 
 
 def derive(entry: dict[str, Any]) -> None:
-    direct = report.dig(entry["targets"].get("direct"), "main.token_latency_ms.p50")
-    for target in ("hop", "naive", "sidechat"):
-        mine = report.dig(entry["targets"].get(target), "main.token_latency_ms.p50")
-        if direct is not None and mine is not None:
-            entry["targets"][target]["added_p50_ms"] = round(mine - direct, 3)
+    """What a target adds to `direct` (the client reading the provider itself), per token and,
+    one stream at a time, to the first token."""
+    targets = entry["targets"]
+    for name, path in (
+        ("added_p50_ms", "main.token_latency_ms.p50"),
+        ("added_ttft_p50_ms", "one.ttft_ms.p50"),
+    ):
+        direct = report.dig(targets.get("direct"), path)
+        for target, metrics in targets.items():
+            mine = report.dig(metrics, path)
+            if target != "direct" and direct is not None and mine is not None:
+                metrics[name] = round(mine - direct, 3)
 
 
 if __name__ == "__main__":

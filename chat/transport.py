@@ -118,7 +118,9 @@ class EnvironmentProxies:
 
     def __init__(self) -> None:
         named = urllib.request.getproxies_environment()
-        self._named = {scheme: named[scheme] for scheme in ("http", "https") if scheme in named}
+        self._named: dict[str, str] = {
+            scheme: named[scheme] for scheme in ("http", "https") if scheme in named
+        }
         self._chosen: dict[tuple[str, str], httpx.Proxy | None] = {}
 
     def for_url(self, url: httpx.URL) -> httpx.Proxy | None:
@@ -127,7 +129,7 @@ class EnvironmentProxies:
             if len(self._chosen) >= PROXY_HOSTS:
                 self._chosen.clear()
             proxy = self._named.get(url.scheme)
-            bypassed = proxy is not None and urllib.request.proxy_bypass_environment(key[1])
+            bypassed = proxy is not None and urllib.request.proxy_bypass(key[1])  # NO_PROXY, on Linux
             self._chosen[key] = httpx.Proxy(proxy) if proxy is not None and not bypassed else None
         return self._chosen[key]
 
