@@ -90,7 +90,11 @@ class Run:
                 "messages": [{"role": "user", "content": message}],
             }
         data = json.dumps(body).encode()
-        auth = f"authorization: Bearer {bench_token(index)}\r\n" if self.auth else ""
+        auth = ""
+        if self.auth == "tokens":
+            auth = f"authorization: Bearer {bench_token(index)}\r\n"
+        elif self.auth == "header":
+            auth = f"x-user: user{index}\r\n"
         return (
             f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
             f"accept: text/event-stream\r\n{auth}content-length: {len(data)}\r\n\r\n"
@@ -364,7 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--open-concurrency", type=int, default=0, help="at most this many streams awaiting headers"
     )
     parser.add_argument("--deadline", type=float, default=120)
-    parser.add_argument("--auth", action="store_true", help="send stream i's bearer token (bench_token)")
+    parser.add_argument(
+        "--auth",
+        choices=("none", "tokens", "header"),
+        default="none",
+        help="stream i's bearer token (bench_token), or `x-user: user<i>` for a trusted-header relay",
+    )
     parser.add_argument("--tag", default="run", help="put in every message, to find the stored rows")
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     return parser.parse_args(argv)

@@ -4,7 +4,8 @@ Each line of the file is a stack, root first, frames joined by `;`, then a
 space and the number of samples. Own time goes to the innermost frame; total
 time to every distinct function on the stack (counted once per stack, so
 recursion does not inflate it). Line numbers are dropped so a function's lines
-add up. Idle samples are not in the file unless py-spy ran with `--idle`.
+add up. Idle samples are not in the file unless py-spy ran with `--idle`, and the samples
+of a worker thread waiting for work are dropped (IDLE).
 
 Under uvloop a coroutine resumed from C often shows without the frames above
 it, so totals of outer functions are lower bounds; own times are exact. The
@@ -21,6 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
+# Worker threads' loops: their own time is waiting for work (py-spy cannot always tell a
+# thread blocked in a C lock from a running one); their work shows in the frames they call.
+IDLE = {"_connection_worker_thread (aiosqlite/core.py)", "_worker (concurrent/futures/thread.py)"}
 
 
 def function(frame: str) -> str:
@@ -45,7 +49,7 @@ def load(path: Path) -> tuple[Counter[str], Counter[str], int]:
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = [function(f) for f in stack.split(";") if f.strip()]
-        if not frames or not count.isdigit():
+        if not frames or not count.isdigit() or frames[-1] in IDLE:
             continue
         n = int(count)
         samples += n

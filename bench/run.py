@@ -94,8 +94,7 @@ class Bench:
             "ANTHROPIC_API_KEY": "x",
             "ANTHROPIC_BASE_URL": upstream,
             "SIDECHAT_DB": str(db),
-            # Deployed as a user would: auth on, one bearer token per simulated user (loadgen --auth).
-            "SIDECHAT_API_TOKENS_FILE": str(self.tokens_file),
+            **self.auth_env(),
             "SIDECHAT_HEARTBEAT_SECONDS": f"{scenario.heartbeat:g}",
             "SIDECHAT_SHUTDOWN_GRACE_SECONDS": "0",
             # The limits stay on (their cost is measured) but high enough for one user's load.
@@ -106,6 +105,14 @@ class Bench:
             "NAIVE_PING_SECONDS": f"{scenario.heartbeat:g}",
             **scenario.env,
         }
+
+    def auth_env(self) -> dict[str, str]:
+        """Deployed as a user would: auth on, one user per stream (loadgen --auth)."""
+        if self.args.auth == "tokens":
+            return {"SIDECHAT_API_TOKENS_FILE": str(self.tokens_file)}
+        if self.args.auth == "header":
+            return {"SIDECHAT_TRUSTED_USER_HEADER": "X-User"}
+        return {}
 
     def start_relay(
         self, target: str, name: str, scenario: Scenario
@@ -160,7 +167,7 @@ class Bench:
         """One phase's load, merged across `--client-procs` processes; given several URLs,
         each process spreads its streams over them round robin."""
         procs = self.args.client_procs if phase.streams >= self.args.client_procs else 1
-        command = [PY, str(BENCH / "loadgen.py"), "--kind", kind, "--tag", tag, "--auth"]
+        command = [PY, str(BENCH / "loadgen.py"), "--kind", kind, "--tag", tag, "--auth", self.args.auth]
         for each in [url] if isinstance(url, str) else url:
             command += ["--url", each]
         for name, value in asdict(phase).items():
@@ -258,7 +265,6 @@ class Bench:
             "200",
             "--format",
             "raw",
-            "--nonblocking",
             "-o",
             str(out),
         ]
@@ -334,6 +340,12 @@ def parse_args() -> argparse.Namespace:
         choices=("auto", "h11", "httptools"),
         default="auto",
         help="with --server uvicorn (and for the naive relay)",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=("tokens", "header", "none"),
+        default="tokens",
+        help="each stream its own user: a bearer token from a tokens file, or the trusted X-User header",
     )
     parser.add_argument("--relay-cpus", default="1")
     parser.add_argument("--client-cpus", default="0")

@@ -104,9 +104,13 @@ class Generation:
         """Once past the provider, its row as it is (or will be) stored."""
         return None if self._final is None else replace(self.reply, **self._final())
 
+    def announce(self) -> None:
+        """Publish `start`, before the task first runs: a client's stream then writes it with
+        its response head, not after this task has opened the upstream request."""
+        self.topic.publish("start", events.start(self.conversation_id, self.message_id, self.metadata))
+
     async def run(self, keeper: Keeper) -> None:
         started = time.monotonic()
-        self.topic.publish("start", events.start(self.conversation_id, self.message_id, self.metadata))
         self._started = True
         checkpoints = keeper.checkpoints(self.message_id, lambda: self.text)
         try:

@@ -92,6 +92,7 @@ class Generations:
         if stop_when_abandoned:
             generation.topic.on_abandoned = lambda: generation.stop(CANCELLED)
         self._running[reply.id] = generation
+        generation.announce()
         if self.registry is not None:
             self.registry.started(reply.id)
         generation.task = asyncio.create_task(self._run(generation, on_end))
