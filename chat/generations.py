@@ -159,6 +159,9 @@ class Generation:
         try:
             if self._stop_reason is not None:
                 raise asyncio.CancelledError  # stopped before it began: the provider is never called
+            # One turn of the loop before the upstream request: the streams of the clients that
+            # asked are ready behind this task, and write `start` now rather than after it.
+            await asyncio.sleep(0)
             stream, chars, limit = self.provider.stream(self.request), 0, self.max_chars
             try:
                 async for item in stream:

@@ -268,6 +268,19 @@ async def test_stopped_before_it_began_the_provider_is_never_called(
     assert (await row(store, generation)).status == "cancelled"
 
 
+async def test_stopped_in_its_first_step_before_the_upstream_request_it_ends_as_cancelled(
+    store: Store, generations: Generations
+) -> None:
+    provider = Puppet()
+    generation = await start(store, generations, provider)
+    await asyncio.sleep(0)  # one turn of the loop: its task's first step, which yields once
+    assert generation._started and provider.calls == 0
+    assert generation.stop(CANCELLED)
+    await generation.finished.wait()
+    assert provider.calls == 0
+    assert (await row(store, generation)).status == "cancelled"
+
+
 async def test_a_provider_error_fails_the_reply_with_its_partial_text(
     store: Store, generations: Generations, broker: Broker
 ) -> None:
