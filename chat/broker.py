@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .sse import PING, encode_event
+from .sse import PING, encode_event, encode_text_event
 
 CHUNK_BYTES = 64 * 1024  # the most a subscriber hands out at once, unless one event is longer
 
@@ -63,15 +63,18 @@ class Topic:
         return self.first + len(self.events)
 
     def publish(self, event: str, data: dict[str, Any]) -> int:
-        """Append an event and wake the subscribers; its id. (The hot path: one call per token.)"""
-        events = self.events
-        events.append(encode_event(event, data, len(events) + 1))
+        """Append an event and wake the subscribers; its id."""
+        return self._append(encode_event(event, data, self.last_id + 1))
+
+    def publish_text(self, event: str, text: str) -> int:
+        """`publish(event, {"text": text})`, encoded without a dict: the hot path, one per token."""
+        return self._append(encode_text_event(event, text, self.last_id + 1))
+
+    def _append(self, encoded: bytes) -> int:
+        self.events.append(encoded)
         if self.waiters:
-            waiters, self.waiters = self.waiters, []
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-        return len(events)
+            self._wake()
+        return self.last_id
 
     def _wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -109,8 +112,8 @@ class WindowedTopic(Topic):
         self._clock = clock
         self._stamps: deque[float] = deque()
 
-    def publish(self, event: str, data: dict[str, Any]) -> int:
-        self.events.append(encode_event(event, data, self.last_id + 1))
+    def _append(self, encoded: bytes) -> int:
+        self.events.append(encoded)
         now = self._clock()
         self._stamps.append(now)
         self._trim(now)

@@ -154,7 +154,7 @@ class Generation:
     async def _relay(self, started: float, checkpoints: Checkpoints | None) -> Relayed:
         """Publish the provider's deltas as they come; what ended it, and how."""
         relayed = Relayed()
-        publish = self.topic.publish
+        publish, publish_text = self.topic.publish, self.topic.publish_text
         watched, conversation_id, message_id = self.watched, self.conversation_id, self.message_id
         try:
             if self._stop_reason is not None:
@@ -179,7 +179,7 @@ class Generation:
                         self._parts.append(item)
                         if checkpoints is not None:
                             checkpoints.added(size)
-                        publish("token", {"text": item})
+                        publish_text("token", item)
                         if watched and (feed := watched.get(conversation_id)) is not None:
                             feed.publish("token", {"message_id": message_id, "text": item})
                     elif isinstance(item, Usage):  # the counts so far: kept should the end not come

@@ -52,6 +52,9 @@ class Outbox(Topic):
             self._queue(self)
         return 0
 
+    def publish_text(self, event: str, text: str) -> int:
+        return self.publish(event, {"text": text})
+
     def control(self, kind: str, value: str = "") -> None:
         """Queue an entry for the followers (`end`, `gone`) or presence (`join`, `leave`, `hold`)."""
         self.pending += (kind, value)

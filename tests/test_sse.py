@@ -15,6 +15,7 @@ from chat.sse import (
     SSEDecoder,
     TooLong,
     encode_event,
+    encode_text_event,
     retry_field,
 )
 
@@ -378,3 +379,10 @@ def test_an_event_whose_data_lines_grow_past_the_limit_is_refused() -> None:
     assert [e.data for e in decoder.feed(b"data: short\n\n")] == ["short"]
     with pytest.raises(TooLong):
         decoder.feed(b"data: 0123456789\ndata: 0123456789\n")  # no blank line: one event, too big
+
+
+@pytest.mark.parametrize(
+    "text", ["w0 ", "", 'quote " back \\ slash', "line\nend\r\n", "é ✓ 🙂", "\x00\x1f", "lone \ud800"]
+)
+def test_a_text_event_is_the_same_bytes_as_its_dict_encoded(text: str) -> None:
+    assert encode_text_event("token", text, 7) == encode_event("token", {"text": text}, 7)
