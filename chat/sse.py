@@ -238,7 +238,7 @@ def encode_text_event(event: str, text: str, id: int) -> bytes:
     if "\n" in event or "\r" in event:
         raise ValueError(f"SSE event name must not hold a line end: {event!r}")
     try:
-        return f'id: {id}\nevent: {event}\ndata: {{"text": {escape_json(text)}}}\n\n'.encode("utf-8")
+        return f'id: {id}\nevent: {event}\ndata: {{"text": {escape_json(text)}}}\n\n'.encode()
     except UnicodeEncodeError:  # a lone surrogate: escape it as JSON can
         return encode_event(event, {"text": text}, id)
 
