@@ -19,6 +19,7 @@ from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import httpx
+import orjson
 
 from ..sse import NDJSONDecoder, ServerSentEvent, SSEDecoder, TooLong
 from ..telemetry import upstream_headers
@@ -273,9 +274,12 @@ class HTTPProvider:
 def _parse(reading: Reading, event: ServerSentEvent, provider: str) -> tuple[str, Finish | None]:
     data = event.data
     try:
-        payload = json.loads(data)
-    except ValueError:
-        raise protocol_error(provider, "data that is not JSON", data) from None
+        payload = orjson.loads(data)  # a third of the cost of json.loads: the per-token path
+    except orjson.JSONDecodeError:
+        try:  # what JSON allows and orjson refuses: half a surrogate pair, a huge number, NaN
+            payload = json.loads(data)
+        except ValueError:
+            raise protocol_error(provider, "data that is not JSON", data) from None
     if event.event == "error" and isinstance(payload, dict):
         raise error_from_event(payload, provider)
     try:

@@ -80,6 +80,18 @@ async def test_streams_text_then_finish_with_usage_chunk(
     assert body.closed
 
 
+async def test_json_that_orjson_refuses_and_json_allows_is_still_read(
+    client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
+) -> None:
+    # Half a surrogate pair (a server that cut an emoji in two), a number past 64 bits, NaN.
+    odd = b'data: {"choices": [{"index": 0, "delta": {"content": "\\ud83d"}}], "n": 123456789012345678901234567890}\n\n'
+    odd += b'data: {"choices": [{"index": 0, "delta": {"content": "\\ude00"}}], "x": NaN}\n\n'
+    serve(router, FakeBody(framing(FIRST + odd + chunk(finish="stop") + DONE)))
+    texts, finish = await collect(provider(client).stream(chat_request()))
+    assert "".join(texts).encode("utf-16", "surrogatepass").decode("utf-16") == "😀"
+    assert finish is not None and finish.reason == "stop"
+
+
 async def test_usage_in_last_content_chunk(
     client: httpx.AsyncClient, router: respx.MockRouter, framing: Framing
 ) -> None:
