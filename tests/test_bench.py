@@ -18,7 +18,7 @@ def test_quick_benchmark_run_measures_and_stores_every_reply(tmp_path: Path) -> 
     out = tmp_path / "results.json"
     result = subprocess.run(
         [sys.executable, "bench/run.py", "--quick", "--scenarios", "latency,completions"]
-        + ["--only", "direct,sidechat", "--no-pin", "--out", str(out)],
+        + ["--only", "direct,floor,sidechat", "--no-pin", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         timeout=240,
@@ -27,11 +27,11 @@ def test_quick_benchmark_run_measures_and_stores_every_reply(tmp_path: Path) -> 
     scenarios = json.loads(out.read_text())["scenarios"]
 
     latency = scenarios["latency"]["targets"]
-    for target in ("direct", "sidechat"):
+    for target in ("direct", "floor", "sidechat"):
         assert latency[target]["main"]["errors"] == 0
         assert latency[target]["main"]["token_latency_ms"]["n"] == latency[target]["main"]["tokens"] > 0
     completions = scenarios["completions"]["targets"]["sidechat"]
     assert completions["main"]["errors"] == 0
     assert completions["db"]["wrong"] == 0
     assert completions["db"]["right"] == completions["db"]["expected"] == completions["main"]["completed"] > 0
-    assert b"latency" in result.stdout and b"sidechat" in result.stdout  # the table was printed
+    assert b"latency" in result.stdout and b"sc/floor" in result.stdout  # the table was printed
