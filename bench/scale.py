@@ -404,6 +404,9 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     # What bench/run.py's Bench reads, fixed: sidechat as `python app.py`, one load generator.
     args.server, args.loop, args.http, args.client_procs, args.profile = "app", "auto", "auto", 1, ""
+    # Only sidechat runs, in memory and with Redis, without auth: the attach probe's followers
+    # would need each stream's own token, and what is compared is the same on both sides.
+    args.only, args.auth = "sidechat", "none"
     return args
 
 
