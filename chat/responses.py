@@ -50,6 +50,15 @@ log = logging.getLogger("sidechat")
 
 RETRY = retry_field(3000)
 
+# The headers of every event stream, encoded once: each open stream holds its list of headers.
+_OWN_HEADERS = (
+    ("cache-control", "no-cache, no-transform"),
+    ("x-accel-buffering", "no"),
+    ("content-type", "text/event-stream; charset=utf-8"),
+)
+_OWN = frozenset(name for name, _ in _OWN_HEADERS)
+HEADERS = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in _OWN_HEADERS]
+
 # What a response streams: entered when the response starts, left when it ends.
 Events = AbstractAsyncContextManager[AsyncIterable[bytes]]
 
@@ -65,9 +74,13 @@ class EventStreamResponse(Response):
         self.stall = stall
         self.status_code = 200
         self.background = None
-        self.init_headers(
-            {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no", **(headers or {})}
-        )
+        headers = headers or {}
+        if any(name.lower() in _OWN for name in headers):  # one of ours replaced: Starlette's way
+            replaced = {name.lower() for name in headers}
+            self.init_headers({**{k: v for k, v in _OWN_HEADERS if k not in replaced}, **headers})
+        else:  # ours are shared, encoded once; only the response's own are made for it
+            own = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            self.raw_headers = HEADERS + own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with self.events as chunks:

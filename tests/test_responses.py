@@ -82,3 +82,22 @@ async def test_a_cancellation_from_outside_is_not_mistaken_for_the_client_leavin
         await serving
 
     assert client.released.is_set()
+
+
+def test_a_response_sends_the_event_stream_headers_and_its_own() -> None:
+    sent = EventStreamResponse(contextlib.nullcontext(quiet()), {"X-Message-ID": "7"}).raw_headers
+    assert sent == [
+        (b"cache-control", b"no-cache, no-transform"),
+        (b"x-accel-buffering", b"no"),
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"x-message-id", b"7"),
+    ]
+
+
+def test_a_header_of_its_own_replaces_the_event_streams() -> None:
+    sent = EventStreamResponse(contextlib.nullcontext(quiet()), {"Cache-Control": "no-store"}).raw_headers
+    assert sorted(sent) == [
+        (b"cache-control", b"no-store"),
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"x-accel-buffering", b"no"),
+    ]
