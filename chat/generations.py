@@ -30,6 +30,7 @@ from .outcome import Relayed, conclude
 from .prices import Prices
 from .providers.base import ChatRequest, Finish, Provider, ProviderError, Usage, close_stream
 from .records import Message
+from .waits import Flag
 
 log = logging.getLogger("sidechat.generations")
 
@@ -60,14 +61,14 @@ class Generation:
         self.reply = reply  # the row as stored when the turn was accepted
         self.metadata = {"user_message_id": user_message_id, **reply.metadata}  # what it started with
         self.topic = topic
-        self.finished = asyncio.Event()
+        self.finished = Flag()
         self.task: asyncio.Task[None] | None = None
         self._stop_reason: str | None = None
         self._parts: list[str] = []
         self._started = False
         self._ending = False  # past the provider: being stored, or stored
         self._final: Callable[[], dict[str, Any]] | None = None  # the row its end is stored as
-        self.settled = asyncio.Event()  # finished, or its end waits for the database to take it
+        self.settled = Flag()  # finished, or its end waits for the database to take it
         self.lost: str | None = None  # why its end could not be stored, if it could not
 
     @property

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,33 +54,25 @@ class LogSink(Sink):
         self.content = settings.log_content
         self.routes = routes
 
-    @contextmanager
-    def request(self, record: RequestRecord) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            scope = record.scope
-            fields = {
-                "event": "request",
-                "request_id": record.request_id,
-                "method": scope.get("method"),
-                "route": route_template(scope, self.routes),
-                "status": record.status,
-                "duration_ms": round(record.seconds * 1000, 1),
-                "client": record.client,
-                "user": record.user,
-            }
-            requests_log.info(
-                "%s %s %s", scope.get("method"), fields["route"], record.status, extra={FIELDS: fields}
-            )
+    def request_ended(self, record: RequestRecord) -> None:
+        scope = record.scope
+        fields = {
+            "event": "request",
+            "request_id": record.request_id,
+            "method": scope.get("method"),
+            "route": route_template(scope, self.routes),
+            "status": record.status,
+            "duration_ms": round(record.seconds * 1000, 1),
+            "client": record.client,
+            "user": record.user,
+        }
+        requests_log.info(
+            "%s %s %s", scope.get("method"), fields["route"], record.status, extra={FIELDS: fields}
+        )
 
-    @contextmanager
-    def generation(self, generation: Generation) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            if (row := generation.final_row()) is not None:
-                self._reply(generation, row.status, row.metadata)
+    def generation_ended(self, generation: Generation) -> None:
+        if (row := generation.final_row()) is not None:
+            self._reply(generation, row.status, row.metadata)
 
     def _reply(self, generation: Generation, status: str, metadata: dict[str, Any]) -> None:
         usage = metadata.get("usage") or {}

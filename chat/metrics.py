@@ -129,23 +129,15 @@ class MetricsSink(Sink):
         m.subscribers.set_function(lambda: broker.subscribers)
         m.waiting.set_function(lambda: generations.keeper.pending)
 
-    @contextmanager
-    def request(self, record: RequestRecord) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            scope, labels = record.scope, self.labels
-            status = "none" if record.status is None else str(record.status)  # none: no response began
-            self.metrics.requests.labels(labels.method(scope), labels.route(scope), status).inc()
+    def request_ended(self, record: RequestRecord) -> None:
+        scope, labels = record.scope, self.labels
+        status = "none" if record.status is None else str(record.status)  # none: no response began
+        self.metrics.requests.labels(labels.method(scope), labels.route(scope), status).inc()
 
-    @contextmanager
-    def generation(self, generation: Generation) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            row = generation.final_row()
-            status = STORAGE_FAILED if generation.lost else row.status if row else None
-            self._ended(generation, status, row.metadata if row else generation.metadata)
+    def generation_ended(self, generation: Generation) -> None:
+        row = generation.final_row()
+        status = STORAGE_FAILED if generation.lost else row.status if row else None
+        self._ended(generation, status, row.metadata if row else generation.metadata)
 
     def _ended(self, generation: Generation, status: str | None, metadata: dict[str, Any]) -> None:
         m, labels = self.metrics, self.labels

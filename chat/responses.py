@@ -7,6 +7,9 @@ closed tab releases its subscription (and, with `on_disconnect=cancel`, the upst
 call) at once.
 
 Deliberate choices:
+- A response streams in the server's task for it; the watch of `receive` is the one task
+  more, and it (or the stall timer) ends the stream by cancelling that task. Three tasks and
+  an `asyncio.wait` per response were a good part of what an idle stream held in memory.
 - A client that stops reading is let go. uvicorn puts each chunk in its transport
   buffer at once and makes the *next* send wait while that buffer is full; it empties as
   the client reads (the kernel takes more once a good part of its own buffer was read).
@@ -34,6 +37,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -45,6 +49,15 @@ from .sse import retry_field
 log = logging.getLogger("sidechat")
 
 RETRY = retry_field(3000)
+
+# The headers of every event stream, encoded once: each open stream holds its list of headers.
+_OWN_HEADERS = (
+    ("cache-control", "no-cache, no-transform"),
+    ("x-accel-buffering", "no"),
+    ("content-type", "text/event-stream; charset=utf-8"),
+)
+_OWN = frozenset(name for name, _ in _OWN_HEADERS)
+HEADERS = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in _OWN_HEADERS]
 
 # What a response streams: entered when the response starts, left when it ends.
 Events = AbstractAsyncContextManager[AsyncIterable[bytes]]
@@ -61,9 +74,13 @@ class EventStreamResponse(Response):
         self.stall = stall
         self.status_code = 200
         self.background = None
-        self.init_headers(
-            {"cache-control": "no-cache, no-transform", "x-accel-buffering": "no", **(headers or {})}
-        )
+        headers = headers or {}
+        if any(name.lower() in _OWN for name in headers):  # one of ours replaced: Starlette's way
+            replaced = {name.lower() for name in headers}
+            self.init_headers({**{k: v for k, v in _OWN_HEADERS if k not in replaced}, **headers})
+        else:  # ours are shared, encoded once; only the response's own are made for it
+            own = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+            self.raw_headers = HEADERS + own
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with self.events as chunks:
@@ -77,17 +94,17 @@ class EventStreamResponse(Response):
             if scope["method"] == "HEAD":  # the headers are the whole answer; a feed never ends
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            sends = Sends(self.stall)
-            stream = asyncio.ensure_future(_stream(chunks, send, sends))
-            watch = asyncio.ensure_future(_wait_for_disconnect(receive))
             try:
-                await asyncio.wait((stream, watch, sends.stalled), return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sends.close()
-                watch.cancel()
-                stream.cancel()
-                await asyncio.gather(stream, watch, return_exceptions=True)
-        if stream.cancelled() and sends.stalled.done():
+                let_go = await _relay(chunks, send, receive, self.stall)
+            except BrokerError as error:
+                log.warning(
+                    "%s %s: %s; the response ends unfinished, and the client resumes with Last-Event-ID",
+                    scope["method"],
+                    scope["path"],
+                    error,
+                )
+                return
+        if let_go:
             client = scope.get("client") or ("unknown", 0)
             log.info(
                 "%s %s: let the client at %s:%s go, it took in nothing for %gs (it can resume with"
@@ -97,47 +114,77 @@ class EventStreamResponse(Response):
                 *client,
                 self.stall,
             )
-        elif stream.done() and not stream.cancelled() and (error := stream.exception()) is not None:
-            if not isinstance(error, BrokerError):
-                raise error
-            log.warning(
-                "%s %s: %s; the response ends unfinished, and the client resumes with Last-Event-ID",
-                scope["method"],
-                scope["path"],
-                error,
-            )
+
+
+async def _relay(chunks: AsyncIterable[bytes], send: Send, receive: Receive, stall: float) -> bool:
+    """Stream `chunks` in this task until they end or the client is let go: True when it was let
+    go for taking in nothing for `stall` seconds, False when it went or the chunks ended."""
+    task = asyncio.current_task()
+    assert task is not None
+    sends = Sends(stall, task)
+    watch = asyncio.ensure_future(_wait_for_disconnect(receive))
+    watch.add_done_callback(sends.gone)
+    try:
+        await _stream(chunks, send, sends)
+    except asyncio.CancelledError:
+        if not sends.ended or task.uncancel() > 0:  # cancelled from outside too: not ours to end
+            raise
+    finally:
+        sends.close()
+        watch.remove_done_callback(sends.gone)
+        watch.cancel()
+    return sends.stalled
 
 
 class Sends:
-    """How far a response's sends got, looked at by one timer every `stall / 2` seconds.
+    """How far a response's sends got, looked at by one timer every `stall / 2` seconds; and
+    the one place that ends the response's task early, when its client is gone or stalled.
 
     `count` goes up once as a send begins and once as it ends, so it is odd while one is
     under way. The same send still under way at three looks in a row has waited at least
-    `stall` seconds (and less than 1.5 × `stall`): then `stalled` is set."""
+    `stall` seconds (and less than 1.5 × `stall`): then `stalled` is set and the task is
+    cancelled, as it is when the client is `gone`. `ended` says the task was cancelled here."""
 
-    __slots__ = ("count", "stalled", "_loop", "_period", "_seen", "_looks", "_timer")
+    __slots__ = ("count", "stalled", "ended", "_task", "_loop", "_period", "_seen", "_looks", "_timer")
 
-    def __init__(self, stall: float) -> None:
+    def __init__(self, stall: float, task: asyncio.Task[Any]) -> None:
         self.count = 0
+        self.stalled = False
+        self.ended = False
+        self._task = task
         self._loop = asyncio.get_running_loop()
-        self.stalled: asyncio.Future[None] = self._loop.create_future()
         self._period = stall / 2
         self._seen = 0  # `count` at the look that first found the send under way now
         self._looks = 0  # looks since then that found it still under way
-        self._timer = self._loop.call_later(self._period, self._look)
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(self._period, self._look)
 
     def _look(self) -> None:
         if self.count % 2 and self.count == self._seen:
             self._looks += 1
             if self._looks == 2:
-                self.stalled.set_result(None)
+                self.stalled = True
+                self._end()
                 return
         else:
             self._seen, self._looks = self.count, 0
         self._timer = self._loop.call_later(self._period, self._look)
 
+    def gone(self, watch: asyncio.Future[None]) -> None:
+        """The watch of `receive` ended: the client disconnected (or the server gave up on it)."""
+        if not watch.cancelled():
+            watch.exception()  # looked at: whatever ended it, the client is as good as gone
+        self._end()
+
+    def _end(self) -> None:
+        if self._timer is not None and not self.ended:
+            self.ended = True
+            self._task.cancel()
+
     def close(self) -> None:
-        self._timer.cancel()
+        """The response is over: nothing is cancelled from here any more."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 async def _stream(chunks: AsyncIterable[bytes], send: Send, sends: Sends) -> None:

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import Scope
@@ -78,18 +79,27 @@ def upstream_headers(request_id_header: str | None) -> dict[str, str]:
 
 
 class Sink:
-    """A watcher; each moment does nothing unless a sink says otherwise."""
+    """A watcher; each moment does nothing unless a sink says otherwise.
+
+    A request and a generation are heard either as a context around them (`request`,
+    `generation`: what a trace span needs) or as their end alone (`request_ended`,
+    `generation_ended`: all the log and the metrics need, and far less to hold while a
+    stream lasts); the ends are heard once every context has been left."""
 
     def opened(self, services: Services) -> None:
         pass
 
-    @contextmanager
-    def request(self, record: RequestRecord) -> Iterator[None]:
-        yield
+    def request(self, record: RequestRecord) -> AbstractContextManager[None]:
+        return NULL
 
-    @contextmanager
-    def generation(self, generation: Generation) -> Iterator[None]:
-        yield
+    def request_ended(self, record: RequestRecord) -> None:
+        pass
+
+    def generation(self, generation: Generation) -> AbstractContextManager[None]:
+        return NULL
+
+    def generation_ended(self, generation: Generation) -> None:
+        pass
 
     @contextmanager
     def db_write(self, what: str) -> Iterator[None]:
@@ -110,27 +120,39 @@ class Telemetry:
         # Per moment, the sinks that hear it: one that keeps Sink's do-nothing costs nothing.
         self._hearing = {
             moment: tuple(s for s in self.sinks if getattr(type(s), moment) is not getattr(Sink, moment))
-            for moment in ("opened", "request", "generation", "db_write", "upstream_failed", "fell_back")
+            for moment in (
+                "opened",
+                "request",
+                "request_ended",
+                "generation",
+                "generation_ended",
+                "db_write",
+                "upstream_failed",
+                "fell_back",
+            )
         }
+        self._request_ended = tuple(sink.request_ended for sink in reversed(self._hearing["request_ended"]))
+        self._generation_ended = tuple(
+            sink.generation_ended for sink in reversed(self._hearing["generation_ended"])
+        )
 
     def opened(self, services: Services) -> None:
         for sink in self._hearing["opened"]:
             sink.opened(services)
 
-    @contextmanager
-    def request(self, record: RequestRecord) -> Iterator[None]:
-        token = request_id_var.set(record.request_id)
-        try:
-            with self._all("request", record):
-                yield
-        finally:
-            request_id_var.reset(token)
+    def request(self, record: RequestRecord) -> Moment:
+        contexts = tuple(sink.request(record) for sink in self._hearing["request"])
+        return Moment(contexts, self._request_ended, record, record.request_id)
 
-    def generation(self, generation: Generation) -> ExitStack:
-        return self._all("generation", generation)
+    def generation(self, generation: Generation) -> Moment:
+        contexts = tuple(sink.generation(generation) for sink in self._hearing["generation"])
+        return Moment(contexts, self._generation_ended, generation)
 
     def db_write(self, what: str) -> ExitStack:
-        return self._all("db_write", what)
+        stack = ExitStack()
+        for sink in self._hearing["db_write"]:
+            stack.enter_context(sink.db_write(what))
+        return stack
 
     def upstream_failed(self, provider: str, error: ProviderError, *, retried: bool) -> None:
         for sink in self._hearing["upstream_failed"]:
@@ -140,11 +162,69 @@ class Telemetry:
         for sink in self._hearing["fell_back"]:
             sink.fell_back(provider, to)
 
-    def _all(self, moment: str, subject: Any) -> ExitStack:
-        stack = ExitStack()
-        for sink in self._hearing[moment]:
-            stack.enter_context(getattr(sink, moment)(subject))
-        return stack
+
+class Moment:
+    """A request or a generation as the sinks hear it: their contexts entered in order and
+    left in reverse, as an `ExitStack` would, then their ends. It is held for as long as a
+    stream lasts, so it holds only that (an ExitStack makes a deque of its own, over 600 bytes)."""
+
+    __slots__ = ("_contexts", "_ended", "_subject", "_request_id", "_token")
+
+    def __init__(
+        self,
+        contexts: tuple[AbstractContextManager[None], ...],
+        ended: tuple[Callable[[Any], None], ...],
+        subject: Any,
+        request_id: str | None = None,
+    ) -> None:
+        self._contexts = contexts
+        self._ended = ended
+        self._subject = subject
+        self._request_id = request_id  # made current inside, when the moment is a request's
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> None:
+        if self._request_id is not None:
+            self._token = request_id_var.set(self._request_id)
+        entered = 0
+        try:
+            for context in self._contexts:
+                context.__enter__()
+                entered += 1
+        except BaseException as error:
+            self._leave(entered, error)
+            raise
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> bool:
+        return self._leave(len(self._contexts), error)
+
+    def _leave(self, entered: int, error: BaseException | None) -> bool:
+        """Leave the first `entered` contexts; True when they made `error` go away."""
+        pending = error
+        try:
+            for context in reversed(self._contexts[:entered]):
+                try:
+                    if context.__exit__(type(pending) if pending else None, pending, _tb(pending)):
+                        pending = None
+                except BaseException as raised:
+                    if raised is not pending and raised.__context__ is None:
+                        raised.__context__ = pending
+                    pending = raised
+        finally:
+            for ended in self._ended:
+                ended(self._subject)
+            if self._token is not None:
+                request_id_var.reset(self._token)
+        if pending is None or pending is error:
+            return error is not None and pending is None
+        raise pending
+
+
+def _tb(error: BaseException | None) -> TracebackType | None:
+    return None if error is None else error.__traceback__
+
+
+NULL: AbstractContextManager[None] = nullcontext()  # a context that does nothing, and can be shared
 
 
 NOTHING = Telemetry()  # for code run without an app: tests, scripts

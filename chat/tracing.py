@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from starlette.routing import BaseRoute
 from starlette.types import Scope
 
 from .labels import OTHER, UNMATCHED, Labels, write_of
-from .telemetry import RequestRecord, Sink, propagators
+from .telemetry import NULL, RequestRecord, Sink, propagators
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -91,21 +91,17 @@ class TracingSink(Sink):
         is still passed on upstream, as OpenTelemetry's no-op spans would)."""
         return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider)
 
-    @contextmanager
-    def request(self, record: RequestRecord) -> Iterator[None]:
-        scope = record.scope
-        if _route_path(scope) in UNTRACED:
-            yield
-            return
+    def request(self, record: RequestRecord) -> AbstractContextManager[None]:
+        if _route_path(record.scope) in UNTRACED:
+            return NULL
         if not self.recording():
-            carrier = _carrier(scope)  # empty unless the caller sent a trace context
-            token = context.attach(propagate.extract(carrier)) if carrier else None
-            try:
-                yield
-            finally:
-                if token is not None:
-                    context.detach(token)
-            return
+            carrier = _carrier(record.scope)  # empty unless the caller sent a trace context
+            return _attached(carrier) if carrier else NULL
+        return self._request_span(record)
+
+    @contextmanager
+    def _request_span(self, record: RequestRecord) -> Iterator[None]:
+        scope = record.scope
         method = self.labels.method(scope)
         method = "_OTHER" if method == OTHER else method
         attributes = _present(
@@ -142,11 +138,11 @@ class TracingSink(Sink):
                 span.set_attribute("error.type", str(record.status))
                 span.set_status(Status(StatusCode.ERROR))
 
+    def generation(self, generation: Generation) -> AbstractContextManager[None]:
+        return self._generation_span(generation) if self.recording() else NULL
+
     @contextmanager
-    def generation(self, generation: Generation) -> Iterator[None]:
-        if not self.recording():
-            yield
-            return
+    def _generation_span(self, generation: Generation) -> Iterator[None]:
         started, request = generation.metadata, generation.request
         model = started.get("model")
         name = f"chat {model}" if self.labels.model(model) != OTHER else "chat"
@@ -239,6 +235,16 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     prefix: str = scope.get("root_path", "")
     return path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
+
+
+@contextmanager
+def _attached(carrier: dict[str, str]) -> Iterator[None]:
+    """The caller's trace context made current, for a request that is not traced itself."""
+    token = context.attach(propagate.extract(carrier))
+    try:
+        yield
+    finally:
+        context.detach(token)
 
 
 def _carrier(scope: Scope) -> dict[str, str]:

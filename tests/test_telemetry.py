@@ -93,6 +93,79 @@ async def test_every_moment_reaches_every_sink_and_contexts_unwind_in_reverse(tm
     assert current_request_id() is None  # the request's id is gone with it
 
 
+class Ends(Sink):
+    """A sink that hears only the ends of requests and generations."""
+
+    def __init__(self, name: str, said: list[tuple[Any, ...]]) -> None:
+        self.name = name
+        self.said = said
+
+    def request_ended(self, record: RequestRecord) -> None:
+        self.said.append((self.name, "request ended", record.status, current_request_id()))
+
+    def generation_ended(self, generation: Any) -> None:
+        self.said.append((self.name, "generation ended", generation))
+
+
+def test_the_ends_are_heard_after_every_context_has_been_left_even_on_an_error() -> None:
+    said: list[tuple[Any, ...]] = []
+    telemetry = Telemetry([Ends("a", said), Heard("b", said), Ends("c", said)])
+
+    asked, failed = record(), record("req-2")
+    with telemetry.request(asked):
+        asked.status = 204
+    with pytest.raises(RuntimeError), telemetry.request(failed):
+        failed.status = 500
+        raise RuntimeError("the handler failed")
+    with telemetry.generation("the generation"):
+        pass
+
+    assert said == [
+        ("b", "request", "req-1"),
+        ("b", "request ended", 204),
+        ("c", "request ended", 204, "req-1"),  # the request's id is still current for them
+        ("a", "request ended", 204, "req-1"),
+        ("b", "request", "req-2"),
+        ("c", "request ended", 500, "req-2"),  # heard however the request ended
+        ("a", "request ended", 500, "req-2"),
+        ("c", "generation ended", "the generation"),
+        ("a", "generation ended", "the generation"),
+    ]
+    assert current_request_id() is None
+
+
+class Swallows(Sink):
+    """A sink whose request context makes an error go away, or raises one of its own."""
+
+    def __init__(self, raises: BaseException | None = None) -> None:
+        self.raises = raises
+        self.left = 0
+
+    @contextmanager
+    def request(self, record: RequestRecord) -> Iterator[None]:
+        try:
+            yield
+        except ValueError:
+            pass
+        finally:
+            self.left += 1
+            if self.raises is not None:
+                raise self.raises
+
+
+def test_a_moment_passes_errors_through_its_contexts_as_an_exit_stack_does() -> None:
+    inner, outer = Swallows(), Swallows()
+    with Telemetry([outer, inner]).request(record()):
+        raise ValueError("swallowed by the inner context")
+    assert (outer.left, inner.left) == (1, 1)
+
+    failing = Swallows(raises=KeyError("raised while leaving"))
+    with pytest.raises(KeyError) as raised, Telemetry([Swallows(), failing]).request(record()):
+        raise RuntimeError("the first error")
+    assert isinstance(raised.value.__context__, RuntimeError)  # the first error is kept, as context
+    assert current_request_id() is None
+
+
 def test_a_sink_that_overrides_nothing_hears_everything_quietly() -> None:
     telemetry = Telemetry([Sink()])
     with telemetry.request(record()), telemetry.db_write("DELETE FROM members"):

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from chat.waits import first_of
+from chat.waits import Flag, first_of
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +53,39 @@ async def test_a_failure_in_the_loser_is_retrieved_not_reported() -> None:
     finally:
         loop.set_exception_handler(None)
     assert reported == []
+
+
+async def waiting_on(flag: Flag) -> asyncio.Future[None]:
+    """A task waiting on `flag`, returned once its wait has begun."""
+    began = asyncio.Event()
+
+    async def wait() -> None:
+        began.set()
+        await flag.wait()  # runs on at once, up to its waiter, before `began` is heard
+
+    waiter = asyncio.ensure_future(wait())
+    await began.wait()
+    return waiter
+
+
+async def test_a_flag_wakes_every_waiter_once_set_and_stays_set() -> None:
+    flag = Flag()
+    waiters = [await waiting_on(flag) for _ in range(3)]
+    assert not flag.is_set() and not any(w.done() for w in waiters)
+
+    flag.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), 5)  # set already: no wait at all
+
+
+async def test_a_cancelled_wait_on_a_flag_leaves_nothing_behind() -> None:
+    flag = Flag()
+    waiter = await waiting_on(flag)
+    assert len(flag._waiters) == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert flag._waiters == []
+    flag.set()
+    assert flag.is_set()

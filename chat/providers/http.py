@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager, suppress
+from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
@@ -61,25 +61,28 @@ async def open_stream(
     """
     with Deadline(asyncio.get_running_loop().time() + timeouts.first_token) as deadline:
         try:
-            async with AsyncExitStack() as stack:
-                deadline.waiting = True
-                try:
-                    response = await stack.enter_async_context(
-                        # Compression would hold tokens back in the compressor's buffer.
-                        client.stream(
-                            "POST", url, json=body, headers={"accept-encoding": "identity", **headers}
-                        )
-                    )
-                except asyncio.CancelledError as exc:
-                    raise deadline.timed_out(
-                        exc, f"{provider} sent no response for {timeouts.first_token:g}s"
-                    ) from None
+            # Compression would hold tokens back in the compressor's buffer.
+            headers = {"accept-encoding": "identity", **headers}
+            opening = client.stream("POST", url, json=body, headers=headers)
+            deadline.waiting = True
+            try:
+                response = await opening.__aenter__()
+            except asyncio.CancelledError as exc:
+                waited = f"{provider} sent no response for {timeouts.first_token:g}s"
+                raise deadline.timed_out(exc, waited) from None
+            # `async with opening` written out (PEP 343), so that only entering it is timed above;
+            # an AsyncExitStack would do, but every open stream would hold it (and its deque).
+            try:
                 deadline.waiting = False
                 await _refuse_unless_a_stream(response, deadline, timeouts, provider, json_ok)
-                async with aclosing(
-                    read_within(response.aiter_bytes(), deadline, timeouts, provider)
-                ) as chunks:
+                body_chunks = read_within(response.aiter_bytes(), deadline, timeouts, provider)
+                async with aclosing(body_chunks) as chunks:
                     yield chunks
+            except BaseException as exc:
+                if not await opening.__aexit__(type(exc), exc, exc.__traceback__):
+                    raise
+            else:
+                await opening.__aexit__(None, None, None)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise error_from_transport(exc, provider) from exc
 
