@@ -138,6 +138,20 @@ class Subscription:
     """One subscriber's view of a topic: the encoded events after a position, and a
     ping whenever `heartbeat` seconds passed with nothing sent, until the topic closes."""
 
+    # Slotted: one per open stream, held for as long as it lasts.
+    __slots__ = (
+        "_topic",
+        "_position",
+        "_reset",
+        "ended",
+        "_heartbeat",
+        "_loop",
+        "_last_sent",
+        "_ping_due",
+        "_waiter",
+        "_timer",
+    )
+
     def __init__(self, topic: Topic, after: int, heartbeat: float, reset: bytes = b"") -> None:
         self._topic = topic
         self._position = after

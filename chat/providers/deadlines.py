@@ -61,7 +61,10 @@ DEFAULT_TIMEOUTS = Timeouts()
 class Deadline:
     """Cancels the task that made it when one wait (`waiting` is true) runs past `when`.
 
-    Its timer runs until `stop`, which leaving a `with Deadline(...)` block calls."""
+    Its timer runs until `stop`, which leaving a `with Deadline(...)` block calls. Slotted:
+    one per open stream, held for as long as it lasts."""
+
+    __slots__ = ("_loop", "_task", "when", "waiting", "expired", "_armed_at", "_timer")
 
     def __init__(self, when: float) -> None:
         self._loop = asyncio.get_running_loop()
