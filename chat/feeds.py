@@ -37,10 +37,11 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from .broker import Broker, Subscription, Topic
+from .broker import Broker, Topic
 from .config import Settings
 from .records import Conversation, Message
 from .sse import encode_event
+from .subscription import Subscription
 
 RESET = encode_event("reset", {"reason": "events were missed; fetch the current state over the API"})
 

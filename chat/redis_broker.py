@@ -36,10 +36,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .broker import Broker, Subscription, Topic
+from .broker import Broker, Topic
 from .redis_copier import Copier
 from .redis_follow import BrokerUnavailable, RemoteSubscription, RemoteTopic, read_end
 from .redis_keys import Keys
+from .subscription import Subscription
 
 log = logging.getLogger("sidechat.redis")
 

@@ -24,10 +24,11 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .broker import Subscription, Topic
+from .broker import Topic
 from .redis_follow import BATCH, MAX_BLOCK, chunked
 from .redis_keys import entry_id, event_id
 from .sse import PING
+from .subscription import Subscription
 
 log = logging.getLogger("sidechat.redis")
 

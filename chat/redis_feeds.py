@@ -27,13 +27,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from .broker import Subscription
 from .config import Settings
 from .feeds import RESET, Feeds, conversation_feed, user_feed
 from .redis_broker import RedisBroker
 from .redis_feed_follow import FeedSubscription, FeedTopic, Start, start_of, still_wanted
 from .redis_feed_outbox import Outbox, Outboxes
 from .redis_feed_scripts import WATCH, FeedKeys
+from .subscription import Subscription
 
 log = logging.getLogger("sidechat.redis")
 

@@ -1,7 +1,7 @@
 """Following, from one process, a topic another process runs: XREAD BLOCK from the last id seen.
 
 A follower here reads the stream the running process writes (`chat.redis_broker`), with the
-same contract as `chat.broker.Subscription`: every event after its position exactly once, in
+same contract as `chat.subscription.Subscription`: every event after its position exactly once, in
 order, in chunks of at most `CHUNK_BYTES`, a ping whenever `heartbeat` seconds passed with
 nothing sent, and the end once the stream's `end` entry is read.
 
@@ -27,11 +27,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from .broker import CHUNK_BYTES, Subscription, Topic
+from .broker import Topic
 from .live_errors import BrokerError, BrokerUnavailable, EventsLost
 from .redis_keys import entry_id, event_id
 from .redis_leases import still_wanted
 from .sse import PING
+from .subscription import CHUNK_BYTES, Subscription
 
 __all__ = ["BrokerError", "BrokerUnavailable", "EventsLost", "RemoteSubscription", "RemoteTopic", "read_end"]
 

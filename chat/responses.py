@@ -42,9 +42,9 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from .broker import CHUNK_BYTES
 from .live_errors import BrokerError
 from .sse import retry_field
+from .subscription import CHUNK_BYTES
 
 log = logging.getLogger("sidechat")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from chat import events
-from chat.broker import Broker, Subscription
+from chat.broker import Broker
 from chat.generations import Generation, topic_name
 from chat.keeping import Keeper
 from chat.outcome import CANCELLED
@@ -27,6 +27,7 @@ from chat.replay import stored_events
 from chat.running import Generations
 from chat.sse import SSEDecoder
 from chat.store import Store
+from chat.subscription import Subscription
 from tests.live import until
 from tests.providers.fakes import FakeClock
 

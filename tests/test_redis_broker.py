@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 import pytest
 from redis.asyncio import Redis
 
-from chat.broker import CHUNK_BYTES, Topic
+from chat.broker import Topic
 from chat.redis_broker import RedisBroker, open_redis
 from chat.redis_follow import BrokerUnavailable, EventsLost, RemoteTopic, read_end
 from chat.redis_keys import Keys
 from chat.sse import PING, encode_event
+from chat.subscription import CHUNK_BYTES
 from tests.live import until
 
 if TYPE_CHECKING:

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from chat.broker import CHUNK_BYTES
 from chat.responses import RETRY, EventStreamResponse
 from chat.sse import SSEDecoder
+from chat.subscription import CHUNK_BYTES
 from tests.conftest import settings_for
 from tests.fakeupstream import FakeUpstream, Reply, openai_chunk, openai_reply
 from tests.live import read_stream, serve, until
