@@ -1,8 +1,10 @@
 """Measure what sidechat costs between a client and a provider: `python bench/run.py`.
 
 For each scenario and each target — `direct` (the load generator reads the fake
-provider itself: the floor), `hop` (a byte pipe: what any extra process costs
-here), `naive` (bench/naive_relay.py) and `sidechat` — the runner starts a
+provider itself: no relay), `floor` (bench/floor_relay.py: the least a relay on
+sidechat's stack can do, which the targets are ratios to), `hop` (a byte pipe: what
+any extra process costs here), `naive` (bench/naive_relay.py), `litellm` (with
+`--with litellm`) and `sidechat` — the runner starts a
 fresh relay on the relay core, warms it up, reads its CPU
 time from /proc before and after, samples its RSS while the load generator
 runs on the client core next to the fake provider, then prints one table and
